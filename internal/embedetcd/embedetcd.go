@@ -1,0 +1,141 @@
+// Package embedetcd runs an etcd server inside the process: the embedded
+// default for `erlmcp up` and `erlmcp etcd`, and the etcd of the test
+// cluster helper.
+package embedetcd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/server/v3/embed"
+)
+
+// Config of an embedded etcd member.
+type Config struct {
+	Name    string
+	DataDir string
+	// ClientURL and PeerURL are http://host:port (or unix://path for tests).
+	ClientURL string
+	PeerURL   string
+	// InitialCluster is name=peerURL,...; empty means a single-member cluster.
+	InitialCluster string
+	// ClusterState is "new" or "existing".
+	ClusterState string
+	// TickMs and ElectionMs are etcd's heartbeat and election timeouts;
+	// tests use 10/100 for fast startup and short leases.
+	TickMs     uint
+	ElectionMs uint
+	// QuotaBackendBytes is the backend size limit (0: etcd's default, 2 GiB).
+	QuotaBackendBytes int64
+	// StartTimeout bounds the wait for the member to be ready.
+	StartTimeout time.Duration
+}
+
+// DefaultConfig returns a single-member config on the default ports.
+func DefaultConfig(dataDir string) Config {
+	return Config{
+		Name:         "etcd-0",
+		DataDir:      dataDir,
+		ClientURL:    "http://127.0.0.1:2379",
+		PeerURL:      "http://127.0.0.1:2380",
+		ClusterState: "new",
+		TickMs:       100,
+		ElectionMs:   1000,
+		StartTimeout: 30 * time.Second,
+	}
+}
+
+// Validate says what is wrong with c.
+func (c Config) Validate() error {
+	if c.Name == "" || c.DataDir == "" {
+		return errors.New("embedded etcd: name and data dir are required")
+	}
+	for _, u := range []string{c.ClientURL, c.PeerURL} {
+		if _, err := url.Parse(u); err != nil || u == "" {
+			return fmt.Errorf("embedded etcd: bad URL %q: %v", u, err)
+		}
+	}
+	if c.TickMs == 0 || c.ElectionMs < 5*c.TickMs {
+		return fmt.Errorf("embedded etcd: election timeout %dms must be at least 5 ticks of %dms", c.ElectionMs, c.TickMs)
+	}
+	if c.ClusterState != "new" && c.ClusterState != "existing" {
+		return fmt.Errorf("embedded etcd: cluster state %q: want new or existing", c.ClusterState)
+	}
+	return nil
+}
+
+// Server is a running embedded etcd member.
+type Server struct {
+	etcd *embed.Etcd
+	once sync.Once
+	cfg  Config
+}
+
+// Start starts the member and blocks until it is ready to serve, ctx ends,
+// or StartTimeout passes; on failure nothing is left running.
+func Start(ctx context.Context, c Config) (*Server, error) {
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	ec := embed.NewConfig()
+	ec.Name = c.Name
+	ec.Dir = c.DataDir
+	cu, _ := url.Parse(c.ClientURL)
+	pu, _ := url.Parse(c.PeerURL)
+	ec.ListenClientUrls, ec.AdvertiseClientUrls = []url.URL{*cu}, []url.URL{*cu}
+	ec.ListenPeerUrls, ec.AdvertisePeerUrls = []url.URL{*pu}, []url.URL{*pu}
+	ec.InitialCluster = c.InitialCluster
+	if ec.InitialCluster == "" {
+		ec.InitialCluster = c.Name + "=" + c.PeerURL
+	}
+	ec.ClusterState = c.ClusterState
+	ec.TickMs, ec.ElectionMs = c.TickMs, c.ElectionMs
+	ec.QuotaBackendBytes = c.QuotaBackendBytes
+	// etcd logs through zap; keep only its errors so our logrus output
+	// stays readable.
+	ec.LogLevel = "error"
+	ec.LogOutputs = []string{"stderr"}
+	// Keep history bounded: watches re-list on compaction.
+	ec.AutoCompactionMode = "periodic"
+	ec.AutoCompactionRetention = "1h"
+	e, err := embed.StartEtcd(ec)
+	if err != nil {
+		return nil, fmt.Errorf("start embedded etcd (data %s, client %s, peer %s): %w", c.DataDir, c.ClientURL, c.PeerURL, err)
+	}
+	s := &Server{etcd: e, cfg: c}
+	timeout := c.StartTimeout
+	if timeout <= 0 {
+		timeout = 30 * time.Second
+	}
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-e.Server.ReadyNotify():
+		return s, nil
+	case err := <-e.Err():
+		s.Close()
+		return nil, fmt.Errorf("embedded etcd failed while starting: %w", err)
+	case <-t.C:
+		s.Close()
+		return nil, fmt.Errorf("embedded etcd not ready after %s (is a quorum of its members running?)", timeout)
+	case <-ctx.Done():
+		s.Close()
+		return nil, ctx.Err()
+	}
+}
+
+// ClientURL is where clients connect.
+func (s *Server) ClientURL() string { return s.cfg.ClientURL }
+
+// Err delivers a fatal server error.
+func (s *Server) Err() <-chan error { return s.etcd.Err() }
+
+// Close stops the member; it is safe to call more than once (embed's own
+// Close panics on a second call).
+func (s *Server) Close() {
+	s.once.Do(s.etcd.Close)
+}

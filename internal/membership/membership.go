@@ -1,0 +1,228 @@
+// Package membership registers a process under <prefix>members/<role>/<id>
+// with its own etcd lease and lists the members of a role.
+//
+// One lease per process: the key vanishes when the process stops keeping
+// the lease alive, at most the lease TTL (plus etcd's 0.5 s expiry check)
+// after its last keepalive.
+package membership
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Roles.
+const (
+	RoleWorker       = "worker"
+	RoleStore        = "store"
+	RoleControlPlane = "controlplane"
+	RoleFront        = "front"
+)
+
+// Member is the JSON value of a membership key.
+type Member struct {
+	Role string `json:"role"`
+	ID   string `json:"id"`
+	// Addr is where the role serves: HTTP for workers, fronts and control
+	// planes (admin API), gRPC for store nodes.
+	Addr string `json:"addr"`
+	// HTTPAddr serves /healthz, /readyz and /metrics when it differs from Addr.
+	HTTPAddr  string    `json:"http_addr,omitempty"`
+	Region    string    `json:"region"`
+	Zone      string    `json:"zone"`
+	Version   string    `json:"version"`
+	PID       int       `json:"pid"`
+	StartedAt time.Time `json:"started_at"`
+	Draining  bool      `json:"draining"`
+	Load      float64   `json:"load"`
+}
+
+// Key returns the membership key of role/id under prefix.
+func Key(prefix, role, id string) string {
+	return prefix + "members/" + role + "/" + id
+}
+
+// RolePrefix returns the key prefix under which a role's members live.
+func RolePrefix(prefix, role string) string {
+	return prefix + "members/" + role + "/"
+}
+
+// Registration keeps one member's key alive.
+type Registration struct {
+	cli    *clientv3.Client
+	key    string
+	ttl    time.Duration
+	log    *logrus.Entry
+	mu     sync.Mutex
+	member Member
+	lease  clientv3.LeaseID
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// Register grants a lease of ttl, writes m under it, and keeps it alive in
+// the background until Close. If the lease is lost (etcd unreachable for
+// longer than ttl), the background loop grants a new lease and writes the
+// key again as soon as etcd answers. Register blocks until the first write
+// succeeds or ctx ends.
+func Register(ctx context.Context, cli *clientv3.Client, prefix string, m Member, ttl time.Duration, log *logrus.Entry) (*Registration, error) {
+	if m.Role == "" || m.ID == "" {
+		return nil, errors.New("membership: role and id are required")
+	}
+	r := &Registration{cli: cli, key: Key(prefix, m.Role, m.ID), ttl: ttl, log: log, member: m, done: make(chan struct{})}
+	ka, err := r.grantAndPut(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("register %s in etcd: %w", r.key, err)
+	}
+	lctx, cancel := context.WithCancel(context.Background())
+	r.cancel = cancel
+	go r.keepAlive(lctx, ka)
+	return r, nil
+}
+
+func (r *Registration) grantAndPut(ctx context.Context) (<-chan *clientv3.LeaseKeepAliveResponse, error) {
+	secs := int64((r.ttl + time.Second - 1) / time.Second)
+	g, err := r.cli.Grant(ctx, secs)
+	if err != nil {
+		return nil, fmt.Errorf("grant lease: %w", err)
+	}
+	r.mu.Lock()
+	r.lease = g.ID
+	val, _ := json.Marshal(r.member)
+	r.mu.Unlock()
+	if _, err := r.cli.Put(ctx, r.key, string(val), clientv3.WithLease(g.ID)); err != nil {
+		return nil, fmt.Errorf("put %s: %w", r.key, err)
+	}
+	// The keepalive stream lives as long as the registration, not ctx.
+	kctx, kcancel := context.WithCancel(context.Background())
+	go func() { <-r.done; kcancel() }()
+	ka, err := r.cli.KeepAlive(kctx, g.ID)
+	if err != nil {
+		kcancel()
+		return nil, fmt.Errorf("keepalive: %w", err)
+	}
+	return ka, nil
+}
+
+func (r *Registration) keepAlive(ctx context.Context, ka <-chan *clientv3.LeaseKeepAliveResponse) {
+	for {
+		for range ka {
+		}
+		// The channel closed: the lease expired, was revoked, or Close ran.
+		if ctx.Err() != nil {
+			return
+		}
+		r.log.WithField("key", r.key).Warn("membership lease lost; registering again")
+		backoff := 200 * time.Millisecond
+		for ctx.Err() == nil {
+			actx, cancel := context.WithTimeout(ctx, r.ttl)
+			next, err := r.grantAndPut(actx)
+			cancel()
+			if err == nil {
+				ka = next
+				r.log.WithField("key", r.key).Info("membership registered again")
+				break
+			}
+			r.log.WithError(err).WithField("key", r.key).Warn("membership re-register failed; will retry")
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, 2*time.Second)
+		}
+	}
+}
+
+// LeaseID is the lease the key is currently written under.
+func (r *Registration) LeaseID() clientv3.LeaseID {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.lease
+}
+
+// Update changes the registered value (draining, load) under the same lease.
+func (r *Registration) Update(ctx context.Context, change func(*Member)) error {
+	r.mu.Lock()
+	change(&r.member)
+	val, _ := json.Marshal(r.member)
+	lease := r.lease
+	r.mu.Unlock()
+	_, err := r.cli.Put(ctx, r.key, string(val), clientv3.WithLease(lease))
+	if err != nil {
+		return fmt.Errorf("update %s: %w", r.key, err)
+	}
+	return nil
+}
+
+// Close stops the keepalive and revokes the lease, which deletes the key at
+// once. It blocks until the revoke is answered or ctx ends; when etcd cannot
+// be reached the key still goes when the lease expires.
+func (r *Registration) Close(ctx context.Context) error {
+	r.cancel()
+	select {
+	case <-r.done:
+		return nil
+	default:
+		close(r.done)
+	}
+	_, err := r.cli.Revoke(ctx, r.LeaseID())
+	return err
+}
+
+// Decode parses a membership value.
+func Decode(val []byte) (Member, error) {
+	var m Member
+	if err := json.Unmarshal(val, &m); err != nil {
+		return m, fmt.Errorf("decode member: %w", err)
+	}
+	return m, nil
+}
+
+// FromKVs decodes every member value in kvs (as from etcdwatch), sorted by
+// role then id. Values that do not decode are skipped.
+func FromKVs(kvs map[string][]byte) []Member {
+	out := make([]Member, 0, len(kvs))
+	for _, v := range kvs {
+		if m, err := Decode(v); err == nil {
+			out = append(out, m)
+		}
+	}
+	sortMembers(out)
+	return out
+}
+
+// List returns the members of role (all roles when role is ""), sorted.
+func List(ctx context.Context, cli *clientv3.Client, prefix, role string) ([]Member, error) {
+	p := prefix + "members/"
+	if role != "" {
+		p = RolePrefix(prefix, role)
+	}
+	resp, err := cli.Get(ctx, p, clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", strings.TrimSuffix(p, "/"), err)
+	}
+	kvs := make(map[string][]byte, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		kvs[string(kv.Key)] = kv.Value
+	}
+	return FromKVs(kvs), nil
+}
+
+func sortMembers(ms []Member) {
+	sort.Slice(ms, func(i, j int) bool {
+		if ms[i].Role != ms[j].Role {
+			return ms[i].Role < ms[j].Role
+		}
+		return ms[i].ID < ms[j].ID
+	})
+}
