@@ -153,5 +153,10 @@ func (c Common) Validate() error {
 	default:
 		return fmt.Errorf("--log-format %q: want text, json or auto", c.LogFormat)
 	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "warning", "error":
+	default:
+		return fmt.Errorf("--log-level %q: want debug, info, warn or error", c.LogLevel)
+	}
 	return nil
 }

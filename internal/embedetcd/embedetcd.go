@@ -8,10 +8,14 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 )
 
 // Config of an embedded etcd member.
@@ -70,9 +74,27 @@ func (c Config) Validate() error {
 
 // Server is a running embedded etcd member.
 type Server struct {
-	etcd *embed.Etcd
-	once sync.Once
-	cfg  Config
+	etcd    *embed.Etcd
+	once    sync.Once
+	cfg     Config
+	closing atomic.Bool
+}
+
+// closingFilter passes etcd's log entries through until Close starts.
+type closingFilter struct {
+	zapcore.Core
+	closing *atomic.Bool
+}
+
+func (f *closingFilter) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
+	if f.closing.Load() {
+		return ce
+	}
+	return f.Core.Check(e, ce)
+}
+
+func (f *closingFilter) With(fields []zapcore.Field) zapcore.Core {
+	return &closingFilter{Core: f.Core.With(fields), closing: f.closing}
 }
 
 // Start starts the member and blocks until it is ready to serve, ctx ends,
@@ -96,9 +118,14 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	ec.TickMs, ec.ElectionMs = c.TickMs, c.ElectionMs
 	ec.QuotaBackendBytes = c.QuotaBackendBytes
 	// etcd logs through zap; keep only its errors so our logrus output
-	// stays readable.
+	// stays readable, and drop what it logs while we close it on purpose
+	// (it reports its own listeners closing as errors).
+	s := &Server{cfg: c}
 	ec.LogLevel = "error"
-	ec.LogOutputs = []string{"stderr"}
+	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.New(&closingFilter{
+		Core:    zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.Lock(os.Stderr), zap.ErrorLevel),
+		closing: &s.closing,
+	}))
 	// Keep history bounded: watches re-list on compaction.
 	ec.AutoCompactionMode = "periodic"
 	ec.AutoCompactionRetention = "1h"
@@ -106,7 +133,7 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("start embedded etcd (data %s, client %s, peer %s): %w", c.DataDir, c.ClientURL, c.PeerURL, err)
 	}
-	s := &Server{etcd: e, cfg: c}
+	s.etcd = e
 	timeout := c.StartTimeout
 	if timeout <= 0 {
 		timeout = 30 * time.Second
@@ -137,5 +164,8 @@ func (s *Server) Err() <-chan error { return s.etcd.Err() }
 // Close stops the member; it is safe to call more than once (embed's own
 // Close panics on a second call).
 func (s *Server) Close() {
-	s.once.Do(s.etcd.Close)
+	s.once.Do(func() {
+		s.closing.Store(true)
+		s.etcd.Close()
+	})
 }

@@ -60,8 +60,9 @@ func Run(ctx context.Context, cli *clientv3.Client, prefix string, opts Options,
 		}
 		rev := resp.Header.Revision
 		onChange(Snapshot{Revision: rev, KVs: maps.Clone(kvs)})
-		err = watch(ctx, cli, prefix, rev, kvs, opts.Resync, onChange)
-		report(err)
+		if err := watch(ctx, cli, prefix, rev, kvs, opts.Resync, onChange); !errors.Is(err, errResync) {
+			report(err)
+		}
 	}
 	return ctx.Err()
 }

@@ -19,7 +19,8 @@ import (
 type Etcd struct {
 	Server   *embedetcd.Server
 	Endpoint string
-	// Prefix is a key prefix unique to the test.
+	// Prefix is the key prefix tests use; each test has its own etcd, so it
+	// need not differ between tests.
 	Prefix string
 	t      testing.TB
 }
