@@ -1,0 +1,52 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"path/filepath"
+
+	"github.com/erlmcp/erlmcp/internal/config"
+	"github.com/erlmcp/erlmcp/internal/logging"
+	"github.com/erlmcp/erlmcp/sessionstore"
+)
+
+const storeSummary = `Run a session store node: it serves erlmcp.sessionstore.v1.SessionStoreService
+over gRPC for the shards the shard map in etcd assigns to it, keeps them in
+<data-dir>/store.db, and registers itself under <etcd-prefix>members/store/<id>.`
+
+// cmdStore runs a session store node until ctx ends.
+func cmdStore(ctx context.Context, args []string, _, stderr io.Writer) int {
+	cfg := sessionstore.DefaultConfig()
+	fs := config.NewFlagSet("store", storeSummary, stderr)
+	cfg.Common.Register(fs)
+	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "gRPC listen address host:port (port 0 picks a free port; the bound address is registered)")
+	fs.StringVar(&cfg.DataDir, "data-dir", "", "directory for the store's data file (empty: ./.erlmcp/store-<id>)")
+	fs.IntVar(&cfg.MaxValueBytes, "max-value-bytes", cfg.MaxValueBytes, "largest session data accepted, in bytes")
+	if err := config.Parse(fs, args, nil); err != nil {
+		if errors.Is(err, config.ErrHelp) {
+			return exitOK
+		}
+		fmt.Fprintf(stderr, "erlmcp store: %v\n", err)
+		return exitUsage
+	}
+	if cfg.DataDir == "" && cfg.Common.ID != "" {
+		cfg.DataDir = filepath.Join(".erlmcp", "store-"+cfg.Common.ID)
+	}
+	if err := cfg.Validate(); err != nil {
+		fmt.Fprintf(stderr, "erlmcp store: %v\n", err)
+		return exitUsage
+	}
+	log, err := logging.New(stderr, cfg.Common.LogFormat, cfg.Common.LogLevel, "store", cfg.Common.ID, cfg.Common.Region)
+	if err != nil {
+		fmt.Fprintf(stderr, "erlmcp store: %v\n", err)
+		return exitUsage
+	}
+	if err := sessionstore.Run(ctx, cfg, log); err != nil {
+		log.WithError(err).Error("store node failed")
+		fmt.Fprintf(stderr, "erlmcp store: %v\n", err)
+		return exitFailure
+	}
+	return exitOK
+}

@@ -1,0 +1,485 @@
+// Package client is the Go client of the erlmcp session store. It follows
+// the cluster config, the shard map and the registered store nodes in etcd,
+// sends each request to the store that hosts the session's shard, and
+// retries (re-resolving) while the shard is moving or its store is briefly
+// unavailable, until the caller's deadline.
+//
+// Mutations carry one request id across their retries, so a retry whose
+// first attempt did land is applied once and answered with the first
+// outcome.
+package client
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/erlmcp/erlmcp/internal/clusterstate"
+	"github.com/erlmcp/erlmcp/internal/etcdwatch"
+	"github.com/erlmcp/erlmcp/internal/membership"
+	pb "github.com/erlmcp/erlmcp/proto/erlmcp/sessionstore/v1"
+	"github.com/sirupsen/logrus"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+)
+
+// Session is one session record.
+type Session struct {
+	ID        string
+	Version   uint64
+	Data      []byte
+	CreatedAt time.Time
+	UpdatedAt time.Time
+	// IdleTTL is how long the session lives unread and unwritten; 0 means
+	// forever.
+	IdleTTL time.Duration
+}
+
+// Errors. Every error a call returns names the session and wraps one of
+// these where it applies (test with errors.Is).
+var (
+	// ErrNotFound: the session never existed, was deleted, or expired.
+	ErrNotFound = errors.New("session not found")
+	// ErrExpired: the session expired. errors.Is(err, ErrNotFound) is true
+	// for it too.
+	ErrExpired error = expiredError{}
+	// ErrAlreadyExists: Create for an id that is taken.
+	ErrAlreadyExists = errors.New("session already exists")
+	// ErrVersionConflict: CompareAndSet lost; the stored version differs.
+	ErrVersionConflict = errors.New("session version conflict")
+	// ErrUnavailable: no store could answer before the deadline (no store
+	// assigned or registered for the shard, store down, disk failure).
+	ErrUnavailable = errors.New("session store unavailable")
+)
+
+var errClosed = fmt.Errorf("%w: the client is closed", ErrUnavailable)
+
+type expiredError struct{}
+
+func (expiredError) Error() string { return "session expired" }
+func (expiredError) Unwrap() error { return ErrNotFound }
+
+// Defaults.
+const (
+	DefaultPrefix         = "/erlmcp/"
+	DefaultRequestTimeout = 2 * time.Second
+	// defaultBudgetAttempts: a call whose ctx has no deadline retries for
+	// at most this many request timeouts.
+	defaultBudgetAttempts = 5
+	maxBackoff            = 200 * time.Millisecond
+	maxRecvMsgBytes       = 128 << 20
+)
+
+// Config configures a Client.
+type Config struct {
+	// Etcd is the caller's etcd client; the Client does not close it.
+	Etcd *clientv3.Client
+	// Prefix is the erlmcp etcd key prefix (default /erlmcp/).
+	Prefix string
+	// RequestTimeout bounds each attempt (default 2s).
+	RequestTimeout time.Duration
+	Log            *logrus.Entry
+}
+
+// Client talks to the session store. It is safe for concurrent use.
+type Client struct {
+	cfg    Config
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu       sync.Mutex
+	cluster  *clusterstate.ClusterConfig
+	shardKVs map[string][]byte
+	shards   []clusterstate.Shard // nil until the config and a shard snapshot are known
+	stores   map[string]membership.Member
+	changed  chan struct{} // closed and replaced on every change
+	conns    map[string]*grpc.ClientConn
+	closed   bool
+}
+
+// New starts following the cluster config, the shard map and the store
+// members in etcd. It does not wait for them; see Ready.
+func New(ctx context.Context, cfg Config) (*Client, error) {
+	if cfg.Etcd == nil {
+		return nil, errors.New("sessionstore client: Config.Etcd is nil: give an etcd client")
+	}
+	if cfg.Prefix == "" {
+		cfg.Prefix = DefaultPrefix
+	}
+	if !strings.HasPrefix(cfg.Prefix, "/") || !strings.HasSuffix(cfg.Prefix, "/") {
+		return nil, fmt.Errorf("sessionstore client: prefix %q must start and end with '/'", cfg.Prefix)
+	}
+	if cfg.RequestTimeout <= 0 {
+		cfg.RequestTimeout = DefaultRequestTimeout
+	}
+	if cfg.Log == nil {
+		l := logrus.New()
+		l.SetOutput(io.Discard)
+		cfg.Log = logrus.NewEntry(l)
+	}
+	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	c := &Client{cfg: cfg, cancel: cancel, changed: make(chan struct{}), conns: map[string]*grpc.ClientConn{}}
+	watch := func(what, prefix string, apply func(etcdwatch.Snapshot)) {
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			_ = etcdwatch.Run(wctx, cfg.Etcd, prefix, etcdwatch.Options{OnError: func(err error) {
+				cfg.Log.WithError(err).Warnf("session store client: watch of the %s broke; listing again", what)
+			}}, func(s etcdwatch.Snapshot) {
+				c.mu.Lock()
+				apply(s)
+				c.rebuildLocked()
+				c.mu.Unlock()
+			})
+		}()
+	}
+	watch("cluster config", clusterstate.ConfigKey(cfg.Prefix), func(s etcdwatch.Snapshot) {
+		v, ok := s.KVs[clusterstate.ConfigKey(cfg.Prefix)]
+		if !ok {
+			return
+		}
+		var cc clusterstate.ClusterConfig
+		if err := json.Unmarshal(v, &cc); err != nil {
+			cfg.Log.WithError(err).Error("session store client: cannot decode the cluster config")
+			return
+		}
+		if err := cc.Validate(); err != nil {
+			cfg.Log.WithError(err).Error("session store client: invalid cluster config")
+			return
+		}
+		c.cluster = &cc
+	})
+	watch("shard map", clusterstate.ShardsPrefix(cfg.Prefix), func(s etcdwatch.Snapshot) {
+		c.shardKVs = s.KVs
+	})
+	watch("store members", membership.RolePrefix(cfg.Prefix, membership.RoleStore), func(s etcdwatch.Snapshot) {
+		stores := map[string]membership.Member{}
+		for _, m := range membership.FromKVs(s.KVs) {
+			stores[m.ID] = m
+		}
+		c.stores = stores
+	})
+	return c, nil
+}
+
+func (c *Client) rebuildLocked() {
+	if c.cluster != nil && c.shardKVs != nil {
+		c.shards = clusterstate.DecodeShards(c.cfg.Prefix, c.cluster.ShardCount, c.shardKVs)
+	}
+	close(c.changed)
+	c.changed = make(chan struct{})
+}
+
+// Ready blocks until the shard map and at least one store are known, or
+// ctx ends.
+func (c *Client) Ready(ctx context.Context) error {
+	for {
+		c.mu.Lock()
+		ok := c.shards != nil && len(c.stores) > 0
+		var missing []string
+		if c.cluster == nil {
+			missing = append(missing, "the cluster config ("+clusterstate.ConfigKey(c.cfg.Prefix)+")")
+		}
+		if c.shardKVs == nil {
+			missing = append(missing, "the shard map")
+		}
+		if len(c.stores) == 0 {
+			missing = append(missing, "a registered store node ("+membership.RolePrefix(c.cfg.Prefix, membership.RoleStore)+")")
+		}
+		ch := c.changed
+		c.mu.Unlock()
+		if ok {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: session store client not ready: still waiting for %s: %w", ErrUnavailable, strings.Join(missing, ", "), ctx.Err())
+		case <-ch:
+		}
+	}
+}
+
+// Close stops the watches and closes the store connections.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	conns := c.conns
+	c.conns = nil
+	c.mu.Unlock()
+	c.cancel()
+	c.wg.Wait()
+	var errs []error
+	for _, cc := range conns {
+		if err := cc.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Create stores a new session at version 1.
+func (c *Client) Create(ctx context.Context, id string, data []byte, idleTTL time.Duration) (Session, error) {
+	req := &pb.CreateSessionRequest{Id: id, Data: data, IdleTtlMs: idleTTL.Milliseconds(), RequestId: newRequestID()}
+	if idleTTL > 0 && req.IdleTtlMs == 0 {
+		req.IdleTtlMs = 1
+	}
+	var resp *pb.CreateSessionResponse
+	err := c.do(ctx, "create", id, func(ctx context.Context, sc pb.SessionStoreServiceClient) (err error) {
+		resp, err = sc.CreateSession(ctx, req)
+		return err
+	})
+	if err != nil {
+		return Session{}, err
+	}
+	return fromPB(resp.GetSession()), nil
+}
+
+// Get returns the session; touch refreshes its idle expiry.
+func (c *Client) Get(ctx context.Context, id string, touch bool) (Session, error) {
+	req := &pb.GetSessionRequest{Id: id, Touch: touch}
+	var resp *pb.GetSessionResponse
+	err := c.do(ctx, "get", id, func(ctx context.Context, sc pb.SessionStoreServiceClient) (err error) {
+		resp, err = sc.GetSession(ctx, req)
+		return err
+	})
+	if err != nil {
+		return Session{}, err
+	}
+	return fromPB(resp.GetSession()), nil
+}
+
+// CompareAndSet replaces the session's data if its version is
+// expectedVersion and returns the session at its new version.
+func (c *Client) CompareAndSet(ctx context.Context, id string, expectedVersion uint64, data []byte) (Session, error) {
+	req := &pb.CompareAndSetSessionRequest{Id: id, ExpectedVersion: expectedVersion, Data: data, RequestId: newRequestID()}
+	var resp *pb.CompareAndSetSessionResponse
+	err := c.do(ctx, "compare-and-set", id, func(ctx context.Context, sc pb.SessionStoreServiceClient) (err error) {
+		resp, err = sc.CompareAndSetSession(ctx, req)
+		return err
+	})
+	if err != nil {
+		return Session{}, err
+	}
+	return fromPB(resp.GetSession()), nil
+}
+
+// Delete removes the session; ErrNotFound if it does not exist.
+func (c *Client) Delete(ctx context.Context, id string) error {
+	req := &pb.DeleteSessionRequest{Id: id, RequestId: newRequestID()}
+	return c.do(ctx, "delete", id, func(ctx context.Context, sc pb.SessionStoreServiceClient) error {
+		_, err := sc.DeleteSession(ctx, req)
+		return err
+	})
+}
+
+func fromPB(s *pb.Session) Session {
+	if s == nil {
+		return Session{}
+	}
+	return Session{
+		ID:        s.GetId(),
+		Version:   s.GetVersion(),
+		Data:      s.GetData(),
+		CreatedAt: time.UnixMilli(s.GetCreatedAtUnixMs()),
+		UpdatedAt: time.UnixMilli(s.GetUpdatedAtUnixMs()),
+		IdleTTL:   time.Duration(s.GetIdleTtlMs()) * time.Millisecond,
+	}
+}
+
+func newRequestID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// target is where one attempt goes.
+type target struct {
+	shard int
+	store string
+	addr  string
+}
+
+// resolve finds the store for id from the shard map and the members. The
+// error wraps ErrUnavailable.
+func (c *Client) resolve(id string) (target, <-chan struct{}, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ch := c.changed
+	if c.closed {
+		return target{}, ch, errClosed
+	}
+	if c.cluster == nil {
+		return target{}, ch, fmt.Errorf("%w: the cluster config (%s) is not known yet", ErrUnavailable, clusterstate.ConfigKey(c.cfg.Prefix))
+	}
+	shard := clusterstate.ShardOf(id, c.cluster.ShardCount)
+	if c.shards == nil {
+		return target{shard: shard}, ch, fmt.Errorf("%w: the shard map is not known yet (shard %d)", ErrUnavailable, shard)
+	}
+	sh := c.shards[shard]
+	store := preferred(sh)
+	if store == "" {
+		return target{shard: shard}, ch, fmt.Errorf("%w: shard %d has no store assigned in the shard map", ErrUnavailable, shard)
+	}
+	m, ok := c.stores[store]
+	if !ok || m.Addr == "" {
+		return target{shard: shard, store: store}, ch, fmt.Errorf("%w: shard %d is assigned to store %q, which is not registered (%s%s)", ErrUnavailable, shard, store, membership.RolePrefix(c.cfg.Prefix, membership.RoleStore), store)
+	}
+	return target{shard: shard, store: store, addr: m.Addr}, ch, nil
+}
+
+// preferred is the shard's leader if set, else its first voter.
+func preferred(sh clusterstate.Shard) string {
+	if sh.Leader != "" && sh.Hosts(sh.Leader) {
+		return sh.Leader
+	}
+	for _, r := range sh.Replicas {
+		if r.Role == clusterstate.RoleVoter || r.Role == "" {
+			return r.Store
+		}
+	}
+	return ""
+}
+
+func (c *Client) conn(addr string) (*grpc.ClientConn, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil, fmt.Errorf("%w: the client is closed", ErrUnavailable)
+	}
+	if cc, ok := c.conns[addr]; ok {
+		return cc, nil
+	}
+	cc, err := grpc.NewClient(addr,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvMsgBytes)))
+	if err != nil {
+		return nil, fmt.Errorf("%w: dial store at %s: %v", ErrUnavailable, addr, err)
+	}
+	c.conns[addr] = cc
+	return cc, nil
+}
+
+// do runs call against the store hosting id, retrying on a moved shard
+// (FAILED_PRECONDITION), UNAVAILABLE and per-attempt timeouts until ctx's
+// deadline (or, without one, defaultBudgetAttempts request timeouts).
+func (c *Client) do(ctx context.Context, what, id string, call func(context.Context, pb.SessionStoreServiceClient) error) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, defaultBudgetAttempts*c.cfg.RequestTimeout)
+		defer cancel()
+	}
+	var hint *pb.ShardHint
+	var lastErr error
+	backoff := 5 * time.Millisecond
+	for {
+		t, changed, err := c.resolve(id)
+		if errors.Is(err, errClosed) {
+			return fmt.Errorf("%s session %q: %w", what, id, err)
+		}
+		if hint != nil && hint.GetAddr() != "" && hint.GetAddr() != t.addr {
+			// The node we asked knows better than our (possibly stale) map.
+			t = target{shard: int(hint.GetShard()), store: hint.GetNodeId(), addr: hint.GetAddr()}
+			err = nil
+		}
+		hint = nil
+		if err == nil {
+			err = c.attempt(ctx, t, call)
+			if err == nil {
+				return nil
+			}
+			st, isStatus := status.FromError(err)
+			switch {
+			case !isStatus:
+				lastErr = err
+			case st.Code() == codes.FailedPrecondition:
+				hint = shardHint(st)
+				lastErr = fmt.Errorf("%w: store %q at %s does not host shard %d: %s", ErrUnavailable, t.store, t.addr, t.shard, st.Message())
+			case st.Code() == codes.Unavailable,
+				st.Code() == codes.DeadlineExceeded && ctx.Err() == nil,
+				st.Code() == codes.Canceled && ctx.Err() == nil:
+				lastErr = fmt.Errorf("%w: store %q at %s: %s", ErrUnavailable, t.store, t.addr, st.Message())
+			default:
+				return mapStatus(what, id, st)
+			}
+		} else {
+			lastErr = err
+		}
+		if hint != nil && hint.GetAddr() != "" && hint.GetAddr() != t.addr {
+			continue // follow the hint at once
+		}
+		timer := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return fmt.Errorf("%s session %q: %w (gave up: %w)", what, id, lastErr, ctx.Err())
+		case <-changed:
+			timer.Stop()
+		case <-timer.C:
+		}
+		backoff = min(2*backoff, maxBackoff)
+	}
+}
+
+func (c *Client) attempt(ctx context.Context, t target, call func(context.Context, pb.SessionStoreServiceClient) error) error {
+	cc, err := c.conn(t.addr)
+	if err != nil {
+		return err
+	}
+	actx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
+	defer cancel()
+	return call(actx, pb.NewSessionStoreServiceClient(cc))
+}
+
+func shardHint(st *status.Status) *pb.ShardHint {
+	for _, d := range st.Details() {
+		if h, ok := d.(*pb.ShardHint); ok {
+			return h
+		}
+	}
+	return nil
+}
+
+func errorInfo(st *status.Status) *errdetails.ErrorInfo {
+	for _, d := range st.Details() {
+		if ei, ok := d.(*errdetails.ErrorInfo); ok {
+			return ei
+		}
+	}
+	return nil
+}
+
+func mapStatus(what, id string, st *status.Status) error {
+	var sentinel error
+	switch st.Code() {
+	case codes.NotFound:
+		sentinel = ErrNotFound
+		if ei := errorInfo(st); ei != nil && ei.GetReason() == "SESSION_EXPIRED" {
+			sentinel = ErrExpired
+		}
+	case codes.AlreadyExists:
+		sentinel = ErrAlreadyExists
+	case codes.Aborted:
+		sentinel = ErrVersionConflict
+		if ei := errorInfo(st); ei != nil && ei.GetMetadata()["current_version"] != "" {
+			return fmt.Errorf("%s session %q: %w (current version %s): %s", what, id, sentinel, ei.GetMetadata()["current_version"], st.Message())
+		}
+	default:
+		return fmt.Errorf("%s session %q: %s: %s", what, id, st.Code(), st.Message())
+	}
+	return fmt.Errorf("%s session %q: %w: %s", what, id, sentinel, st.Message())
+}

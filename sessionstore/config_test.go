@@ -1,0 +1,46 @@
+package sessionstore
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestConfigValidate(t *testing.T) {
+	ok := DefaultConfig()
+	ok.Common.ID = "s1"
+	ok.DataDir = "/tmp/x"
+	cases := []struct {
+		name   string
+		change func(*Config)
+		want   string // "" means valid
+	}{
+		{"defaults with id and data dir", func(*Config) {}, ""},
+		{"port zero", func(c *Config) { c.Listen = "127.0.0.1:0" }, ""},
+		{"all interfaces", func(c *Config) { c.Listen = ":9090" }, ""},
+		{"empty listen", func(c *Config) { c.Listen = "" }, "--listen is empty"},
+		{"listen without port", func(c *Config) { c.Listen = "localhost" }, "want host:port"},
+		{"listen bad port", func(c *Config) { c.Listen = "localhost:http" }, "must be a number"},
+		{"listen port too big", func(c *Config) { c.Listen = "localhost:70000" }, "must be a number"},
+		{"empty data dir", func(c *Config) { c.DataDir = "" }, "--data-dir is empty"},
+		{"zero max value", func(c *Config) { c.MaxValueBytes = 0 }, "--max-value-bytes 0"},
+		{"huge max value", func(c *Config) { c.MaxValueBytes = MaxMaxValueBytes + 1 }, "--max-value-bytes"},
+		{"common: empty id", func(c *Config) { c.Common.ID = "" }, "--id is empty"},
+		{"common: no etcd", func(c *Config) { c.Common.EtcdEndpoints = " , " }, "--etcd-endpoints"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := ok
+			tc.change(&c)
+			err := c.Validate()
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("want valid, got %v", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Fatalf("got %v; want an error containing %q", err, tc.want)
+			}
+		})
+	}
+	if DefaultConfig().Listen != "127.0.0.1:9090" || DefaultConfig().MaxValueBytes != 1<<20 {
+		t.Fatalf("defaults: %+v", DefaultConfig())
+	}
+}

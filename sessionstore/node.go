@@ -1,0 +1,303 @@
+package sessionstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/erlmcp/erlmcp/internal/clusterstate"
+	"github.com/erlmcp/erlmcp/internal/etcdwatch"
+	"github.com/erlmcp/erlmcp/internal/membership"
+	pb "github.com/erlmcp/erlmcp/proto/erlmcp/sessionstore/v1"
+	"github.com/sirupsen/logrus"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+)
+
+// Shutdown bounds.
+const (
+	gracefulStopTimeout = 5 * time.Second
+	deregisterTimeout   = 2 * time.Second
+)
+
+// Node is a running store node.
+type Node struct {
+	cfg    Config
+	log    *logrus.Entry
+	etcd   *clientv3.Client
+	store  storage
+	ln     net.Listener
+	srv    *grpc.Server
+	health *health.Server
+	reg    *membership.Registration
+	addr   string
+
+	// route is nil until the cluster config and the first shard map
+	// snapshot are known; requests are refused with UNAVAILABLE until then.
+	route atomic.Pointer[routing]
+
+	mu       sync.Mutex // guards the fields below, which build route
+	cluster  *clusterstate.ClusterConfig
+	shardKVs map[string][]byte
+	stores   map[string]membership.Member
+
+	now       func() time.Time
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	ready     chan struct{}
+	readyOnce sync.Once
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// routing is one consistent view of who hosts what.
+type routing struct {
+	cluster clusterstate.ClusterConfig
+	shards  []clusterstate.Shard
+	stores  map[string]membership.Member
+}
+
+// Run starts a node, serves until ctx ends, then shuts down gracefully.
+func Run(ctx context.Context, cfg Config, log *logrus.Entry) error {
+	n, err := Start(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	<-ctx.Done()
+	log.Info("store node stopping")
+	return n.Close()
+}
+
+// Start opens the data file, connects to etcd, starts serving gRPC on
+// cfg.Listen and registers the node in membership. It returns once the
+// node is registered; the node serves requests once it has read the
+// cluster config and shard map (see Ready), which it waits for in the
+// background. ctx bounds only the start; Close stops the node.
+func Start(ctx context.Context, cfg Config, log *logrus.Entry) (_ *Node, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = logrus.NewEntry(logrus.StandardLogger())
+	}
+	n := &Node{cfg: cfg, log: log, now: time.Now, ready: make(chan struct{})}
+	var cleanups []func()
+	defer func() {
+		if err != nil {
+			for i := len(cleanups) - 1; i >= 0; i-- {
+				cleanups[i]()
+			}
+		}
+	}()
+
+	bs, err := openBolt(cfg.DataDir, cfg.Common.ID)
+	if err != nil {
+		return nil, err
+	}
+	n.store = bs
+	cleanups = append(cleanups, func() { _ = bs.close() })
+
+	n.etcd, err = clientv3.New(clientv3.Config{
+		Endpoints:   cfg.Common.Endpoints(),
+		DialTimeout: 5 * time.Second,
+		Logger:      zap.NewNop(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("connect to etcd at %s: %w", cfg.Common.EtcdEndpoints, err)
+	}
+	cleanups = append(cleanups, func() { _ = n.etcd.Close() })
+
+	n.ln, err = net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s for gRPC: %w (choose another --listen)", cfg.Listen, err)
+	}
+	n.addr = n.ln.Addr().String()
+
+	n.srv = grpc.NewServer(grpc.MaxRecvMsgSize(max(4<<20, cfg.MaxValueBytes+(1<<20))))
+	pb.RegisterSessionStoreServiceServer(n.srv, &service{n: n})
+	n.health = health.NewServer()
+	n.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	n.health.SetServingStatus(pb.SessionStoreService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_NOT_SERVING)
+	healthpb.RegisterHealthServer(n.srv, n.health)
+	reflection.Register(n.srv)
+	serveDone := make(chan struct{})
+	go func() {
+		defer close(serveDone)
+		if err := n.srv.Serve(n.ln); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			n.log.WithError(err).Error("gRPC server stopped")
+		}
+	}()
+	cleanups = append(cleanups, func() { n.srv.Stop(); <-serveDone })
+
+	wctx, cancel := context.WithCancel(context.Background())
+	n.cancel = cancel
+	cleanups = append(cleanups, func() { cancel(); n.wg.Wait() })
+	n.wg.Add(2)
+	go func() { defer n.wg.Done(); n.watchStores(wctx) }()
+	go func() { defer n.wg.Done(); n.watchClusterAndShards(wctx) }()
+
+	started := time.Now()
+	m := membership.Member{
+		Role:      membership.RoleStore,
+		ID:        cfg.Common.ID,
+		Addr:      n.addr,
+		Region:    cfg.Common.Region,
+		Zone:      cfg.Common.Zone,
+		Version:   buildVersion(),
+		PID:       os.Getpid(),
+		StartedAt: started,
+	}
+	log.WithFields(logrus.Fields{"addr": n.addr, "etcd": cfg.Common.EtcdEndpoints}).Info("gRPC listening; registering in etcd")
+	n.reg, err = membership.Register(ctx, n.etcd, cfg.Common.Prefix, m, cfg.Common.LeaseTTL, log)
+	if err != nil {
+		return nil, err
+	}
+	n.log.WithFields(logrus.Fields{"addr": n.addr, "data_dir": cfg.DataDir}).Info("store node registered; waiting for the cluster config and shard map")
+	return n, nil
+}
+
+func buildVersion() string {
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		return bi.Main.Version
+	}
+	return ""
+}
+
+// Addr is the gRPC address the node listens on (and registered).
+func (n *Node) Addr() string { return n.addr }
+
+// ID is the node's member id.
+func (n *Node) ID() string { return n.cfg.Common.ID }
+
+// Ready is closed once the node has read the cluster config and the shard
+// map and serves requests.
+func (n *Node) Ready() <-chan struct{} { return n.ready }
+
+// Close stops the node: health goes NOT_SERVING, the membership key is
+// removed, in-flight requests finish (bounded), then the data file is
+// closed. It is safe to call more than once.
+func (n *Node) Close() error {
+	n.closeOnce.Do(func() {
+		n.health.Shutdown()
+		ctx, cancel := context.WithTimeout(context.Background(), deregisterTimeout)
+		if err := n.reg.Close(ctx); err != nil {
+			n.log.WithError(err).Warn("could not remove membership key; it goes when the lease expires")
+		}
+		cancel()
+		stopped := make(chan struct{})
+		go func() { n.srv.GracefulStop(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-time.After(gracefulStopTimeout):
+			n.log.Warn("in-flight requests did not finish in time; stopping hard")
+			n.srv.Stop()
+			<-stopped
+		}
+		n.cancel()
+		n.wg.Wait()
+		var errs []error
+		if err := n.store.close(); err != nil {
+			errs = append(errs, fmt.Errorf("close data file: %w", err))
+		}
+		if err := n.etcd.Close(); err != nil && !errors.Is(err, context.Canceled) {
+			errs = append(errs, fmt.Errorf("close etcd client: %w", err))
+		}
+		n.closeErr = errors.Join(errs...)
+	})
+	return n.closeErr
+}
+
+func (n *Node) watchStores(ctx context.Context) {
+	_ = etcdwatch.Run(ctx, n.etcd, membership.RolePrefix(n.cfg.Common.Prefix, membership.RoleStore),
+		etcdwatch.Options{OnError: n.watchError("store membership")},
+		func(s etcdwatch.Snapshot) {
+			stores := map[string]membership.Member{}
+			for _, m := range membership.FromKVs(s.KVs) {
+				stores[m.ID] = m
+			}
+			n.mu.Lock()
+			n.stores = stores
+			n.publishLocked()
+			n.mu.Unlock()
+		})
+}
+
+func (n *Node) watchClusterAndShards(ctx context.Context) {
+	backoff := 100 * time.Millisecond
+	var cc clusterstate.ClusterConfig
+	for {
+		var err error
+		cc, err = clusterstate.GetConfig(ctx, n.etcd, n.cfg.Common.Prefix)
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		if errors.Is(err, clusterstate.ErrNoClusterConfig) {
+			n.log.Debug("cluster config not in etcd yet; waiting for the control plane to create the cluster")
+		} else {
+			n.log.WithError(err).Warn("cannot read the cluster config; will retry")
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 2*time.Second)
+	}
+	n.mu.Lock()
+	n.cluster = &cc
+	n.mu.Unlock()
+	n.log.WithField("shard_count", cc.ShardCount).Info("cluster config read")
+	_ = etcdwatch.Run(ctx, n.etcd, clusterstate.ShardsPrefix(n.cfg.Common.Prefix),
+		etcdwatch.Options{OnError: n.watchError("shard map")},
+		func(s etcdwatch.Snapshot) {
+			n.mu.Lock()
+			n.shardKVs = s.KVs
+			n.publishLocked()
+			n.mu.Unlock()
+		})
+}
+
+func (n *Node) watchError(what string) func(error) {
+	return func(err error) {
+		n.log.WithError(err).Warnf("watch of the %s broke; listing again", what)
+	}
+}
+
+// publishLocked builds a new routing view once the cluster config and
+// shard map are known, and marks the node ready the first time.
+func (n *Node) publishLocked() {
+	if n.cluster == nil || n.shardKVs == nil {
+		return
+	}
+	r := &routing{
+		cluster: *n.cluster,
+		shards:  clusterstate.DecodeShards(n.cfg.Common.Prefix, n.cluster.ShardCount, n.shardKVs),
+		stores:  n.stores,
+	}
+	n.route.Store(r)
+	n.readyOnce.Do(func() {
+		hosted := 0
+		for _, s := range r.shards {
+			if s.Hosts(n.cfg.Common.ID) {
+				hosted++
+			}
+		}
+		n.log.WithField("shards_hosted", hosted).Info("shard map read; serving")
+		n.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+		n.health.SetServingStatus(pb.SessionStoreService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+		close(n.ready)
+	})
+}

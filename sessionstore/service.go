@@ -1,0 +1,184 @@
+package sessionstore
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/erlmcp/erlmcp/internal/clusterstate"
+	pb "github.com/erlmcp/erlmcp/proto/erlmcp/sessionstore/v1"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Input limits.
+const (
+	MaxIDBytes        = 256
+	MaxRequestIDBytes = 256
+)
+
+// service implements SessionStoreService on a node.
+type service struct {
+	pb.UnimplementedSessionStoreServiceServer
+	n *Node
+}
+
+func (s *service) CreateSession(ctx context.Context, req *pb.CreateSessionRequest) (*pb.CreateSessionResponse, error) {
+	if err := s.n.checkMutation(req.GetId(), req.GetRequestId(), req.GetData()); err != nil {
+		return nil, err
+	}
+	if req.GetIdleTtlMs() < 0 {
+		return nil, status.Errorf(codes.InvalidArgument, "idle_ttl_ms %d: must be 0 (never expires) or positive", req.GetIdleTtlMs())
+	}
+	out, err := s.n.apply(ctx, command{Op: opCreate, ID: req.GetId(), Data: req.GetData(), IdleTTLMs: req.GetIdleTtlMs(), RequestID: req.GetRequestId()})
+	if err != nil {
+		return nil, err
+	}
+	return &pb.CreateSessionResponse{Session: out.Session}, nil
+}
+
+func (s *service) GetSession(ctx context.Context, req *pb.GetSessionRequest) (*pb.GetSessionResponse, error) {
+	if err := checkID(req.GetId()); err != nil {
+		return nil, err
+	}
+	if req.GetTouch() {
+		out, err := s.n.apply(ctx, command{Op: opTouch, ID: req.GetId()})
+		if err != nil {
+			return nil, err
+		}
+		return &pb.GetSessionResponse{Session: out.Session}, nil
+	}
+	shard, err := s.n.shardFor(req.GetId())
+	if err != nil {
+		return nil, err
+	}
+	rec, rerr := s.n.store.read(ctx, shard, req.GetId())
+	if rerr != nil {
+		return nil, status.Errorf(codes.Unavailable, "store node %q: disk read failed: %v", s.n.ID(), rerr)
+	}
+	if rec == nil {
+		return nil, statusNotFound(req.GetId()).Err()
+	}
+	now := s.n.now().UnixMilli()
+	if expired(rec, now) {
+		// Lazy expiry; a failure here only delays the deletion.
+		if _, err := s.n.store.apply(ctx, command{Op: opExpire, Shard: shard, ID: req.GetId(), NowMs: now}); err != nil {
+			s.n.log.WithError(err).Warn("could not delete an expired session")
+		}
+		return nil, statusExpired(req.GetId()).Err()
+	}
+	return &pb.GetSessionResponse{Session: rec}, nil
+}
+
+func (s *service) CompareAndSetSession(ctx context.Context, req *pb.CompareAndSetSessionRequest) (*pb.CompareAndSetSessionResponse, error) {
+	if err := s.n.checkMutation(req.GetId(), req.GetRequestId(), req.GetData()); err != nil {
+		return nil, err
+	}
+	out, err := s.n.apply(ctx, command{Op: opCompareAndSet, ID: req.GetId(), Data: req.GetData(), ExpectedVersion: req.GetExpectedVersion(), RequestID: req.GetRequestId()})
+	if err != nil {
+		return nil, err
+	}
+	return &pb.CompareAndSetSessionResponse{Session: out.Session}, nil
+}
+
+func (s *service) DeleteSession(ctx context.Context, req *pb.DeleteSessionRequest) (*pb.DeleteSessionResponse, error) {
+	if err := s.n.checkMutation(req.GetId(), req.GetRequestId(), nil); err != nil {
+		return nil, err
+	}
+	if _, err := s.n.apply(ctx, command{Op: opDelete, ID: req.GetId(), RequestID: req.GetRequestId()}); err != nil {
+		return nil, err
+	}
+	return &pb.DeleteSessionResponse{}, nil
+}
+
+// checkID refuses an id that is empty, too long or not visible ASCII.
+func checkID(id string) error {
+	if id == "" {
+		return status.Error(codes.InvalidArgument, "id is empty: give the session id")
+	}
+	if len(id) > MaxIDBytes {
+		return status.Errorf(codes.InvalidArgument, "id is %d bytes; the limit is %d bytes", len(id), MaxIDBytes)
+	}
+	for i := 0; i < len(id); i++ {
+		if c := id[i]; c < 0x21 || c > 0x7e {
+			return status.Errorf(codes.InvalidArgument, "id %q: byte %d (0x%02x) is not visible ASCII (0x21..0x7e)", id, i, c)
+		}
+	}
+	return nil
+}
+
+func (n *Node) checkMutation(id, requestID string, data []byte) error {
+	if err := checkID(id); err != nil {
+		return err
+	}
+	if requestID == "" {
+		return status.Error(codes.InvalidArgument, "request_id is empty: every mutation needs a client-chosen idempotency key, reused only when retrying the same request")
+	}
+	if len(requestID) > MaxRequestIDBytes {
+		return status.Errorf(codes.InvalidArgument, "request_id is %d bytes; the limit is %d bytes", len(requestID), MaxRequestIDBytes)
+	}
+	if len(data) > n.cfg.MaxValueBytes {
+		return status.Errorf(codes.InvalidArgument, "data is %d bytes; the limit is %d bytes (the store's --max-value-bytes)", len(data), n.cfg.MaxValueBytes)
+	}
+	return nil
+}
+
+// apply routes cmd to its shard, stamps it with the time and applies it.
+func (n *Node) apply(ctx context.Context, cmd command) (outcome, error) {
+	shard, err := n.shardFor(cmd.ID)
+	if err != nil {
+		return outcome{}, err
+	}
+	cmd.Shard = shard
+	cmd.NowMs = n.now().UnixMilli()
+	out, aerr := n.store.apply(ctx, cmd)
+	if aerr != nil {
+		n.log.WithError(aerr).WithField("shard", shard).Error("disk write failed")
+		return outcome{}, status.Errorf(codes.Unavailable, "store node %q: disk write failed, nothing was applied: %v", n.ID(), aerr)
+	}
+	return out, out.err()
+}
+
+// shardFor returns the shard of id if this node hosts it, or the status
+// to answer: UNAVAILABLE while starting, FAILED_PRECONDITION with a
+// ShardHint when another node hosts it.
+func (n *Node) shardFor(id string) (int, error) {
+	r := n.route.Load()
+	if r == nil {
+		return 0, status.Errorf(codes.Unavailable, "store node %q is starting: it has not yet read the cluster config and shard map from etcd; retry shortly", n.ID())
+	}
+	shard := clusterstate.ShardOf(id, r.cluster.ShardCount)
+	sh := r.shards[shard]
+	if sh.Hosts(n.ID()) {
+		return shard, nil
+	}
+	hint := &pb.ShardHint{Shard: uint32(shard)}
+	target := preferredStore(sh)
+	msg := fmt.Sprintf("store node %q does not host shard %d", n.ID(), shard)
+	switch {
+	case target == "":
+		msg += "; the shard map assigns it to no store yet"
+	default:
+		hint.NodeId = target
+		if m, ok := r.stores[target]; ok {
+			hint.Addr = m.Addr
+			msg += fmt.Sprintf("; store %q at %s does", target, m.Addr)
+		} else {
+			msg += fmt.Sprintf("; the shard map names store %q, which is not registered", target)
+		}
+	}
+	return 0, statusWrongShard(hint, msg).Err()
+}
+
+// preferredStore is the store a request for the shard should go to: its
+// leader if known, else its first voter.
+func preferredStore(sh clusterstate.Shard) string {
+	if sh.Leader != "" && sh.Hosts(sh.Leader) {
+		return sh.Leader
+	}
+	for _, r := range sh.Replicas {
+		if r.Role == clusterstate.RoleVoter || r.Role == "" {
+			return r.Store
+		}
+	}
+	return ""
+}
