@@ -1,0 +1,72 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/erlmcp/erlmcp/internal/config"
+	"github.com/erlmcp/erlmcp/internal/logging"
+	"github.com/erlmcp/erlmcp/worker"
+)
+
+const workerSummary = `Run an MCP worker: an MCP server over Streamable HTTP on /mcp (protocol
+versions 2025-03-26, 2025-06-18, 2025-11-25) that keeps every session in the
+replicated session store, so any worker serves any session. It also serves
+/healthz, /readyz and /metrics, and registers itself under
+<etcd-prefix>members/worker/<id>.`
+
+// originsFlag is a comma-separated list of origins.
+type originsFlag struct{ list *[]string }
+
+func (f originsFlag) String() string {
+	if f.list == nil {
+		return ""
+	}
+	return strings.Join(*f.list, ",")
+}
+
+func (f originsFlag) Set(s string) error {
+	*f.list = worker.ParseOrigins(s)
+	return nil
+}
+
+var _ flag.Value = originsFlag{}
+
+// cmdWorker runs an MCP worker until ctx ends.
+func cmdWorker(ctx context.Context, args []string, _, stderr io.Writer) int {
+	cfg := worker.DefaultConfig()
+	cfg.Version = version
+	fs := config.NewFlagSet("worker", workerSummary, stderr)
+	cfg.Common.Register(fs)
+	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "HTTP listen address host:port for /mcp, /healthz, /readyz, /metrics (port 0 picks a free port; the bound address is registered)")
+	fs.Int64Var(&cfg.MaxBodyBytes, "max-body-bytes", cfg.MaxBodyBytes, "largest POST body accepted on /mcp, in bytes (larger: 413)")
+	fs.DurationVar(&cfg.SessionIdleTTL, "session-idle-ttl", cfg.SessionIdleTTL, "a session unused this long expires in the store")
+	fs.Var(originsFlag{&cfg.AllowedOrigins}, "allowed-origins", "comma-separated Origin values accepted besides http(s)://localhost, 127.0.0.1 and [::1] (\"*\" accepts any)")
+	fs.DurationVar(&cfg.RequestTimeout, "request-timeout", cfg.RequestTimeout, "bound on the session store calls made for one MCP request")
+	if err := config.Parse(fs, args, nil); err != nil {
+		if errors.Is(err, config.ErrHelp) {
+			return exitOK
+		}
+		fmt.Fprintf(stderr, "erlmcp worker: %v\n", err)
+		return exitUsage
+	}
+	if err := cfg.Validate(); err != nil {
+		fmt.Fprintf(stderr, "erlmcp worker: %v\n", err)
+		return exitUsage
+	}
+	log, err := logging.New(stderr, cfg.Common.LogFormat, cfg.Common.LogLevel, "worker", cfg.Common.ID, cfg.Common.Region)
+	if err != nil {
+		fmt.Fprintf(stderr, "erlmcp worker: %v\n", err)
+		return exitUsage
+	}
+	if err := worker.Run(ctx, cfg, log); err != nil {
+		log.WithError(err).Error("worker failed")
+		fmt.Fprintf(stderr, "erlmcp worker: %v\n", err)
+		return exitFailure
+	}
+	return exitOK
+}

@@ -1,0 +1,115 @@
+// Package worker is the erlmcp MCP worker: an MCP server over Streamable
+// HTTP that keeps every session record in the replicated session store, so
+// that any worker serves any session.
+//
+// The code is layered so it can grow into the whole protocol:
+//
+//   - jsonrpc.go decodes one JSON-RPC 2.0 message and encodes answers;
+//   - dispatch.go maps an MCP method to its handler (lifecycle.go,
+//     tools.go);
+//   - transport.go is Streamable HTTP on /mcp (headers, status codes,
+//     JSON or SSE answers) and session loading;
+//   - handler.go assembles /mcp, /healthz, /readyz and /metrics;
+//   - run.go runs a worker process against etcd and the store.
+package worker
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/erlmcp/erlmcp/internal/config"
+)
+
+// Config of a worker.
+type Config struct {
+	Common config.Common
+	// Listen is the host:port /mcp, /healthz, /readyz and /metrics serve on.
+	Listen string
+	// MaxBodyBytes bounds a POST body; larger bodies get 413.
+	MaxBodyBytes int64
+	// SessionIdleTTL is how long the store keeps a session nobody uses.
+	SessionIdleTTL time.Duration
+	// AllowedOrigins are Origin values accepted besides http(s) on
+	// localhost, 127.0.0.1 and [::1] (any port). "*" accepts every origin.
+	AllowedOrigins []string
+	// RequestTimeout bounds the store calls made for one HTTP request.
+	RequestTimeout time.Duration
+	// Version is reported as serverInfo.version and in membership.
+	Version string
+}
+
+// Defaults.
+const (
+	DefaultListen         = "127.0.0.1:8081"
+	DefaultMaxBodyBytes   = 4 << 20
+	DefaultSessionIdleTTL = 30 * time.Minute
+	DefaultRequestTimeout = 10 * time.Second
+)
+
+// DefaultConfig returns a worker config with every default set.
+func DefaultConfig() Config {
+	return Config{
+		Common:         config.DefaultCommon(),
+		Listen:         DefaultListen,
+		MaxBodyBytes:   DefaultMaxBodyBytes,
+		SessionIdleTTL: DefaultSessionIdleTTL,
+		RequestTimeout: DefaultRequestTimeout,
+		Version:        "dev",
+	}
+}
+
+// Validate reports the first setting that cannot work, saying what to change.
+func (c Config) Validate() error {
+	if err := c.Common.Validate(); err != nil {
+		return err
+	}
+	if _, port, err := net.SplitHostPort(c.Listen); err != nil || port == "" {
+		return fmt.Errorf("--listen %q: want host:port (e.g. %s, or :0 for any free port)", c.Listen, DefaultListen)
+	}
+	if c.MaxBodyBytes < 1024 {
+		return fmt.Errorf("--max-body-bytes %d: must be at least 1024", c.MaxBodyBytes)
+	}
+	if c.SessionIdleTTL < time.Second {
+		return fmt.Errorf("--session-idle-ttl %s: must be at least 1s", c.SessionIdleTTL)
+	}
+	if c.RequestTimeout <= 0 {
+		return fmt.Errorf("request timeout %s: must be positive", c.RequestTimeout)
+	}
+	for _, o := range c.AllowedOrigins {
+		if o == "*" {
+			continue
+		}
+		if _, err := normalizeOrigin(o); err != nil {
+			return fmt.Errorf("--allowed-origins: %v", err)
+		}
+	}
+	return nil
+}
+
+// normalizeOrigin returns scheme://host[:port] in lower case, or an error
+// when o is not such an origin.
+func normalizeOrigin(o string) (string, error) {
+	u, err := url.Parse(strings.TrimSpace(o))
+	if err != nil || u.Scheme == "" || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+		return "", fmt.Errorf("origin %q: want scheme://host[:port], e.g. https://app.example.com", o)
+	}
+	return strings.ToLower(u.Scheme + "://" + u.Host), nil
+}
+
+// ParseOrigins splits a comma-separated origin list, dropping blanks.
+func ParseOrigins(s string) []string {
+	var out []string
+	for _, o := range strings.Split(s, ",") {
+		if o = strings.TrimSpace(o); o != "" {
+			out = append(out, o)
+		}
+	}
+	return out
+}
+
+// errNoStore is returned when a handler is built without a store.
+var errNoStore = errors.New("worker: a session store is required")

@@ -1,0 +1,134 @@
+package worker
+
+import (
+	"context"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/erlmcp/erlmcp/internal/logging"
+)
+
+// ServerName is reported as serverInfo.name.
+const ServerName = "erlmcp"
+
+// Handler serves /mcp, /healthz, /readyz and /metrics for one worker. It
+// keeps no session state: every request reads the session from the store.
+type Handler struct {
+	store    SessionStore
+	cfg      Config
+	origins  map[string]bool
+	anyOrig  bool
+	log      *logrus.Entry
+	ready    func(context.Context) error
+	draining atomic.Bool
+	metrics  *metrics
+	disp     *dispatcher
+	mux      *http.ServeMux
+}
+
+// Option changes how NewHandler builds a Handler.
+type Option func(*Handler)
+
+// WithConfig sets the worker id (Common.ID, sent as X-Erlmcp-Worker),
+// region and zone (metric labels), body limit, session idle TTL, request
+// timeout, allowed origins and version. Unset (zero) limits keep their
+// defaults. cfg should have passed Validate; an origin that does not parse
+// is ignored.
+func WithConfig(cfg Config) Option {
+	return func(h *Handler) {
+		def := DefaultConfig()
+		if cfg.MaxBodyBytes <= 0 {
+			cfg.MaxBodyBytes = def.MaxBodyBytes
+		}
+		if cfg.SessionIdleTTL <= 0 {
+			cfg.SessionIdleTTL = def.SessionIdleTTL
+		}
+		if cfg.RequestTimeout <= 0 {
+			cfg.RequestTimeout = def.RequestTimeout
+		}
+		if cfg.Version == "" {
+			cfg.Version = def.Version
+		}
+		h.cfg = cfg
+	}
+}
+
+// WithLogger sets the logger (default: discard).
+func WithLogger(log *logrus.Entry) Option { return func(h *Handler) { h.log = log } }
+
+// WithReadiness sets the check behind /readyz: nil error means ready. Run
+// checks etcd and the store; without it /readyz answers 200 unless draining.
+func WithReadiness(check func(context.Context) error) Option {
+	return func(h *Handler) { h.ready = check }
+}
+
+// NewHandler returns a worker's HTTP handler over store.
+func NewHandler(store SessionStore, opts ...Option) *Handler {
+	if store == nil {
+		panic(errNoStore)
+	}
+	h := &Handler{store: store, log: logging.Discard()}
+	WithConfig(DefaultConfig())(h)
+	for _, o := range opts {
+		o(h)
+	}
+	h.origins = map[string]bool{}
+	for _, o := range h.cfg.AllowedOrigins {
+		if o == "*" {
+			h.anyOrig = true
+			continue
+		}
+		if n, err := normalizeOrigin(o); err == nil {
+			h.origins[n] = true
+		}
+	}
+	h.metrics = newMetrics(h.cfg.Common.ID, h.cfg.Common.Region, h.cfg.Common.Zone)
+	h.disp = newDispatcher(h)
+	h.mux = http.NewServeMux()
+	h.mux.HandleFunc("/mcp", h.serveMCP)
+	h.mux.HandleFunc("/healthz", h.serveHealthz)
+	h.mux.HandleFunc("/readyz", h.serveReadyz)
+	h.mux.Handle("/metrics", h.metrics.handler())
+	return h
+}
+
+// ServeHTTP implements http.Handler.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
+
+// WorkerID is the id sent in X-Erlmcp-Worker.
+func (h *Handler) WorkerID() string { return h.cfg.Common.ID }
+
+// SetDraining makes /readyz answer 503 so load balancers stop sending new
+// work; /mcp keeps serving what still arrives.
+func (h *Handler) SetDraining(d bool) { h.draining.Store(d) }
+
+func (h *Handler) serveHealthz(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	_, _ = w.Write([]byte("ok\n"))
+}
+
+// readyTimeout bounds the /readyz check.
+const readyTimeout = 2 * time.Second
+
+func (h *Handler) serveReadyz(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if h.draining.Load() {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = w.Write([]byte("draining\n"))
+		return
+	}
+	if h.ready != nil {
+		ctx, cancel := context.WithTimeout(r.Context(), readyTimeout)
+		defer cancel()
+		if err := h.ready(ctx); err != nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = w.Write([]byte("not ready: " + strings.ReplaceAll(err.Error(), "\n", " ") + "\n"))
+			return
+		}
+	}
+	_, _ = w.Write([]byte("ok\n"))
+}

@@ -1,0 +1,70 @@
+package worker
+
+import (
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Method label values that are not MCP method names. Label values never
+// carry a session id or anything else the client chooses freely: a method
+// the worker does not know is counted as "other".
+const (
+	labelInvalid  = "invalid"  // refused before a message was decoded
+	labelResponse = "response" // a JSON-RPC response from the client
+	labelOther    = "other"    // an MCP method the worker does not serve
+	labelGet      = "GET"      // GET /mcp
+	labelDelete   = "DELETE"   // DELETE /mcp (end of session)
+)
+
+// metrics is one handler's Prometheus registry; no global state, so several
+// handlers can live in one process (tests).
+type metrics struct {
+	reg           *prometheus.Registry
+	requests      *prometheus.CounterVec
+	duration      *prometheus.HistogramVec
+	sessions      prometheus.Counter
+	storeFailures *prometheus.CounterVec
+}
+
+func newMetrics(node, region, zone string) *metrics {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	labels := prometheus.Labels{"role": "worker", "node": node, "region": region, "zone": zone}
+	r := prometheus.WrapRegistererWith(labels, reg)
+	m := &metrics{
+		reg: reg,
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "erlmcp_worker_requests_total",
+			Help: "MCP HTTP requests on /mcp by MCP method (or GET, DELETE, invalid, response, other) and HTTP status code.",
+		}, []string{"method", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "erlmcp_worker_request_duration_seconds",
+			Help:    "Time to answer an MCP HTTP request on /mcp, by MCP method.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}, []string{"method"}),
+		sessions: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "erlmcp_worker_sessions_created_total",
+			Help: "Sessions this worker created (initialize answered).",
+		}),
+		storeFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "erlmcp_worker_store_failures_total",
+			Help: "Session store calls that failed for a reason other than not-found, by operation.",
+		}, []string{"op"}),
+	}
+	r.MustRegister(m.requests, m.duration, m.sessions, m.storeFailures)
+	return m
+}
+
+func (m *metrics) observe(method string, code int, d time.Duration) {
+	m.requests.WithLabelValues(method, strconv.Itoa(code)).Inc()
+	m.duration.WithLabelValues(method).Observe(d.Seconds())
+}
+
+func (m *metrics) handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
+}

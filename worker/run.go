@@ -1,0 +1,167 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/erlmcp/erlmcp/internal/clusterstate"
+	"github.com/erlmcp/erlmcp/internal/membership"
+	"github.com/erlmcp/erlmcp/sessionstore/client"
+)
+
+// Shutdown bounds.
+const (
+	// ShutdownTimeout bounds http.Server.Shutdown: in-flight requests get
+	// this long to finish.
+	ShutdownTimeout = 10 * time.Second
+	// etcdOpTimeout bounds the membership update and revoke at shutdown
+	// and the etcd probe of /readyz.
+	etcdOpTimeout = 2 * time.Second
+)
+
+// Run serves a worker until ctx ends: it connects to etcd and the session
+// store, listens on cfg.Listen, registers in membership (role worker, Addr
+// the bound host:port) and serves. When ctx ends it marks itself draining
+// in membership, leaves membership, and shuts the HTTP server down (at most
+// ShutdownTimeout). It returns nil after a clean shutdown.
+func Run(ctx context.Context, cfg Config, log *logrus.Entry) (err error) {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	if log == nil {
+		log = logrus.NewEntry(logrus.StandardLogger())
+	}
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:   cfg.Common.Endpoints(),
+		DialTimeout: 5 * time.Second,
+		Logger:      zap.NewNop(),
+	})
+	if err != nil {
+		return fmt.Errorf("connect to etcd at %s: %w", cfg.Common.EtcdEndpoints, err)
+	}
+	defer cli.Close()
+
+	sc, err := client.New(ctx, client.Config{Etcd: cli, Prefix: cfg.Common.Prefix, RequestTimeout: storeAttemptTimeout(cfg.RequestTimeout), Log: log})
+	if err != nil {
+		return fmt.Errorf("session store client: %w", err)
+	}
+	defer sc.Close()
+
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w (choose another --listen)", cfg.Listen, err)
+	}
+	addr := advertiseAddr(ln.Addr())
+
+	h := NewHandler(StoreFromClient(sc), WithConfig(cfg), WithLogger(log), WithReadiness(func(ctx context.Context) error {
+		return ready(ctx, cli, cfg.Common.Prefix, sc)
+	}))
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	shutdown := func() {
+		sctx, cancel := context.WithTimeout(context.Background(), ShutdownTimeout)
+		defer cancel()
+		if err := srv.Shutdown(sctx); err != nil {
+			log.WithError(err).Warn("HTTP shutdown did not finish in time; closing connections")
+			_ = srv.Close()
+		}
+	}
+
+	log.WithFields(logrus.Fields{"addr": addr, "etcd": cfg.Common.EtcdEndpoints}).Info("worker listening; registering in etcd")
+	reg, err := membership.Register(ctx, cli, cfg.Common.Prefix, membership.Member{
+		Role:      membership.RoleWorker,
+		ID:        cfg.Common.ID,
+		Addr:      addr,
+		Region:    cfg.Common.Region,
+		Zone:      cfg.Common.Zone,
+		Version:   cfg.Version,
+		PID:       os.Getpid(),
+		StartedAt: time.Now(),
+	}, cfg.Common.LeaseTTL, log)
+	if err != nil {
+		shutdown()
+		if ctx.Err() != nil {
+			return nil // stopped before registering
+		}
+		return err
+	}
+	log.WithField("addr", addr).Info("worker registered; serving MCP on /mcp")
+
+	select {
+	case <-ctx.Done():
+	case err := <-serveErr:
+		// The server stopped on its own: leave membership and report it.
+		h.SetDraining(true)
+		cctx, cancel := context.WithTimeout(context.Background(), etcdOpTimeout)
+		_ = reg.Close(cctx)
+		cancel()
+		return fmt.Errorf("HTTP server on %s stopped: %w", addr, err)
+	}
+
+	log.Info("worker draining")
+	h.SetDraining(true)
+	uctx, cancel := context.WithTimeout(context.Background(), etcdOpTimeout)
+	if err := reg.Update(uctx, func(m *membership.Member) { m.Draining = true }); err != nil {
+		log.WithError(err).Warn("could not mark the worker draining in membership")
+	}
+	cancel()
+	cctx, cancel := context.WithTimeout(context.Background(), etcdOpTimeout)
+	if err := reg.Close(cctx); err != nil {
+		log.WithError(err).Warn("could not revoke the membership lease; it expires by itself")
+	}
+	cancel()
+	shutdown()
+	if err := <-serveErr; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("HTTP server on %s: %w", addr, err)
+	}
+	log.Info("worker stopped")
+	return nil
+}
+
+// storeAttemptTimeout is the store client's per-attempt timeout: a few
+// attempts fit in one request's budget.
+func storeAttemptTimeout(request time.Duration) time.Duration {
+	return max(request/4, 250*time.Millisecond)
+}
+
+// ready is the /readyz check: etcd answers a linearizable read and the
+// store client knows the shard map and a store node.
+func ready(ctx context.Context, cli *clientv3.Client, prefix string, sc *client.Client) error {
+	ectx, cancel := context.WithTimeout(ctx, etcdOpTimeout)
+	defer cancel()
+	if _, err := cli.Get(ectx, clusterstate.ConfigKey(prefix), clientv3.WithCountOnly()); err != nil {
+		return fmt.Errorf("etcd: %w", err)
+	}
+	if err := sc.Ready(ctx); err != nil {
+		return err
+	}
+	return nil
+}
+
+// advertiseAddr is the address registered in membership: the bound
+// address, with the host name in place of an unspecified IP (0.0.0.0, ::).
+func advertiseAddr(a net.Addr) string {
+	tcp, ok := a.(*net.TCPAddr)
+	if !ok || !tcp.IP.IsUnspecified() {
+		return a.String()
+	}
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		return a.String()
+	}
+	return net.JoinHostPort(host, fmt.Sprint(tcp.Port))
+}

@@ -1,0 +1,107 @@
+package worker
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Session is one session record as the store returns it.
+type Session struct {
+	ID      string
+	Version uint64
+	Data    []byte
+}
+
+// Errors a SessionStore returns (wrapped is fine: the worker tests them with
+// errors.Is). An expired session is ErrSessionNotFound.
+var (
+	ErrSessionNotFound  = errors.New("session not found")
+	ErrSessionExists    = errors.New("session already exists")
+	ErrVersionConflict  = errors.New("session version conflict")
+	ErrStoreUnavailable = errors.New("session store unavailable")
+)
+
+// SessionStore is what the worker needs from the replicated session store.
+// StoreFromClient adapts the store's Go client; tests use an in-memory one.
+type SessionStore interface {
+	// Create writes a new record; ErrSessionExists when id is taken.
+	Create(ctx context.Context, id string, data []byte, idleTTL time.Duration) (Session, error)
+	// Get reads a record linearizably; touch resets its idle timer.
+	Get(ctx context.Context, id string, touch bool) (Session, error)
+	// CompareAndSet replaces Data when the record is at expectedVersion;
+	// ErrVersionConflict otherwise.
+	CompareAndSet(ctx context.Context, id string, expectedVersion uint64, data []byte) (Session, error)
+	// Delete removes the record; ErrSessionNotFound when there is none.
+	Delete(ctx context.Context, id string) error
+}
+
+// sessionRecordVersion is the layout version of sessionRecord, bumped when
+// a field changes meaning (adding fields does not bump it).
+const sessionRecordVersion = 1
+
+// sessionRecord is the JSON kept as a session's Data in the store. Every
+// worker rebuilds the session from it; nothing lives only in a worker.
+type sessionRecord struct {
+	// V is the layout version (sessionRecordVersion).
+	V int `json:"v"`
+	// ProtocolVersion is the negotiated MCP version.
+	ProtocolVersion string `json:"protocol_version"`
+	// ClientCapabilities and ClientInfo are kept as the client sent them.
+	ClientCapabilities json.RawMessage `json:"client_capabilities,omitempty"`
+	ClientInfo         json.RawMessage `json:"client_info,omitempty"`
+	// ServerCapabilities is what this session was promised at initialize.
+	ServerCapabilities json.RawMessage `json:"server_capabilities,omitempty"`
+	// Initialized is set by notifications/initialized.
+	Initialized bool `json:"initialized"`
+	// LogLevel is the level set by logging/setLevel; "" when never set.
+	LogLevel string `json:"log_level"`
+	// CreatedBy is the worker that answered initialize (for diagnosis).
+	CreatedBy string `json:"created_by,omitempty"`
+}
+
+func decodeRecord(data []byte) (sessionRecord, error) {
+	var r sessionRecord
+	if err := json.Unmarshal(data, &r); err != nil {
+		return r, fmt.Errorf("decode session record: %w", err)
+	}
+	return r, nil
+}
+
+func (r sessionRecord) encode() []byte {
+	b, _ := json.Marshal(r) // only marshalable fields
+	return b
+}
+
+// sessionIDBytes is the entropy of a session id: 128 bits.
+const sessionIDBytes = 16
+
+// maxSessionIDLen bounds the Mcp-Session-Id header we accept. Our ids are
+// 32 hex characters; other erlmcp workers sharing the store may use
+// others, so allow some room.
+const maxSessionIDLen = 256
+
+// newSessionID returns 128 random bits as lower-case hex.
+func newSessionID() string {
+	b := make([]byte, sessionIDBytes)
+	_, _ = rand.Read(b) // never fails (crypto/rand, Go ≥ 1.24)
+	return hex.EncodeToString(b)
+}
+
+// validSessionID reports whether id is a possible session id: 1..256 visible
+// ASCII characters (0x21-0x7E), as the spec requires.
+func validSessionID(id string) bool {
+	if id == "" || len(id) > maxSessionIDLen {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		if id[i] < 0x21 || id[i] > 0x7e {
+			return false
+		}
+	}
+	return true
+}
