@@ -1,0 +1,396 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/erlmcp/erlmcp/controlplane"
+	"github.com/erlmcp/erlmcp/internal/localcluster"
+)
+
+// clusterJSONName is the file in the data directory through which `erlmcp
+// up` tells `erlmcp ctl` how to reach the local cluster (format:
+// localcluster.ClusterFile).
+const clusterJSONName = "cluster.json"
+
+// Environment variables of the ctl global flags.
+const (
+	envAdminURL   = "ERLMCP_ADMIN_URL"
+	envAdminToken = "ERLMCP_ADMIN_TOKEN"
+	envDataDir    = "ERLMCP_DATA_DIR"
+)
+
+const ctlUsage = `Usage: erlmcp ctl [global flags] <command> [command flags]
+
+Talks to the control plane's admin API (HTTP+JSON, bearer token). Any
+control-plane instance answers, leader or standby. Without --admin-url, ctl
+reads <data-dir>/cluster.json, which ` + "`erlmcp up`" + ` writes, for the admin URLs
+and the token.
+
+Commands:
+  members   every member of every role and whether it answered a health
+            probe within 1 s: ROLE ID ADDR REGION ZONE PID HEALTHY
+  leader    the elected control-plane leader: ID ADMIN_ADDR
+  cluster   the cluster's fixed settings and the shard map:
+            SHARD REPLICAS LEADER EPOCH
+
+Global flags (also accepted after the command):
+  --admin-url URLS  (env ERLMCP_ADMIN_URL)
+      comma-separated admin API URLs (http://host:port), tried in order
+      until one answers
+  --token TOKEN  (env ERLMCP_ADMIN_TOKEN)
+      admin bearer token; default: admin_token from cluster.json
+  --data-dir DIR  (env ERLMCP_DATA_DIR, default ./.erlmcp)
+      where ` + "`erlmcp up`" + ` keeps cluster.json
+
+Command flags:
+  --json    print the API's JSON instead of a table
+
+Exit codes: 0 ok; 1 failed (no local cluster, admin API unreachable, token
+rejected); 2 bad usage.
+See ` + "`erlmcp ctl <command> --help`" + `.
+`
+
+var ctlCommands = map[string]string{
+	"members": "Lists every member of every role (worker, store, controlplane, front) from\netcd membership, each probed for health within 1 s: HTTP roles by\nGET /healthz, store nodes by the gRPC health service.\nColumns: ROLE ID ADDR REGION ZONE PID HEALTHY.",
+	"leader":  "Shows the elected control-plane leader and its admin address.\nColumns: ID ADMIN_ADDR.",
+	"cluster": "Shows the cluster's fixed settings (shard count, replication factor,\ncreation time) and the shard map.\nColumns: SHARD REPLICAS LEADER EPOCH.",
+}
+
+// ctlOptions are the global flags.
+type ctlOptions struct {
+	adminURL, token, dataDir string
+	json                     bool
+}
+
+func (o *ctlOptions) register(fs *flag.FlagSet) {
+	fs.StringVar(&o.adminURL, "admin-url", o.adminURL, "comma-separated admin API URLs, tried in order (env "+envAdminURL+")")
+	fs.StringVar(&o.token, "token", o.token, "admin bearer token (env "+envAdminToken+"; default: admin_token from cluster.json)")
+	fs.StringVar(&o.dataDir, "data-dir", o.dataDir, "directory holding cluster.json written by `erlmcp up` (env "+envDataDir+")")
+}
+
+// ctlError is a failure with its exit code.
+type ctlError struct {
+	code int
+	msg  string
+}
+
+func (e *ctlError) Error() string { return e.msg }
+
+func failf(code int, format string, a ...any) *ctlError {
+	return &ctlError{code: code, msg: fmt.Sprintf(format, a...)}
+}
+
+// cmdCtl runs an admin client command.
+func cmdCtl(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	return runCtl(ctx, args, stdout, stderr, os.LookupEnv)
+}
+
+func runCtl(ctx context.Context, args []string, stdout, stderr io.Writer, lookup func(string) (string, bool)) int {
+	opts := ctlOptions{dataDir: ".erlmcp"}
+	set := map[string]bool{}
+
+	gfs := flag.NewFlagSet("ctl", flag.ContinueOnError)
+	gfs.SetOutput(io.Discard)
+	opts.register(gfs)
+	if err := gfs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(stdout, ctlUsage)
+			return exitOK
+		}
+		fmt.Fprintf(stderr, "erlmcp ctl: %v\n\n%s", err, ctlUsage)
+		return exitUsage
+	}
+	gfs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	rest := gfs.Args()
+	if len(rest) == 0 {
+		fmt.Fprintf(stderr, "erlmcp ctl: no command given\n\n%s", ctlUsage)
+		return exitUsage
+	}
+	name := rest[0]
+	if name == "help" {
+		fmt.Fprint(stdout, ctlUsage)
+		return exitOK
+	}
+	desc, ok := ctlCommands[name]
+	if !ok {
+		fmt.Fprintf(stderr, "erlmcp ctl: unknown command %q (want members, leader or cluster)\n\n%s", name, ctlUsage)
+		return exitUsage
+	}
+
+	sfs := flag.NewFlagSet("ctl "+name, flag.ContinueOnError)
+	sfs.SetOutput(io.Discard)
+	opts.register(sfs)
+	sfs.BoolVar(&opts.json, "json", false, "print the API's JSON instead of a table")
+	subUsage := func(w io.Writer) {
+		fmt.Fprintf(w, "Usage: erlmcp ctl %s [--json] [--admin-url URLS] [--token TOKEN] [--data-dir DIR]\n\n%s\n\nFlags:\n", name, desc)
+		sfs.VisitAll(func(f *flag.Flag) {
+			def := f.DefValue
+			if f.Name == "token" && def != "" {
+				def = "(set)"
+			}
+			if def == "" {
+				def = `""`
+			}
+			fmt.Fprintf(w, "  --%s  (default %s)\n      %s\n", f.Name, def, f.Usage)
+		})
+		fmt.Fprintf(w, "\nWithout --admin-url, the admin URLs and token come from <data-dir>/%s.\nExit codes: 0 ok; 1 failed; 2 bad usage.\n", clusterJSONName)
+	}
+	if err := sfs.Parse(rest[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			subUsage(stdout)
+			return exitOK
+		}
+		fmt.Fprintf(stderr, "erlmcp ctl %s: %v\n\n", name, err)
+		subUsage(stderr)
+		return exitUsage
+	}
+	if sfs.NArg() > 0 {
+		fmt.Fprintf(stderr, "erlmcp ctl %s: unexpected argument %q (flags start with --)\n\n", name, sfs.Arg(0))
+		subUsage(stderr)
+		return exitUsage
+	}
+	sfs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	for flagName, env := range map[string]string{"admin-url": envAdminURL, "token": envAdminToken, "data-dir": envDataDir} {
+		if set[flagName] {
+			continue
+		}
+		if v, ok := lookup(env); ok {
+			switch flagName {
+			case "admin-url":
+				opts.adminURL = v
+			case "token":
+				opts.token = v
+			case "data-dir":
+				opts.dataDir = v
+			}
+		}
+	}
+
+	err := ctlRun(ctx, name, opts, stdout)
+	if err == nil {
+		return exitOK
+	}
+	var ce *ctlError
+	if errors.As(err, &ce) {
+		fmt.Fprintf(stderr, "erlmcp ctl %s: %s\n", name, ce.msg)
+		return ce.code
+	}
+	fmt.Fprintf(stderr, "erlmcp ctl %s: %v\n", name, err)
+	return exitFailure
+}
+
+// ctlTarget finds the admin URLs and the token.
+func ctlTarget(opts ctlOptions) ([]string, string, error) {
+	dir := opts.dataDir
+	if abs, err := filepath.Abs(dir); err == nil {
+		dir = abs
+	}
+	if opts.adminURL != "" {
+		var urls []string
+		for _, u := range strings.Split(opts.adminURL, ",") {
+			if u = strings.TrimSpace(u); u != "" {
+				urls = append(urls, u)
+			}
+		}
+		if len(urls) == 0 {
+			return nil, "", failf(exitUsage, "--admin-url %q names no URL", opts.adminURL)
+		}
+		token := opts.token
+		if token == "" {
+			if c, err := localcluster.ReadClusterFile(filepath.Join(dir, clusterJSONName)); err == nil {
+				token = c.AdminToken
+			}
+		}
+		if token == "" {
+			return nil, "", failf(exitUsage, "no admin token: pass --token or set %s", envAdminToken)
+		}
+		return urls, token, nil
+	}
+	c, err := localcluster.ReadClusterFile(filepath.Join(dir, clusterJSONName))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, "", failf(exitFailure, "no local cluster at %s (run `erlmcp up` there, or pass --admin-url and --token)", dir)
+	}
+	if err != nil {
+		return nil, "", failf(exitFailure, "%v", err)
+	}
+	if len(c.AdminURLs) == 0 {
+		return nil, "", failf(exitFailure, "%s lists no admin_urls; pass --admin-url", filepath.Join(dir, clusterJSONName))
+	}
+	token := opts.token
+	if token == "" {
+		token = c.AdminToken
+	}
+	if token == "" {
+		return nil, "", failf(exitUsage, "no admin token in %s: pass --token or set %s", filepath.Join(dir, clusterJSONName), envAdminToken)
+	}
+	return c.AdminURLs, token, nil
+}
+
+// ctlRequestTimeout bounds one attempt at one admin URL.
+const ctlRequestTimeout = 5 * time.Second
+
+// adminGet GETs path from the first admin URL that answers and decodes
+// the JSON answer into v. Unreachable URLs and 5xx answers move on to the
+// next URL; a rejected token or another 4xx stops at once.
+func adminGet(ctx context.Context, urls []string, token, path string, v any) error {
+	var tried []string
+	client := &http.Client{Timeout: ctlRequestTimeout}
+	for _, u := range urls {
+		base := strings.TrimSuffix(u, "/")
+		if !strings.Contains(base, "://") {
+			base = "http://" + base
+		}
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+path, nil)
+		if err != nil {
+			tried = append(tried, fmt.Sprintf("%s (%v)", u, err))
+			continue
+		}
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := client.Do(req)
+		if err != nil {
+			if ctx.Err() != nil {
+				return failf(exitFailure, "interrupted: %v", ctx.Err())
+			}
+			tried = append(tried, fmt.Sprintf("%s (%v)", u, err))
+			continue
+		}
+		body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+		resp.Body.Close()
+		if err != nil {
+			tried = append(tried, fmt.Sprintf("%s (reading the answer: %v)", u, err))
+			continue
+		}
+		msg := apiErrorMessage(body)
+		switch {
+		case resp.StatusCode == http.StatusUnauthorized:
+			return failf(exitFailure, "the admin API at %s rejected the token (401: %s); check --token, %s or the data dir's %s", u, msg, envAdminToken, clusterJSONName)
+		case resp.StatusCode >= 500:
+			tried = append(tried, fmt.Sprintf("%s (HTTP %d: %s)", u, resp.StatusCode, msg))
+			continue
+		case resp.StatusCode != http.StatusOK:
+			return failf(exitFailure, "the admin API at %s answered HTTP %d: %s", u, resp.StatusCode, msg)
+		}
+		if err := json.Unmarshal(body, v); err != nil {
+			return failf(exitFailure, "the admin API at %s answered with JSON ctl does not understand: %v", u, err)
+		}
+		return nil
+	}
+	return failf(exitFailure, "no control-plane admin API answered; tried %s", strings.Join(tried, "; "))
+}
+
+func apiErrorMessage(body []byte) string {
+	var eb controlplane.ErrorBody
+	if json.Unmarshal(body, &eb) == nil && eb.Error != "" {
+		return eb.Error
+	}
+	s := strings.TrimSpace(string(body))
+	if len(s) > 200 {
+		s = s[:200] + "…"
+	}
+	if s == "" {
+		s = "no message"
+	}
+	return s
+}
+
+func ctlRun(ctx context.Context, name string, opts ctlOptions, stdout io.Writer) error {
+	urls, token, err := ctlTarget(opts)
+	if err != nil {
+		return err
+	}
+	switch name {
+	case "members":
+		var ms []controlplane.MemberStatus
+		if err := adminGet(ctx, urls, token, "/v1/members", &ms); err != nil {
+			return err
+		}
+		if opts.json {
+			return printJSON(stdout, ms)
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "ROLE\tID\tADDR\tREGION\tZONE\tPID\tHEALTHY")
+		for _, m := range ms {
+			healthy := "yes"
+			if !m.Healthy {
+				healthy = "no"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", m.Role, m.ID, dash(m.Addr), dash(m.Region), dash(m.Zone), m.PID, healthy)
+		}
+		return tw.Flush()
+	case "leader":
+		var li controlplane.LeaderInfo
+		if err := adminGet(ctx, urls, token, "/v1/leader", &li); err != nil {
+			return err
+		}
+		if opts.json {
+			return printJSON(stdout, li)
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "ID\tADMIN_ADDR")
+		fmt.Fprintf(tw, "%s\t%s\n", li.ID, dash(li.AdminAddr))
+		return tw.Flush()
+	case "cluster":
+		var cv controlplane.ClusterView
+		if err := adminGet(ctx, urls, token, "/v1/cluster", &cv); err != nil {
+			return err
+		}
+		if opts.json {
+			return printJSON(stdout, cv)
+		}
+		return printCluster(stdout, cv)
+	}
+	return failf(exitUsage, "unknown command %q", name)
+}
+
+func printCluster(w io.Writer, cv controlplane.ClusterView) error {
+	if cv.Config == nil {
+		fmt.Fprintln(w, "cluster not created yet: no control-plane leader has written config/cluster")
+	} else {
+		placed := 0
+		for _, s := range cv.Shards {
+			if len(s.Replicas) > 0 {
+				placed++
+			}
+		}
+		fmt.Fprintf(w, "shard count %d, replication factor %d, created %s; %d of %d shards placed\n\n",
+			cv.Config.ShardCount, cv.Config.ReplicationFactor, cv.Config.CreatedAt.Format(time.RFC3339), placed, cv.Config.ShardCount)
+	}
+	if len(cv.Shards) == 0 {
+		return nil
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SHARD\tREPLICAS\tLEADER\tEPOCH")
+	for _, s := range cv.Shards {
+		var reps []string
+		for _, r := range s.Replicas {
+			reps = append(reps, r.Store+"("+r.Role+")")
+		}
+		fmt.Fprintf(tw, "%03d\t%s\t%s\t%d\n", s.Shard, dash(strings.Join(reps, ",")), dash(s.Leader), s.ConfEpoch)
+	}
+	return tw.Flush()
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
