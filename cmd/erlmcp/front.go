@@ -1,0 +1,55 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/erlmcp/erlmcp/internal/config"
+	"github.com/erlmcp/erlmcp/internal/front"
+	"github.com/erlmcp/erlmcp/internal/logging"
+)
+
+const frontSummary = `Run the etcd-aware HTTP front: it watches <etcd-prefix>members/worker/ and
+spreads MCP traffic over the non-draining workers by health-aware round robin
+(no stickiness), streams SSE unbuffered, and retries a request on another
+worker only when the connection to the first could not be made. With no
+worker available it answers 503 with Retry-After. It serves /healthz and
+/readyz itself and registers under <etcd-prefix>members/front/<id>.`
+
+// cmdFront runs the front until ctx ends.
+func cmdFront(ctx context.Context, args []string, _, stderr io.Writer) int {
+	cfg := front.DefaultConfig()
+	cfg.Version = version
+	fs := config.NewFlagSet("front", frontSummary, stderr)
+	cfg.Common.Register(fs)
+	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "HTTP listen address host:port")
+	fs.StringVar(&cfg.Advertise, "advertise", cfg.Advertise, "address registered in etcd (empty: the address listened on)")
+	fs.Int64Var(&cfg.MaxBodyBytes, "max-body-bytes", cfg.MaxBodyBytes, "largest request body, buffered so a request can be retried; larger is refused with 413")
+	fs.DurationVar(&cfg.DialTimeout, "dial-timeout", cfg.DialTimeout, "timeout for connecting to a worker")
+	fs.DurationVar(&cfg.Cooldown, "cooldown", cfg.Cooldown, "how long a worker that refused a connection or failed a probe is skipped")
+	fs.DurationVar(&cfg.ProbeInterval, "probe-interval", cfg.ProbeInterval, "period of GET /healthz probes of each worker (0 disables)")
+	if err := config.Parse(fs, args, nil); err != nil {
+		if errors.Is(err, config.ErrHelp) {
+			return exitOK
+		}
+		fmt.Fprintf(stderr, "erlmcp front: %v\n", err)
+		return exitUsage
+	}
+	if err := cfg.Validate(); err != nil {
+		fmt.Fprintf(stderr, "erlmcp front: %v\n", err)
+		return exitUsage
+	}
+	log, err := logging.New(stderr, cfg.Common.LogFormat, cfg.Common.LogLevel, "front", cfg.Common.ID, cfg.Common.Region)
+	if err != nil {
+		fmt.Fprintf(stderr, "erlmcp front: %v\n", err)
+		return exitUsage
+	}
+	if err := front.Run(ctx, cfg, log); err != nil {
+		log.WithError(err).Error("front failed")
+		fmt.Fprintf(stderr, "erlmcp front: %v\n", err)
+		return exitFailure
+	}
+	return exitOK
+}

@@ -1,0 +1,61 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/erlmcp/erlmcp/internal/config"
+	"github.com/erlmcp/erlmcp/internal/localcluster"
+	"github.com/erlmcp/erlmcp/internal/logging"
+)
+
+const upSummary = `Run a whole erlmcp cluster on this machine with one command: etcd embedded
+in this process, and control planes, session store nodes, workers and the
+front as supervised child processes of this binary (restarted with backoff if
+they exit), all on 127.0.0.1. Everything lives under --data-dir: the etcd
+data, each store's data, logs/<child>.log, admin.token and cluster.json (the
+endpoints and admin token, read by erlmcp ctl). Running up again on the same
+data dir restarts the same cluster. Ctrl-C (SIGINT) or SIGTERM stops it all.`
+
+// cmdUp runs the local cluster until ctx ends.
+func cmdUp(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	cfg := localcluster.DefaultConfig()
+	fs := config.NewFlagSet("up", upSummary, stderr)
+	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory for all cluster state (created if missing; locked while up runs)")
+	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "the front's listen address: the MCP endpoint is http://<listen>/mcp")
+	fs.IntVar(&cfg.AdminPortBase, "admin-port-base", cfg.AdminPortBase, "control plane i serves its admin API on 127.0.0.1:<base+i>")
+	fs.IntVar(&cfg.WorkerPortBase, "worker-port-base", cfg.WorkerPortBase, "worker i listens on 127.0.0.1:<base+i>")
+	fs.IntVar(&cfg.StorePortBase, "store-port-base", cfg.StorePortBase, "store node i serves gRPC on 127.0.0.1:<base+i>")
+	fs.IntVar(&cfg.EtcdClientPort, "etcd-client-port", cfg.EtcdClientPort, "embedded etcd client port on 127.0.0.1")
+	fs.IntVar(&cfg.EtcdPeerPort, "etcd-peer-port", cfg.EtcdPeerPort, "embedded etcd peer port on 127.0.0.1")
+	fs.IntVar(&cfg.Workers, "workers", cfg.Workers, "number of MCP workers")
+	fs.IntVar(&cfg.Stores, "stores", cfg.Stores, "number of session store nodes")
+	fs.IntVar(&cfg.ControlPlanes, "controlplanes", cfg.ControlPlanes, "number of control-plane instances (one leads)")
+	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "log level of up and every child: debug, info, warn, error")
+	fs.DurationVar(&cfg.LeaseTTL, "lease-ttl", cfg.LeaseTTL, "membership lease TTL of every child: a dead process leaves membership within about TTL + 0.5s")
+	fs.DurationVar(&cfg.ReadyTimeout, "ready-timeout", cfg.ReadyTimeout, "how long to wait for the front and a worker to be up before giving up")
+	fs.DurationVar(&cfg.StopTimeout, "stop-timeout", cfg.StopTimeout, "on shutdown, how long children get after SIGTERM before SIGKILL")
+	if err := config.Parse(fs, args, nil); err != nil {
+		if errors.Is(err, config.ErrHelp) {
+			return exitOK
+		}
+		fmt.Fprintf(stderr, "erlmcp up: %v\n", err)
+		return exitUsage
+	}
+	if err := cfg.Validate(); err != nil {
+		fmt.Fprintf(stderr, "erlmcp up: %v\n", err)
+		return exitUsage
+	}
+	log, err := logging.New(stderr, "auto", cfg.LogLevel, "up", "up", "local")
+	if err != nil {
+		fmt.Fprintf(stderr, "erlmcp up: %v\n", err)
+		return exitUsage
+	}
+	if err := localcluster.Run(ctx, cfg, stdout, log); err != nil {
+		fmt.Fprintf(stderr, "erlmcp up: %v\n", err)
+		return exitFailure
+	}
+	return exitOK
+}

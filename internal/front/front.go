@@ -1,0 +1,276 @@
+// Package front is the small etcd-aware HTTP front for one machine and
+// small installs: it discovers workers from etcd membership, spreads
+// requests over the non-draining ones by health-aware round robin (no
+// stickiness: any worker serves any session), streams responses (SSE)
+// unbuffered, and retries a request on another worker only when it never
+// reached the first (the connection could not be made).
+package front
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/erlmcp/erlmcp/internal/config"
+	"github.com/erlmcp/erlmcp/internal/etcdwatch"
+	"github.com/erlmcp/erlmcp/internal/membership"
+	"github.com/sirupsen/logrus"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// DefaultMaxBodyBytes is the largest request body the front buffers for a
+// possible retry; it matches the worker's request limit (4 MiB).
+const DefaultMaxBodyBytes = 4 << 20
+
+// Config of a front.
+type Config struct {
+	Common config.Common
+	// Listen is the HTTP listen address (host:port; port 0 picks one).
+	Listen string
+	// Advertise is the address written to membership; "" means the
+	// address actually listened on.
+	Advertise string
+	// Version is written to membership.
+	Version string
+	// MaxBodyBytes bounds the buffered request body; larger → 413.
+	MaxBodyBytes int64
+	// DialTimeout bounds connecting to a worker.
+	DialTimeout time.Duration
+	// Cooldown is how long a worker that refused a connection (or failed a
+	// probe) is skipped while others are available.
+	Cooldown time.Duration
+	// ProbeInterval is the period of active GET /healthz probes of each
+	// worker; 0 disables probing.
+	ProbeInterval time.Duration
+	// ShutdownTimeout bounds the graceful HTTP shutdown when ctx ends.
+	ShutdownTimeout time.Duration
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	c := config.DefaultCommon()
+	return Config{
+		Common:          c,
+		Listen:          "127.0.0.1:8080",
+		MaxBodyBytes:    DefaultMaxBodyBytes,
+		DialTimeout:     time.Second,
+		Cooldown:        2 * time.Second,
+		ProbeInterval:   2 * time.Second,
+		ShutdownTimeout: 5 * time.Second,
+	}
+}
+
+// Validate reports the first setting that cannot work.
+func (c Config) Validate() error {
+	if err := c.Common.Validate(); err != nil {
+		return err
+	}
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		return fmt.Errorf("--listen %q: want host:port: %v", c.Listen, err)
+	}
+	switch {
+	case c.MaxBodyBytes <= 0:
+		return fmt.Errorf("--max-body-bytes %d: must be positive", c.MaxBodyBytes)
+	case c.DialTimeout <= 0:
+		return fmt.Errorf("--dial-timeout %s: must be positive", c.DialTimeout)
+	case c.Cooldown < 0:
+		return fmt.Errorf("--cooldown %s: must not be negative", c.Cooldown)
+	case c.ProbeInterval < 0:
+		return fmt.Errorf("--probe-interval %s: must not be negative (0 disables probing)", c.ProbeInterval)
+	}
+	return nil
+}
+
+// Front is a running front.
+type Front struct {
+	cfg    Config
+	log    *logrus.Entry
+	pool   *pool
+	ln     net.Listener
+	srv    *http.Server
+	reg    *membership.Registration
+	cancel context.CancelFunc
+	done   chan struct{} // background loops finished
+	served chan error
+}
+
+// Run connects to etcd, serves until ctx ends, then shuts down.
+func Run(ctx context.Context, cfg Config, log *logrus.Entry) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: cfg.Common.Endpoints(), DialTimeout: 5 * time.Second, Logger: quietZap()})
+	if err != nil {
+		return fmt.Errorf("etcd client for %s: %w", cfg.Common.EtcdEndpoints, err)
+	}
+	defer cli.Close()
+	f, err := Start(ctx, cfg, cli, log)
+	if err != nil {
+		return err
+	}
+	log.WithField("listen", f.Addr()).Info("front serving")
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-f.served:
+	}
+	log.Info("front stopping")
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	closeErr := f.Close(sctx)
+	if serveErr != nil {
+		return fmt.Errorf("front: serve: %w", serveErr)
+	}
+	return closeErr
+}
+
+// Start listens, starts watching worker membership and registers the front
+// in etcd. It returns once the front serves (possibly before the first
+// worker list arrives).
+func Start(ctx context.Context, cfg Config, cli *clientv3.Client, log *logrus.Entry) (*Front, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("front: listen on %s: %w", cfg.Listen, err)
+	}
+	bctx, cancel := context.WithCancel(context.Background())
+	f := &Front{
+		cfg:    cfg,
+		log:    log,
+		pool:   newPool(cfg.Cooldown),
+		ln:     ln,
+		cancel: cancel,
+		done:   make(chan struct{}),
+		served: make(chan error, 1),
+	}
+	f.srv = &http.Server{
+		Handler:           f.handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          nil,
+	}
+	go func() {
+		if err := f.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			f.served <- err
+		}
+	}()
+
+	loops := 1
+	finished := make(chan struct{}, 2)
+	go func() {
+		defer func() { finished <- struct{}{} }()
+		_ = etcdwatch.Run(bctx, cli, membership.RolePrefix(cfg.Common.Prefix, membership.RoleWorker), etcdwatch.Options{
+			OnError: func(err error) { log.WithError(err).Warn("watching worker membership") },
+		}, func(s etcdwatch.Snapshot) {
+			f.pool.set(membership.FromKVs(s.KVs))
+		})
+	}()
+	if cfg.ProbeInterval > 0 {
+		loops++
+		go func() {
+			defer func() { finished <- struct{}{} }()
+			f.probeLoop(bctx)
+		}()
+	}
+	go func() {
+		for range loops {
+			<-finished
+		}
+		close(f.done)
+	}()
+
+	adv := cfg.Advertise
+	if adv == "" {
+		adv = ln.Addr().String()
+	}
+	m := membership.Member{
+		Role:      membership.RoleFront,
+		ID:        cfg.Common.ID,
+		Addr:      adv,
+		Region:    cfg.Common.Region,
+		Zone:      cfg.Common.Zone,
+		Version:   cfg.Version,
+		PID:       os.Getpid(),
+		StartedAt: time.Now().UTC(),
+	}
+	reg, err := membership.Register(ctx, cli, cfg.Common.Prefix, m, cfg.Common.LeaseTTL, log)
+	if err != nil {
+		sctx, c := context.WithTimeout(context.Background(), time.Second)
+		defer c()
+		_ = f.Close(sctx)
+		return nil, err
+	}
+	f.reg = reg
+	return f, nil
+}
+
+// Addr is the address the front listens on.
+func (f *Front) Addr() string { return f.ln.Addr().String() }
+
+// Workers returns the ids of the workers requests may go to, in round-robin
+// order.
+func (f *Front) Workers() []string {
+	bs := f.pool.list()
+	out := make([]string, len(bs))
+	for i, b := range bs {
+		out[i] = b.id
+	}
+	return out
+}
+
+// Close deregisters, stops serving (in-flight requests get until ctx ends)
+// and stops the background loops.
+func (f *Front) Close(ctx context.Context) error {
+	var errs []error
+	if f.reg != nil {
+		if err := f.reg.Close(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("deregister front: %w", err))
+		}
+	}
+	if err := f.srv.Shutdown(ctx); err != nil {
+		// Long-lived SSE streams: cut them.
+		_ = f.srv.Close()
+	}
+	f.cancel()
+	<-f.done
+	return errors.Join(errs...)
+}
+
+func (f *Front) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "workers": len(f.pool.list())})
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		n := len(f.pool.list())
+		if n == 0 {
+			w.Header().Set("Retry-After", "1")
+			writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "no worker available", "workers": 0})
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "workers": n})
+	})
+	mux.Handle("/", newProxy(f.pool, f.cfg, f.log))
+	return mux
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// workerURL turns a membership Addr (host:port or a URL) into a base URL.
+func workerURL(addr string) string {
+	if strings.Contains(addr, "://") {
+		return strings.TrimSuffix(addr, "/")
+	}
+	return "http://" + addr
+}
