@@ -117,9 +117,3 @@ func (c Config) token() (string, error) {
 func (c Config) electionTTLSeconds() int {
 	return int((c.ElectionTTL + time.Second - 1) / time.Second)
 }
-
-// minStoresToPlace is how many stores initial placement waits for before
-// the settle time has passed.
-func (c Config) minStoresToPlace(rf int) int {
-	return max(1, min(rf, 3))
-}

@@ -1,6 +1,9 @@
 package controlplane
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
 
 // metrics live in a private registry, so several instances can run in one
 // process (tests) without clashing.
@@ -29,6 +32,6 @@ func newMetrics(node, region, zone string) *metrics {
 		}),
 	}
 	m.reg.MustRegister(m.isLeader, m.leaderChanges, m.shardsPlaced,
-		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

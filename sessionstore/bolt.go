@@ -10,6 +10,7 @@ import (
 
 	pb "github.com/erlmcp/erlmcp/proto/erlmcp/sessionstore/v1"
 	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 )
 
 // DBFile is the bbolt file's name inside the data dir.
@@ -34,7 +35,7 @@ func openBolt(dataDir, nodeID string) (*boltStorage, error) {
 	path := filepath.Join(dataDir, DBFile)
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
 	if err != nil {
-		if errors.Is(err, bolt.ErrTimeout) {
+		if errors.Is(err, bolterrors.ErrTimeout) {
 			return nil, fmt.Errorf("open %s: the file is locked by another process (is another store node using --data-dir %s?)", path, dataDir)
 		}
 		return nil, fmt.Errorf("open %s: %w", path, err)
