@@ -537,6 +537,1250 @@ func (*DeleteSessionResponse) Descriptor() ([]byte, []int) {
 	return file_erlmcp_sessionstore_v1_sessionstore_proto_rawDescGZIP(), []int{8}
 }
 
+// Event is one entry of a session's stream.
+type Event struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Stream string                 `protobuf:"bytes,1,opt,name=stream,proto3" json:"stream,omitempty"`
+	// Starts at 1 per stream and grows by one per event; never reused.
+	Seq             uint64 `protobuf:"varint,2,opt,name=seq,proto3" json:"seq,omitempty"`
+	Data            []byte `protobuf:"bytes,3,opt,name=data,proto3" json:"data,omitempty"`
+	CreatedAtUnixMs int64  `protobuf:"varint,4,opt,name=created_at_unix_ms,json=createdAtUnixMs,proto3" json:"created_at_unix_ms,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *Event) Reset() {
+	*x = Event{}
+	mi := &file_erlmcp_sessionstore_v1_sessionstore_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Event) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Event) ProtoMessage() {}
+
+func (x *Event) ProtoReflect() protoreflect.Message {
+	mi := &file_erlmcp_sessionstore_v1_sessionstore_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Event.ProtoReflect.Descriptor instead.
+func (*Event) Descriptor() ([]byte, []int) {
+	return file_erlmcp_sessionstore_v1_sessionstore_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *Event) GetStream() string {
+	if x != nil {
+		return x.Stream
+	}
+	return ""
+}
+
+func (x *Event) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *Event) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *Event) GetCreatedAtUnixMs() int64 {
+	if x != nil {
+		return x.CreatedAtUnixMs
+	}
+	return 0
+}
+
+type AppendEventsRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	SessionId string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	// Stream name: 1..128 visible ASCII characters.
+	Stream        string   `protobuf:"bytes,2,opt,name=stream,proto3" json:"stream,omitempty"`
+	Data          [][]byte `protobuf:"bytes,3,rep,name=data,proto3" json:"data,omitempty"`
+	RequestId     string   `protobuf:"bytes,4,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AppendEventsRequest) Reset() {
+	*x = AppendEventsRequest{}
+	mi := &file_erlmcp_sessionstore_v1_sessionstore_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AppendEventsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AppendEventsRequest) ProtoMessage() {}
+
+func (x *AppendEventsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_erlmcp_sessionstore_v1_sessionstore_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AppendEventsRequest.ProtoReflect.Descriptor instead.
+func (*AppendEventsRequest) Descriptor() ([]byte, []int) {
+	return file_erlmcp_sessionstore_v1_sessionstore_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *AppendEventsRequest) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *AppendEventsRequest) GetStream() string {
+	if x != nil {
+		return x.Stream
+	}
+	return ""
+}
+
+func (x *AppendEventsRequest) GetData() [][]byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *AppendEventsRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+type AppendEventsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The sequence number of each appended event, in order.
+	Seqs          []uint64 `protobuf:"varint,1,rep,packed,name=seqs,proto3" json:"seqs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AppendEventsResponse) Reset() {
+	*x = AppendEventsResponse{}
+	mi := &file_erlmcp_sessionstore_v1_sessionstore_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AppendEventsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AppendEventsResponse) ProtoMessage() {}
+
+func (x *AppendEventsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_erlmcp_sessionstore_v1_sessionstore_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AppendEventsResponse.ProtoReflect.Descriptor instead.
+func (*AppendEventsResponse) Descriptor() ([]byte, []int) {
+	return file_erlmcp_sessionstore_v1_sessionstore_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *AppendEventsResponse) GetSeqs() []uint64 {
+	if x != nil {
+		return x.Seqs
+	}
+	return nil
+}
+
+type ReadEventsRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	SessionId string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	Stream    string                 `protobuf:"bytes,2,opt,name=stream,proto3" json:"stream,omitempty"`
+	AfterSeq  uint64                 `protobuf:"varint,3,opt,name=after_seq,json=afterSeq,proto3" json:"after_seq,omitempty"`
+	// At most this many events (0: the node's default, 1000).
+	Limit uint32 `protobuf:"varint,4,opt,name=limit,proto3" json:"limit,omitempty"`
+	// Block up to this long for an event after after_seq (0: do not wait;
+	// capped by the node at 30 s).
+	WaitMs        int64 `protobuf:"varint,5,opt,name=wait_ms,json=waitMs,proto3" json:"wait_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadEventsRequest) Reset() {
+	*x = ReadEventsRequest{}
+	mi := &file_erlmcp_sessionstore_v1_sessionstore_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadEventsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadEventsRequest) ProtoMessage() {}
+
+func (x *ReadEventsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_erlmcp_sessionstore_v1_sessionstore_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadEventsRequest.ProtoReflect.Descriptor instead.
+func (*ReadEventsRequest) Descriptor() ([]byte, []int) {
+	return file_erlmcp_sessionstore_v1_sessionstore_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ReadEventsRequest) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *ReadEventsRequest) GetStream() string {
+	if x != nil {
+		return x.Stream
+	}
+	return ""
+}
+
+func (x *ReadEventsRequest) GetAfterSeq() uint64 {
+	if x != nil {
+		return x.AfterSeq
+	}
+	return 0
+}
+
+func (x *ReadEventsRequest) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *ReadEventsRequest) GetWaitMs() int64 {
+	if x != nil {
+		return x.WaitMs
+	}
+	return 0
+}
+
+type ReadEventsResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Events []*Event               `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	// The oldest sequence number still kept; events between after_seq and
+	// it were dropped by retention, so a resuming reader has a gap.
+	FirstRetainedSeq uint64 `protobuf:"varint,2,opt,name=first_retained_seq,json=firstRetainedSeq,proto3" json:"first_retained_seq,omitempty"`
+	// The newest sequence number in the stream (0 if empty).
+	LastSeq       uint64 `protobuf:"varint,3,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadEventsResponse) Reset() {
+	*x = ReadEventsResponse{}
+	mi := &file_erlmcp_sessionstore_v1_sessionstore_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadEventsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadEventsResponse) ProtoMessage() {}
+
+func (x *ReadEventsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_erlmcp_sessionstore_v1_sessionstore_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadEventsResponse.ProtoReflect.Descriptor instead.
+func (*ReadEventsResponse) Descriptor() ([]byte, []int) {
+	return file_erlmcp_sessionstore_v1_sessionstore_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ReadEventsResponse) GetEvents() []*Event {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+func (x *ReadEventsResponse) GetFirstRetainedSeq() uint64 {
+	if x != nil {
+		return x.FirstRetainedSeq
+	}
+	return 0
+}
+
+func (x *ReadEventsResponse) GetLastSeq() uint64 {
+	if x != nil {
+		return x.LastSeq
+	}
+	return 0
+}
+
+// StateEntry is one key of a session's key/value state.
+type StateEntry struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Key   string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Value []byte                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	// Starts at 1 and grows by one per write of the key.
+	Version       uint64 `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StateEntry) Reset() {
+	*x = StateEntry{}
+	mi := &file_erlmcp_sessionstore_v1_sessionstore_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StateEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StateEntry) ProtoMessage() {}
+
+func (x *StateEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_erlmcp_sessionstore_v1_sessionstore_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StateEntry.ProtoReflect.Descriptor instead.
+func (*StateEntry) Descriptor() ([]byte, []int) {
+	return file_erlmcp_sessionstore_v1_sessionstore_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *StateEntry) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *StateEntry) GetValue() []byte {
+	if x != nil {
+		return x.Value
+	}
+	return nil
+}
+
+func (x *StateEntry) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+type GetStateRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SessionId     string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	Key           string                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetStateRequest) Reset() {
+	*x = GetStateRequest{}
+	mi := &file_erlmcp_sessionstore_v1_sessionstore_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetStateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetStateRequest) ProtoMessage() {}
+
+func (x *GetStateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_erlmcp_sessionstore_v1_sessionstore_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetStateRequest.ProtoReflect.Descriptor instead.
+func (*GetStateRequest) Descriptor() ([]byte, []int) {
+	return file_erlmcp_sessionstore_v1_sessionstore_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *GetStateRequest) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *GetStateRequest) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+type GetStateResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Entry         *StateEntry            `protobuf:"bytes,1,opt,name=entry,proto3" json:"entry,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetStateResponse) Reset() {
+	*x = GetStateResponse{}
+	mi := &file_erlmcp_sessionstore_v1_sessionstore_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetStateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetStateResponse) ProtoMessage() {}
+
+func (x *GetStateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_erlmcp_sessionstore_v1_sessionstore_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetStateResponse.ProtoReflect.Descriptor instead.
+func (*GetStateResponse) Descriptor() ([]byte, []int) {
+	return file_erlmcp_sessionstore_v1_sessionstore_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *GetStateResponse) GetEntry() *StateEntry {
+	if x != nil {
+		return x.Entry
+	}
+	return nil
+}
+
+type PutStateRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	SessionId string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	Key       string                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	Value     []byte                 `protobuf:"bytes,3,opt,name=value,proto3" json:"value,omitempty"`
+	// Unset: write unconditionally. 0: only if the key is absent. n: only if
+	// the key's version is n.
+	ExpectedVersion *uint64 `protobuf:"varint,4,opt,name=expected_version,json=expectedVersion,proto3,oneof" json:"expected_version,omitempty"`
+	RequestId       string  `protobuf:"bytes,5,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *PutStateRequest) Reset() {
+	*x = PutStateRequest{}
+	mi := &file_erlmcp_sessionstore_v1_sessionstore_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutStateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutStateRequest) ProtoMessage() {}
+
+func (x *PutStateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_erlmcp_sessionstore_v1_sessionstore_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutStateRequest.ProtoReflect.Descriptor instead.
+func (*PutStateRequest) Descriptor() ([]byte, []int) {
+	return file_erlmcp_sessionstore_v1_sessionstore_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *PutStateRequest) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *PutStateRequest) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *PutStateRequest) GetValue() []byte {
+	if x != nil {
+		return x.Value
+	}
+	return nil
+}
+
+func (x *PutStateRequest) GetExpectedVersion() uint64 {
+	if x != nil && x.ExpectedVersion != nil {
+		return *x.ExpectedVersion
+	}
+	return 0
+}
+
+func (x *PutStateRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+type PutStateResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Entry         *StateEntry            `protobuf:"bytes,1,opt,name=entry,proto3" json:"entry,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutStateResponse) Reset() {
+	*x = PutStateResponse{}
+	mi := &file_erlmcp_sessionstore_v1_sessionstore_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutStateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutStateResponse) ProtoMessage() {}
+
+func (x *PutStateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_erlmcp_sessionstore_v1_sessionstore_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutStateResponse.ProtoReflect.Descriptor instead.
+func (*PutStateResponse) Descriptor() ([]byte, []int) {
+	return file_erlmcp_sessionstore_v1_sessionstore_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *PutStateResponse) GetEntry() *StateEntry {
+	if x != nil {
+		return x.Entry
+	}
+	return nil
+}
+
+type DeleteStateRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SessionId     string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	Key           string                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	RequestId     string                 `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteStateRequest) Reset() {
+	*x = DeleteStateRequest{}
+	mi := &file_erlmcp_sessionstore_v1_sessionstore_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteStateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteStateRequest) ProtoMessage() {}
+
+func (x *DeleteStateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_erlmcp_sessionstore_v1_sessionstore_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteStateRequest.ProtoReflect.Descriptor instead.
+func (*DeleteStateRequest) Descriptor() ([]byte, []int) {
+	return file_erlmcp_sessionstore_v1_sessionstore_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *DeleteStateRequest) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *DeleteStateRequest) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *DeleteStateRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+type DeleteStateResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteStateResponse) Reset() {
+	*x = DeleteStateResponse{}
+	mi := &file_erlmcp_sessionstore_v1_sessionstore_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteStateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteStateResponse) ProtoMessage() {}
+
+func (x *DeleteStateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_erlmcp_sessionstore_v1_sessionstore_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteStateResponse.ProtoReflect.Descriptor instead.
+func (*DeleteStateResponse) Descriptor() ([]byte, []int) {
+	return file_erlmcp_sessionstore_v1_sessionstore_proto_rawDescGZIP(), []int{20}
+}
+
+type ListStateRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SessionId     string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	Prefix        string                 `protobuf:"bytes,2,opt,name=prefix,proto3" json:"prefix,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListStateRequest) Reset() {
+	*x = ListStateRequest{}
+	mi := &file_erlmcp_sessionstore_v1_sessionstore_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListStateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListStateRequest) ProtoMessage() {}
+
+func (x *ListStateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_erlmcp_sessionstore_v1_sessionstore_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListStateRequest.ProtoReflect.Descriptor instead.
+func (*ListStateRequest) Descriptor() ([]byte, []int) {
+	return file_erlmcp_sessionstore_v1_sessionstore_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *ListStateRequest) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *ListStateRequest) GetPrefix() string {
+	if x != nil {
+		return x.Prefix
+	}
+	return ""
+}
+
+type ListStateResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Entries       []*StateEntry          `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListStateResponse) Reset() {
+	*x = ListStateResponse{}
+	mi := &file_erlmcp_sessionstore_v1_sessionstore_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListStateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListStateResponse) ProtoMessage() {}
+
+func (x *ListStateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_erlmcp_sessionstore_v1_sessionstore_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListStateResponse.ProtoReflect.Descriptor instead.
+func (*ListStateResponse) Descriptor() ([]byte, []int) {
+	return file_erlmcp_sessionstore_v1_sessionstore_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *ListStateResponse) GetEntries() []*StateEntry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+// Task is one MCP task's record (2025-11-25 tasks). The store does not
+// interpret status or result; the worker owns their meaning.
+type Task struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	TaskId string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	// e.g. working, input_required, completed, failed, cancelled.
+	Status        string `protobuf:"bytes,2,opt,name=status,proto3" json:"status,omitempty"`
+	StatusMessage string `protobuf:"bytes,3,opt,name=status_message,json=statusMessage,proto3" json:"status_message,omitempty"`
+	// The JSON-RPC result or error of the task's request, once done.
+	Result []byte `protobuf:"bytes,4,opt,name=result,proto3" json:"result,omitempty"`
+	// The worker id that runs the task.
+	Owner           string `protobuf:"bytes,5,opt,name=owner,proto3" json:"owner,omitempty"`
+	CreatedAtUnixMs int64  `protobuf:"varint,6,opt,name=created_at_unix_ms,json=createdAtUnixMs,proto3" json:"created_at_unix_ms,omitempty"`
+	UpdatedAtUnixMs int64  `protobuf:"varint,7,opt,name=updated_at_unix_ms,json=updatedAtUnixMs,proto3" json:"updated_at_unix_ms,omitempty"`
+	// Milliseconds a finished task is kept (0: as long as its session).
+	TtlMs   int64  `protobuf:"varint,8,opt,name=ttl_ms,json=ttlMs,proto3" json:"ttl_ms,omitempty"`
+	Version uint64 `protobuf:"varint,9,opt,name=version,proto3" json:"version,omitempty"`
+	// Anything else the worker keeps with the task.
+	Data          []byte `protobuf:"bytes,10,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Task) Reset() {
+	*x = Task{}
+	mi := &file_erlmcp_sessionstore_v1_sessionstore_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Task) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Task) ProtoMessage() {}
+
+func (x *Task) ProtoReflect() protoreflect.Message {
+	mi := &file_erlmcp_sessionstore_v1_sessionstore_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Task.ProtoReflect.Descriptor instead.
+func (*Task) Descriptor() ([]byte, []int) {
+	return file_erlmcp_sessionstore_v1_sessionstore_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *Task) GetTaskId() string {
+	if x != nil {
+		return x.TaskId
+	}
+	return ""
+}
+
+func (x *Task) GetStatus() string {
+	if x != nil {
+		return x.Status
+	}
+	return ""
+}
+
+func (x *Task) GetStatusMessage() string {
+	if x != nil {
+		return x.StatusMessage
+	}
+	return ""
+}
+
+func (x *Task) GetResult() []byte {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
+func (x *Task) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+func (x *Task) GetCreatedAtUnixMs() int64 {
+	if x != nil {
+		return x.CreatedAtUnixMs
+	}
+	return 0
+}
+
+func (x *Task) GetUpdatedAtUnixMs() int64 {
+	if x != nil {
+		return x.UpdatedAtUnixMs
+	}
+	return 0
+}
+
+func (x *Task) GetTtlMs() int64 {
+	if x != nil {
+		return x.TtlMs
+	}
+	return 0
+}
+
+func (x *Task) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *Task) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+type PutTaskRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	SessionId string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	Task      *Task                  `protobuf:"bytes,2,opt,name=task,proto3" json:"task,omitempty"`
+	// Unset: write unconditionally. 0: only if absent. n: only if at version n.
+	ExpectedVersion *uint64 `protobuf:"varint,3,opt,name=expected_version,json=expectedVersion,proto3,oneof" json:"expected_version,omitempty"`
+	RequestId       string  `protobuf:"bytes,4,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *PutTaskRequest) Reset() {
+	*x = PutTaskRequest{}
+	mi := &file_erlmcp_sessionstore_v1_sessionstore_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutTaskRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutTaskRequest) ProtoMessage() {}
+
+func (x *PutTaskRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_erlmcp_sessionstore_v1_sessionstore_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutTaskRequest.ProtoReflect.Descriptor instead.
+func (*PutTaskRequest) Descriptor() ([]byte, []int) {
+	return file_erlmcp_sessionstore_v1_sessionstore_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *PutTaskRequest) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *PutTaskRequest) GetTask() *Task {
+	if x != nil {
+		return x.Task
+	}
+	return nil
+}
+
+func (x *PutTaskRequest) GetExpectedVersion() uint64 {
+	if x != nil && x.ExpectedVersion != nil {
+		return *x.ExpectedVersion
+	}
+	return 0
+}
+
+func (x *PutTaskRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+type PutTaskResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Task          *Task                  `protobuf:"bytes,1,opt,name=task,proto3" json:"task,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutTaskResponse) Reset() {
+	*x = PutTaskResponse{}
+	mi := &file_erlmcp_sessionstore_v1_sessionstore_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutTaskResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutTaskResponse) ProtoMessage() {}
+
+func (x *PutTaskResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_erlmcp_sessionstore_v1_sessionstore_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutTaskResponse.ProtoReflect.Descriptor instead.
+func (*PutTaskResponse) Descriptor() ([]byte, []int) {
+	return file_erlmcp_sessionstore_v1_sessionstore_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *PutTaskResponse) GetTask() *Task {
+	if x != nil {
+		return x.Task
+	}
+	return nil
+}
+
+type GetTaskRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SessionId     string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	TaskId        string                 `protobuf:"bytes,2,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetTaskRequest) Reset() {
+	*x = GetTaskRequest{}
+	mi := &file_erlmcp_sessionstore_v1_sessionstore_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetTaskRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetTaskRequest) ProtoMessage() {}
+
+func (x *GetTaskRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_erlmcp_sessionstore_v1_sessionstore_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetTaskRequest.ProtoReflect.Descriptor instead.
+func (*GetTaskRequest) Descriptor() ([]byte, []int) {
+	return file_erlmcp_sessionstore_v1_sessionstore_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *GetTaskRequest) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *GetTaskRequest) GetTaskId() string {
+	if x != nil {
+		return x.TaskId
+	}
+	return ""
+}
+
+type GetTaskResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Task          *Task                  `protobuf:"bytes,1,opt,name=task,proto3" json:"task,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetTaskResponse) Reset() {
+	*x = GetTaskResponse{}
+	mi := &file_erlmcp_sessionstore_v1_sessionstore_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetTaskResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetTaskResponse) ProtoMessage() {}
+
+func (x *GetTaskResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_erlmcp_sessionstore_v1_sessionstore_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetTaskResponse.ProtoReflect.Descriptor instead.
+func (*GetTaskResponse) Descriptor() ([]byte, []int) {
+	return file_erlmcp_sessionstore_v1_sessionstore_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *GetTaskResponse) GetTask() *Task {
+	if x != nil {
+		return x.Task
+	}
+	return nil
+}
+
+type ListTasksRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	SessionId string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	// Return tasks with ids after this one (for paging).
+	AfterTaskId   string `protobuf:"bytes,2,opt,name=after_task_id,json=afterTaskId,proto3" json:"after_task_id,omitempty"`
+	Limit         uint32 `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListTasksRequest) Reset() {
+	*x = ListTasksRequest{}
+	mi := &file_erlmcp_sessionstore_v1_sessionstore_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListTasksRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListTasksRequest) ProtoMessage() {}
+
+func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_erlmcp_sessionstore_v1_sessionstore_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListTasksRequest.ProtoReflect.Descriptor instead.
+func (*ListTasksRequest) Descriptor() ([]byte, []int) {
+	return file_erlmcp_sessionstore_v1_sessionstore_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *ListTasksRequest) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *ListTasksRequest) GetAfterTaskId() string {
+	if x != nil {
+		return x.AfterTaskId
+	}
+	return ""
+}
+
+func (x *ListTasksRequest) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+type ListTasksResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Tasks []*Task                `protobuf:"bytes,1,rep,name=tasks,proto3" json:"tasks,omitempty"`
+	// Pass as after_task_id for the next page; empty when done.
+	NextAfterTaskId string `protobuf:"bytes,2,opt,name=next_after_task_id,json=nextAfterTaskId,proto3" json:"next_after_task_id,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *ListTasksResponse) Reset() {
+	*x = ListTasksResponse{}
+	mi := &file_erlmcp_sessionstore_v1_sessionstore_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListTasksResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListTasksResponse) ProtoMessage() {}
+
+func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_erlmcp_sessionstore_v1_sessionstore_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListTasksResponse.ProtoReflect.Descriptor instead.
+func (*ListTasksResponse) Descriptor() ([]byte, []int) {
+	return file_erlmcp_sessionstore_v1_sessionstore_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *ListTasksResponse) GetTasks() []*Task {
+	if x != nil {
+		return x.Tasks
+	}
+	return nil
+}
+
+func (x *ListTasksResponse) GetNextAfterTaskId() string {
+	if x != nil {
+		return x.NextAfterTaskId
+	}
+	return ""
+}
+
 // ShardHint is attached to FAILED_PRECONDITION when a node does not serve a
 // shard, so the caller can retry at the right node without waiting for its
 // shard-map watch.
@@ -553,7 +1797,7 @@ type ShardHint struct {
 
 func (x *ShardHint) Reset() {
 	*x = ShardHint{}
-	mi := &file_erlmcp_sessionstore_v1_sessionstore_proto_msgTypes[9]
+	mi := &file_erlmcp_sessionstore_v1_sessionstore_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -565,7 +1809,7 @@ func (x *ShardHint) String() string {
 func (*ShardHint) ProtoMessage() {}
 
 func (x *ShardHint) ProtoReflect() protoreflect.Message {
-	mi := &file_erlmcp_sessionstore_v1_sessionstore_proto_msgTypes[9]
+	mi := &file_erlmcp_sessionstore_v1_sessionstore_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -578,7 +1822,7 @@ func (x *ShardHint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardHint.ProtoReflect.Descriptor instead.
 func (*ShardHint) Descriptor() ([]byte, []int) {
-	return file_erlmcp_sessionstore_v1_sessionstore_proto_rawDescGZIP(), []int{9}
+	return file_erlmcp_sessionstore_v1_sessionstore_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ShardHint) GetShard() uint32 {
@@ -639,17 +1883,124 @@ const file_erlmcp_sessionstore_v1_sessionstore_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x02 \x01(\tR\trequestId\"\x17\n" +
-	"\x15DeleteSessionResponse\"N\n" +
+	"\x15DeleteSessionResponse\"r\n" +
+	"\x05Event\x12\x16\n" +
+	"\x06stream\x18\x01 \x01(\tR\x06stream\x12\x10\n" +
+	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x12\n" +
+	"\x04data\x18\x03 \x01(\fR\x04data\x12+\n" +
+	"\x12created_at_unix_ms\x18\x04 \x01(\x03R\x0fcreatedAtUnixMs\"\x7f\n" +
+	"\x13AppendEventsRequest\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x16\n" +
+	"\x06stream\x18\x02 \x01(\tR\x06stream\x12\x12\n" +
+	"\x04data\x18\x03 \x03(\fR\x04data\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x04 \x01(\tR\trequestId\"*\n" +
+	"\x14AppendEventsResponse\x12\x12\n" +
+	"\x04seqs\x18\x01 \x03(\x04R\x04seqs\"\x96\x01\n" +
+	"\x11ReadEventsRequest\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x16\n" +
+	"\x06stream\x18\x02 \x01(\tR\x06stream\x12\x1b\n" +
+	"\tafter_seq\x18\x03 \x01(\x04R\bafterSeq\x12\x14\n" +
+	"\x05limit\x18\x04 \x01(\rR\x05limit\x12\x17\n" +
+	"\await_ms\x18\x05 \x01(\x03R\x06waitMs\"\x94\x01\n" +
+	"\x12ReadEventsResponse\x125\n" +
+	"\x06events\x18\x01 \x03(\v2\x1d.erlmcp.sessionstore.v1.EventR\x06events\x12,\n" +
+	"\x12first_retained_seq\x18\x02 \x01(\x04R\x10firstRetainedSeq\x12\x19\n" +
+	"\blast_seq\x18\x03 \x01(\x04R\alastSeq\"N\n" +
+	"\n" +
+	"StateEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value\x12\x18\n" +
+	"\aversion\x18\x03 \x01(\x04R\aversion\"B\n" +
+	"\x0fGetStateRequest\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x10\n" +
+	"\x03key\x18\x02 \x01(\tR\x03key\"L\n" +
+	"\x10GetStateResponse\x128\n" +
+	"\x05entry\x18\x01 \x01(\v2\".erlmcp.sessionstore.v1.StateEntryR\x05entry\"\xbc\x01\n" +
+	"\x0fPutStateRequest\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x10\n" +
+	"\x03key\x18\x02 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x03 \x01(\fR\x05value\x12.\n" +
+	"\x10expected_version\x18\x04 \x01(\x04H\x00R\x0fexpectedVersion\x88\x01\x01\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x05 \x01(\tR\trequestIdB\x13\n" +
+	"\x11_expected_version\"L\n" +
+	"\x10PutStateResponse\x128\n" +
+	"\x05entry\x18\x01 \x01(\v2\".erlmcp.sessionstore.v1.StateEntryR\x05entry\"d\n" +
+	"\x12DeleteStateRequest\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x10\n" +
+	"\x03key\x18\x02 \x01(\tR\x03key\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x03 \x01(\tR\trequestId\"\x15\n" +
+	"\x13DeleteStateResponse\"I\n" +
+	"\x10ListStateRequest\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x16\n" +
+	"\x06prefix\x18\x02 \x01(\tR\x06prefix\"Q\n" +
+	"\x11ListStateResponse\x12<\n" +
+	"\aentries\x18\x01 \x03(\v2\".erlmcp.sessionstore.v1.StateEntryR\aentries\"\xab\x02\n" +
+	"\x04Task\x12\x17\n" +
+	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x16\n" +
+	"\x06status\x18\x02 \x01(\tR\x06status\x12%\n" +
+	"\x0estatus_message\x18\x03 \x01(\tR\rstatusMessage\x12\x16\n" +
+	"\x06result\x18\x04 \x01(\fR\x06result\x12\x14\n" +
+	"\x05owner\x18\x05 \x01(\tR\x05owner\x12+\n" +
+	"\x12created_at_unix_ms\x18\x06 \x01(\x03R\x0fcreatedAtUnixMs\x12+\n" +
+	"\x12updated_at_unix_ms\x18\a \x01(\x03R\x0fupdatedAtUnixMs\x12\x15\n" +
+	"\x06ttl_ms\x18\b \x01(\x03R\x05ttlMs\x12\x18\n" +
+	"\aversion\x18\t \x01(\x04R\aversion\x12\x12\n" +
+	"\x04data\x18\n" +
+	" \x01(\fR\x04data\"\xc5\x01\n" +
+	"\x0ePutTaskRequest\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x01 \x01(\tR\tsessionId\x120\n" +
+	"\x04task\x18\x02 \x01(\v2\x1c.erlmcp.sessionstore.v1.TaskR\x04task\x12.\n" +
+	"\x10expected_version\x18\x03 \x01(\x04H\x00R\x0fexpectedVersion\x88\x01\x01\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x04 \x01(\tR\trequestIdB\x13\n" +
+	"\x11_expected_version\"C\n" +
+	"\x0fPutTaskResponse\x120\n" +
+	"\x04task\x18\x01 \x01(\v2\x1c.erlmcp.sessionstore.v1.TaskR\x04task\"H\n" +
+	"\x0eGetTaskRequest\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x17\n" +
+	"\atask_id\x18\x02 \x01(\tR\x06taskId\"C\n" +
+	"\x0fGetTaskResponse\x120\n" +
+	"\x04task\x18\x01 \x01(\v2\x1c.erlmcp.sessionstore.v1.TaskR\x04task\"k\n" +
+	"\x10ListTasksRequest\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x01 \x01(\tR\tsessionId\x12\"\n" +
+	"\rafter_task_id\x18\x02 \x01(\tR\vafterTaskId\x12\x14\n" +
+	"\x05limit\x18\x03 \x01(\rR\x05limit\"t\n" +
+	"\x11ListTasksResponse\x122\n" +
+	"\x05tasks\x18\x01 \x03(\v2\x1c.erlmcp.sessionstore.v1.TaskR\x05tasks\x12+\n" +
+	"\x12next_after_task_id\x18\x02 \x01(\tR\x0fnextAfterTaskId\"N\n" +
 	"\tShardHint\x12\x14\n" +
 	"\x05shard\x18\x01 \x01(\rR\x05shard\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x12\n" +
-	"\x04addr\x18\x03 \x01(\tR\x04addr2\xda\x03\n" +
+	"\x04addr\x18\x03 \x01(\tR\x04addr2\xcc\n" +
+	"\n" +
 	"\x13SessionStoreService\x12l\n" +
 	"\rCreateSession\x12,.erlmcp.sessionstore.v1.CreateSessionRequest\x1a-.erlmcp.sessionstore.v1.CreateSessionResponse\x12c\n" +
 	"\n" +
 	"GetSession\x12).erlmcp.sessionstore.v1.GetSessionRequest\x1a*.erlmcp.sessionstore.v1.GetSessionResponse\x12\x81\x01\n" +
 	"\x14CompareAndSetSession\x123.erlmcp.sessionstore.v1.CompareAndSetSessionRequest\x1a4.erlmcp.sessionstore.v1.CompareAndSetSessionResponse\x12l\n" +
-	"\rDeleteSession\x12,.erlmcp.sessionstore.v1.DeleteSessionRequest\x1a-.erlmcp.sessionstore.v1.DeleteSessionResponseBFZDgithub.com/erlmcp/erlmcp/proto/erlmcp/sessionstore/v1;sessionstorev1b\x06proto3"
+	"\rDeleteSession\x12,.erlmcp.sessionstore.v1.DeleteSessionRequest\x1a-.erlmcp.sessionstore.v1.DeleteSessionResponse\x12i\n" +
+	"\fAppendEvents\x12+.erlmcp.sessionstore.v1.AppendEventsRequest\x1a,.erlmcp.sessionstore.v1.AppendEventsResponse\x12c\n" +
+	"\n" +
+	"ReadEvents\x12).erlmcp.sessionstore.v1.ReadEventsRequest\x1a*.erlmcp.sessionstore.v1.ReadEventsResponse\x12]\n" +
+	"\bGetState\x12'.erlmcp.sessionstore.v1.GetStateRequest\x1a(.erlmcp.sessionstore.v1.GetStateResponse\x12]\n" +
+	"\bPutState\x12'.erlmcp.sessionstore.v1.PutStateRequest\x1a(.erlmcp.sessionstore.v1.PutStateResponse\x12f\n" +
+	"\vDeleteState\x12*.erlmcp.sessionstore.v1.DeleteStateRequest\x1a+.erlmcp.sessionstore.v1.DeleteStateResponse\x12`\n" +
+	"\tListState\x12(.erlmcp.sessionstore.v1.ListStateRequest\x1a).erlmcp.sessionstore.v1.ListStateResponse\x12Z\n" +
+	"\aPutTask\x12&.erlmcp.sessionstore.v1.PutTaskRequest\x1a'.erlmcp.sessionstore.v1.PutTaskResponse\x12Z\n" +
+	"\aGetTask\x12&.erlmcp.sessionstore.v1.GetTaskRequest\x1a'.erlmcp.sessionstore.v1.GetTaskResponse\x12`\n" +
+	"\tListTasks\x12(.erlmcp.sessionstore.v1.ListTasksRequest\x1a).erlmcp.sessionstore.v1.ListTasksResponseBFZDgithub.com/erlmcp/erlmcp/proto/erlmcp/sessionstore/v1;sessionstorev1b\x06proto3"
 
 var (
 	file_erlmcp_sessionstore_v1_sessionstore_proto_rawDescOnce sync.Once
@@ -663,7 +2014,7 @@ func file_erlmcp_sessionstore_v1_sessionstore_proto_rawDescGZIP() []byte {
 	return file_erlmcp_sessionstore_v1_sessionstore_proto_rawDescData
 }
 
-var file_erlmcp_sessionstore_v1_sessionstore_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_erlmcp_sessionstore_v1_sessionstore_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_erlmcp_sessionstore_v1_sessionstore_proto_goTypes = []any{
 	(*Session)(nil),                      // 0: erlmcp.sessionstore.v1.Session
 	(*CreateSessionRequest)(nil),         // 1: erlmcp.sessionstore.v1.CreateSessionRequest
@@ -674,25 +2025,72 @@ var file_erlmcp_sessionstore_v1_sessionstore_proto_goTypes = []any{
 	(*CompareAndSetSessionResponse)(nil), // 6: erlmcp.sessionstore.v1.CompareAndSetSessionResponse
 	(*DeleteSessionRequest)(nil),         // 7: erlmcp.sessionstore.v1.DeleteSessionRequest
 	(*DeleteSessionResponse)(nil),        // 8: erlmcp.sessionstore.v1.DeleteSessionResponse
-	(*ShardHint)(nil),                    // 9: erlmcp.sessionstore.v1.ShardHint
+	(*Event)(nil),                        // 9: erlmcp.sessionstore.v1.Event
+	(*AppendEventsRequest)(nil),          // 10: erlmcp.sessionstore.v1.AppendEventsRequest
+	(*AppendEventsResponse)(nil),         // 11: erlmcp.sessionstore.v1.AppendEventsResponse
+	(*ReadEventsRequest)(nil),            // 12: erlmcp.sessionstore.v1.ReadEventsRequest
+	(*ReadEventsResponse)(nil),           // 13: erlmcp.sessionstore.v1.ReadEventsResponse
+	(*StateEntry)(nil),                   // 14: erlmcp.sessionstore.v1.StateEntry
+	(*GetStateRequest)(nil),              // 15: erlmcp.sessionstore.v1.GetStateRequest
+	(*GetStateResponse)(nil),             // 16: erlmcp.sessionstore.v1.GetStateResponse
+	(*PutStateRequest)(nil),              // 17: erlmcp.sessionstore.v1.PutStateRequest
+	(*PutStateResponse)(nil),             // 18: erlmcp.sessionstore.v1.PutStateResponse
+	(*DeleteStateRequest)(nil),           // 19: erlmcp.sessionstore.v1.DeleteStateRequest
+	(*DeleteStateResponse)(nil),          // 20: erlmcp.sessionstore.v1.DeleteStateResponse
+	(*ListStateRequest)(nil),             // 21: erlmcp.sessionstore.v1.ListStateRequest
+	(*ListStateResponse)(nil),            // 22: erlmcp.sessionstore.v1.ListStateResponse
+	(*Task)(nil),                         // 23: erlmcp.sessionstore.v1.Task
+	(*PutTaskRequest)(nil),               // 24: erlmcp.sessionstore.v1.PutTaskRequest
+	(*PutTaskResponse)(nil),              // 25: erlmcp.sessionstore.v1.PutTaskResponse
+	(*GetTaskRequest)(nil),               // 26: erlmcp.sessionstore.v1.GetTaskRequest
+	(*GetTaskResponse)(nil),              // 27: erlmcp.sessionstore.v1.GetTaskResponse
+	(*ListTasksRequest)(nil),             // 28: erlmcp.sessionstore.v1.ListTasksRequest
+	(*ListTasksResponse)(nil),            // 29: erlmcp.sessionstore.v1.ListTasksResponse
+	(*ShardHint)(nil),                    // 30: erlmcp.sessionstore.v1.ShardHint
 }
 var file_erlmcp_sessionstore_v1_sessionstore_proto_depIdxs = []int32{
-	0, // 0: erlmcp.sessionstore.v1.CreateSessionResponse.session:type_name -> erlmcp.sessionstore.v1.Session
-	0, // 1: erlmcp.sessionstore.v1.GetSessionResponse.session:type_name -> erlmcp.sessionstore.v1.Session
-	0, // 2: erlmcp.sessionstore.v1.CompareAndSetSessionResponse.session:type_name -> erlmcp.sessionstore.v1.Session
-	1, // 3: erlmcp.sessionstore.v1.SessionStoreService.CreateSession:input_type -> erlmcp.sessionstore.v1.CreateSessionRequest
-	3, // 4: erlmcp.sessionstore.v1.SessionStoreService.GetSession:input_type -> erlmcp.sessionstore.v1.GetSessionRequest
-	5, // 5: erlmcp.sessionstore.v1.SessionStoreService.CompareAndSetSession:input_type -> erlmcp.sessionstore.v1.CompareAndSetSessionRequest
-	7, // 6: erlmcp.sessionstore.v1.SessionStoreService.DeleteSession:input_type -> erlmcp.sessionstore.v1.DeleteSessionRequest
-	2, // 7: erlmcp.sessionstore.v1.SessionStoreService.CreateSession:output_type -> erlmcp.sessionstore.v1.CreateSessionResponse
-	4, // 8: erlmcp.sessionstore.v1.SessionStoreService.GetSession:output_type -> erlmcp.sessionstore.v1.GetSessionResponse
-	6, // 9: erlmcp.sessionstore.v1.SessionStoreService.CompareAndSetSession:output_type -> erlmcp.sessionstore.v1.CompareAndSetSessionResponse
-	8, // 10: erlmcp.sessionstore.v1.SessionStoreService.DeleteSession:output_type -> erlmcp.sessionstore.v1.DeleteSessionResponse
-	7, // [7:11] is the sub-list for method output_type
-	3, // [3:7] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	0,  // 0: erlmcp.sessionstore.v1.CreateSessionResponse.session:type_name -> erlmcp.sessionstore.v1.Session
+	0,  // 1: erlmcp.sessionstore.v1.GetSessionResponse.session:type_name -> erlmcp.sessionstore.v1.Session
+	0,  // 2: erlmcp.sessionstore.v1.CompareAndSetSessionResponse.session:type_name -> erlmcp.sessionstore.v1.Session
+	9,  // 3: erlmcp.sessionstore.v1.ReadEventsResponse.events:type_name -> erlmcp.sessionstore.v1.Event
+	14, // 4: erlmcp.sessionstore.v1.GetStateResponse.entry:type_name -> erlmcp.sessionstore.v1.StateEntry
+	14, // 5: erlmcp.sessionstore.v1.PutStateResponse.entry:type_name -> erlmcp.sessionstore.v1.StateEntry
+	14, // 6: erlmcp.sessionstore.v1.ListStateResponse.entries:type_name -> erlmcp.sessionstore.v1.StateEntry
+	23, // 7: erlmcp.sessionstore.v1.PutTaskRequest.task:type_name -> erlmcp.sessionstore.v1.Task
+	23, // 8: erlmcp.sessionstore.v1.PutTaskResponse.task:type_name -> erlmcp.sessionstore.v1.Task
+	23, // 9: erlmcp.sessionstore.v1.GetTaskResponse.task:type_name -> erlmcp.sessionstore.v1.Task
+	23, // 10: erlmcp.sessionstore.v1.ListTasksResponse.tasks:type_name -> erlmcp.sessionstore.v1.Task
+	1,  // 11: erlmcp.sessionstore.v1.SessionStoreService.CreateSession:input_type -> erlmcp.sessionstore.v1.CreateSessionRequest
+	3,  // 12: erlmcp.sessionstore.v1.SessionStoreService.GetSession:input_type -> erlmcp.sessionstore.v1.GetSessionRequest
+	5,  // 13: erlmcp.sessionstore.v1.SessionStoreService.CompareAndSetSession:input_type -> erlmcp.sessionstore.v1.CompareAndSetSessionRequest
+	7,  // 14: erlmcp.sessionstore.v1.SessionStoreService.DeleteSession:input_type -> erlmcp.sessionstore.v1.DeleteSessionRequest
+	10, // 15: erlmcp.sessionstore.v1.SessionStoreService.AppendEvents:input_type -> erlmcp.sessionstore.v1.AppendEventsRequest
+	12, // 16: erlmcp.sessionstore.v1.SessionStoreService.ReadEvents:input_type -> erlmcp.sessionstore.v1.ReadEventsRequest
+	15, // 17: erlmcp.sessionstore.v1.SessionStoreService.GetState:input_type -> erlmcp.sessionstore.v1.GetStateRequest
+	17, // 18: erlmcp.sessionstore.v1.SessionStoreService.PutState:input_type -> erlmcp.sessionstore.v1.PutStateRequest
+	19, // 19: erlmcp.sessionstore.v1.SessionStoreService.DeleteState:input_type -> erlmcp.sessionstore.v1.DeleteStateRequest
+	21, // 20: erlmcp.sessionstore.v1.SessionStoreService.ListState:input_type -> erlmcp.sessionstore.v1.ListStateRequest
+	24, // 21: erlmcp.sessionstore.v1.SessionStoreService.PutTask:input_type -> erlmcp.sessionstore.v1.PutTaskRequest
+	26, // 22: erlmcp.sessionstore.v1.SessionStoreService.GetTask:input_type -> erlmcp.sessionstore.v1.GetTaskRequest
+	28, // 23: erlmcp.sessionstore.v1.SessionStoreService.ListTasks:input_type -> erlmcp.sessionstore.v1.ListTasksRequest
+	2,  // 24: erlmcp.sessionstore.v1.SessionStoreService.CreateSession:output_type -> erlmcp.sessionstore.v1.CreateSessionResponse
+	4,  // 25: erlmcp.sessionstore.v1.SessionStoreService.GetSession:output_type -> erlmcp.sessionstore.v1.GetSessionResponse
+	6,  // 26: erlmcp.sessionstore.v1.SessionStoreService.CompareAndSetSession:output_type -> erlmcp.sessionstore.v1.CompareAndSetSessionResponse
+	8,  // 27: erlmcp.sessionstore.v1.SessionStoreService.DeleteSession:output_type -> erlmcp.sessionstore.v1.DeleteSessionResponse
+	11, // 28: erlmcp.sessionstore.v1.SessionStoreService.AppendEvents:output_type -> erlmcp.sessionstore.v1.AppendEventsResponse
+	13, // 29: erlmcp.sessionstore.v1.SessionStoreService.ReadEvents:output_type -> erlmcp.sessionstore.v1.ReadEventsResponse
+	16, // 30: erlmcp.sessionstore.v1.SessionStoreService.GetState:output_type -> erlmcp.sessionstore.v1.GetStateResponse
+	18, // 31: erlmcp.sessionstore.v1.SessionStoreService.PutState:output_type -> erlmcp.sessionstore.v1.PutStateResponse
+	20, // 32: erlmcp.sessionstore.v1.SessionStoreService.DeleteState:output_type -> erlmcp.sessionstore.v1.DeleteStateResponse
+	22, // 33: erlmcp.sessionstore.v1.SessionStoreService.ListState:output_type -> erlmcp.sessionstore.v1.ListStateResponse
+	25, // 34: erlmcp.sessionstore.v1.SessionStoreService.PutTask:output_type -> erlmcp.sessionstore.v1.PutTaskResponse
+	27, // 35: erlmcp.sessionstore.v1.SessionStoreService.GetTask:output_type -> erlmcp.sessionstore.v1.GetTaskResponse
+	29, // 36: erlmcp.sessionstore.v1.SessionStoreService.ListTasks:output_type -> erlmcp.sessionstore.v1.ListTasksResponse
+	24, // [24:37] is the sub-list for method output_type
+	11, // [11:24] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_erlmcp_sessionstore_v1_sessionstore_proto_init() }
@@ -700,13 +2098,15 @@ func file_erlmcp_sessionstore_v1_sessionstore_proto_init() {
 	if File_erlmcp_sessionstore_v1_sessionstore_proto != nil {
 		return
 	}
+	file_erlmcp_sessionstore_v1_sessionstore_proto_msgTypes[17].OneofWrappers = []any{}
+	file_erlmcp_sessionstore_v1_sessionstore_proto_msgTypes[24].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_erlmcp_sessionstore_v1_sessionstore_proto_rawDesc), len(file_erlmcp_sessionstore_v1_sessionstore_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

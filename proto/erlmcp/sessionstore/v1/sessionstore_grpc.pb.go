@@ -37,6 +37,15 @@ const (
 	SessionStoreService_GetSession_FullMethodName           = "/erlmcp.sessionstore.v1.SessionStoreService/GetSession"
 	SessionStoreService_CompareAndSetSession_FullMethodName = "/erlmcp.sessionstore.v1.SessionStoreService/CompareAndSetSession"
 	SessionStoreService_DeleteSession_FullMethodName        = "/erlmcp.sessionstore.v1.SessionStoreService/DeleteSession"
+	SessionStoreService_AppendEvents_FullMethodName         = "/erlmcp.sessionstore.v1.SessionStoreService/AppendEvents"
+	SessionStoreService_ReadEvents_FullMethodName           = "/erlmcp.sessionstore.v1.SessionStoreService/ReadEvents"
+	SessionStoreService_GetState_FullMethodName             = "/erlmcp.sessionstore.v1.SessionStoreService/GetState"
+	SessionStoreService_PutState_FullMethodName             = "/erlmcp.sessionstore.v1.SessionStoreService/PutState"
+	SessionStoreService_DeleteState_FullMethodName          = "/erlmcp.sessionstore.v1.SessionStoreService/DeleteState"
+	SessionStoreService_ListState_FullMethodName            = "/erlmcp.sessionstore.v1.SessionStoreService/ListState"
+	SessionStoreService_PutTask_FullMethodName              = "/erlmcp.sessionstore.v1.SessionStoreService/PutTask"
+	SessionStoreService_GetTask_FullMethodName              = "/erlmcp.sessionstore.v1.SessionStoreService/GetTask"
+	SessionStoreService_ListTasks_FullMethodName            = "/erlmcp.sessionstore.v1.SessionStoreService/ListTasks"
 )
 
 // SessionStoreServiceClient is the client API for SessionStoreService service.
@@ -65,8 +74,36 @@ type SessionStoreServiceClient interface {
 	// CompareAndSetSession replaces the record's data if its version equals
 	// expected_version, and returns the record at its new version.
 	CompareAndSetSession(ctx context.Context, in *CompareAndSetSessionRequest, opts ...grpc.CallOption) (*CompareAndSetSessionResponse, error)
-	// DeleteSession removes the record. Deleting a missing session is NOT_FOUND.
+	// DeleteSession removes the record, its event streams, its state and its
+	// tasks. Deleting a missing session is NOT_FOUND.
 	DeleteSession(ctx context.Context, in *DeleteSessionRequest, opts ...grpc.CallOption) (*DeleteSessionResponse, error)
+	// AppendEvents appends events to one of a session's streams and returns
+	// their sequence numbers. Streams carry SSE messages for resumption with
+	// Last-Event-ID on any worker, and signals between workers (a cancel, an
+	// answer to a server-to-client request). Each stream keeps its newest
+	// events up to the node's retention limit; older ones are dropped.
+	AppendEvents(ctx context.Context, in *AppendEventsRequest, opts ...grpc.CallOption) (*AppendEventsResponse, error)
+	// ReadEvents returns a stream's events after after_seq, in order. With
+	// wait_ms > 0 it blocks until at least one event exists after after_seq,
+	// the wait passes (then it returns no events), or the call is cancelled.
+	ReadEvents(ctx context.Context, in *ReadEventsRequest, opts ...grpc.CallOption) (*ReadEventsResponse, error)
+	// GetState reads one key of a session's key/value state (for tool
+	// authors' session-scoped state). NOT_FOUND if the key is absent.
+	GetState(ctx context.Context, in *GetStateRequest, opts ...grpc.CallOption) (*GetStateResponse, error)
+	// PutState writes one key, optionally only if its version matches
+	// (ABORTED with VERSION_CONFLICT otherwise).
+	PutState(ctx context.Context, in *PutStateRequest, opts ...grpc.CallOption) (*PutStateResponse, error)
+	// DeleteState removes one key. Deleting an absent key succeeds.
+	DeleteState(ctx context.Context, in *DeleteStateRequest, opts ...grpc.CallOption) (*DeleteStateResponse, error)
+	// ListState returns the keys under a prefix, in key order.
+	ListState(ctx context.Context, in *ListStateRequest, opts ...grpc.CallOption) (*ListStateResponse, error)
+	// PutTask creates or replaces a task record, optionally only if its
+	// version matches.
+	PutTask(ctx context.Context, in *PutTaskRequest, opts ...grpc.CallOption) (*PutTaskResponse, error)
+	// GetTask reads one task. NOT_FOUND (reason TASK_NOT_FOUND) if absent.
+	GetTask(ctx context.Context, in *GetTaskRequest, opts ...grpc.CallOption) (*GetTaskResponse, error)
+	// ListTasks returns a session's tasks in task id order, paged.
+	ListTasks(ctx context.Context, in *ListTasksRequest, opts ...grpc.CallOption) (*ListTasksResponse, error)
 }
 
 type sessionStoreServiceClient struct {
@@ -117,6 +154,96 @@ func (c *sessionStoreServiceClient) DeleteSession(ctx context.Context, in *Delet
 	return out, nil
 }
 
+func (c *sessionStoreServiceClient) AppendEvents(ctx context.Context, in *AppendEventsRequest, opts ...grpc.CallOption) (*AppendEventsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AppendEventsResponse)
+	err := c.cc.Invoke(ctx, SessionStoreService_AppendEvents_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *sessionStoreServiceClient) ReadEvents(ctx context.Context, in *ReadEventsRequest, opts ...grpc.CallOption) (*ReadEventsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReadEventsResponse)
+	err := c.cc.Invoke(ctx, SessionStoreService_ReadEvents_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *sessionStoreServiceClient) GetState(ctx context.Context, in *GetStateRequest, opts ...grpc.CallOption) (*GetStateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetStateResponse)
+	err := c.cc.Invoke(ctx, SessionStoreService_GetState_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *sessionStoreServiceClient) PutState(ctx context.Context, in *PutStateRequest, opts ...grpc.CallOption) (*PutStateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PutStateResponse)
+	err := c.cc.Invoke(ctx, SessionStoreService_PutState_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *sessionStoreServiceClient) DeleteState(ctx context.Context, in *DeleteStateRequest, opts ...grpc.CallOption) (*DeleteStateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteStateResponse)
+	err := c.cc.Invoke(ctx, SessionStoreService_DeleteState_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *sessionStoreServiceClient) ListState(ctx context.Context, in *ListStateRequest, opts ...grpc.CallOption) (*ListStateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListStateResponse)
+	err := c.cc.Invoke(ctx, SessionStoreService_ListState_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *sessionStoreServiceClient) PutTask(ctx context.Context, in *PutTaskRequest, opts ...grpc.CallOption) (*PutTaskResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PutTaskResponse)
+	err := c.cc.Invoke(ctx, SessionStoreService_PutTask_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *sessionStoreServiceClient) GetTask(ctx context.Context, in *GetTaskRequest, opts ...grpc.CallOption) (*GetTaskResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetTaskResponse)
+	err := c.cc.Invoke(ctx, SessionStoreService_GetTask_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *sessionStoreServiceClient) ListTasks(ctx context.Context, in *ListTasksRequest, opts ...grpc.CallOption) (*ListTasksResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListTasksResponse)
+	err := c.cc.Invoke(ctx, SessionStoreService_ListTasks_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SessionStoreServiceServer is the server API for SessionStoreService service.
 // All implementations must embed UnimplementedSessionStoreServiceServer
 // for forward compatibility.
@@ -143,8 +270,36 @@ type SessionStoreServiceServer interface {
 	// CompareAndSetSession replaces the record's data if its version equals
 	// expected_version, and returns the record at its new version.
 	CompareAndSetSession(context.Context, *CompareAndSetSessionRequest) (*CompareAndSetSessionResponse, error)
-	// DeleteSession removes the record. Deleting a missing session is NOT_FOUND.
+	// DeleteSession removes the record, its event streams, its state and its
+	// tasks. Deleting a missing session is NOT_FOUND.
 	DeleteSession(context.Context, *DeleteSessionRequest) (*DeleteSessionResponse, error)
+	// AppendEvents appends events to one of a session's streams and returns
+	// their sequence numbers. Streams carry SSE messages for resumption with
+	// Last-Event-ID on any worker, and signals between workers (a cancel, an
+	// answer to a server-to-client request). Each stream keeps its newest
+	// events up to the node's retention limit; older ones are dropped.
+	AppendEvents(context.Context, *AppendEventsRequest) (*AppendEventsResponse, error)
+	// ReadEvents returns a stream's events after after_seq, in order. With
+	// wait_ms > 0 it blocks until at least one event exists after after_seq,
+	// the wait passes (then it returns no events), or the call is cancelled.
+	ReadEvents(context.Context, *ReadEventsRequest) (*ReadEventsResponse, error)
+	// GetState reads one key of a session's key/value state (for tool
+	// authors' session-scoped state). NOT_FOUND if the key is absent.
+	GetState(context.Context, *GetStateRequest) (*GetStateResponse, error)
+	// PutState writes one key, optionally only if its version matches
+	// (ABORTED with VERSION_CONFLICT otherwise).
+	PutState(context.Context, *PutStateRequest) (*PutStateResponse, error)
+	// DeleteState removes one key. Deleting an absent key succeeds.
+	DeleteState(context.Context, *DeleteStateRequest) (*DeleteStateResponse, error)
+	// ListState returns the keys under a prefix, in key order.
+	ListState(context.Context, *ListStateRequest) (*ListStateResponse, error)
+	// PutTask creates or replaces a task record, optionally only if its
+	// version matches.
+	PutTask(context.Context, *PutTaskRequest) (*PutTaskResponse, error)
+	// GetTask reads one task. NOT_FOUND (reason TASK_NOT_FOUND) if absent.
+	GetTask(context.Context, *GetTaskRequest) (*GetTaskResponse, error)
+	// ListTasks returns a session's tasks in task id order, paged.
+	ListTasks(context.Context, *ListTasksRequest) (*ListTasksResponse, error)
 	mustEmbedUnimplementedSessionStoreServiceServer()
 }
 
@@ -166,6 +321,33 @@ func (UnimplementedSessionStoreServiceServer) CompareAndSetSession(context.Conte
 }
 func (UnimplementedSessionStoreServiceServer) DeleteSession(context.Context, *DeleteSessionRequest) (*DeleteSessionResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteSession not implemented")
+}
+func (UnimplementedSessionStoreServiceServer) AppendEvents(context.Context, *AppendEventsRequest) (*AppendEventsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AppendEvents not implemented")
+}
+func (UnimplementedSessionStoreServiceServer) ReadEvents(context.Context, *ReadEventsRequest) (*ReadEventsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReadEvents not implemented")
+}
+func (UnimplementedSessionStoreServiceServer) GetState(context.Context, *GetStateRequest) (*GetStateResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetState not implemented")
+}
+func (UnimplementedSessionStoreServiceServer) PutState(context.Context, *PutStateRequest) (*PutStateResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PutState not implemented")
+}
+func (UnimplementedSessionStoreServiceServer) DeleteState(context.Context, *DeleteStateRequest) (*DeleteStateResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteState not implemented")
+}
+func (UnimplementedSessionStoreServiceServer) ListState(context.Context, *ListStateRequest) (*ListStateResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListState not implemented")
+}
+func (UnimplementedSessionStoreServiceServer) PutTask(context.Context, *PutTaskRequest) (*PutTaskResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PutTask not implemented")
+}
+func (UnimplementedSessionStoreServiceServer) GetTask(context.Context, *GetTaskRequest) (*GetTaskResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetTask not implemented")
+}
+func (UnimplementedSessionStoreServiceServer) ListTasks(context.Context, *ListTasksRequest) (*ListTasksResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListTasks not implemented")
 }
 func (UnimplementedSessionStoreServiceServer) mustEmbedUnimplementedSessionStoreServiceServer() {}
 func (UnimplementedSessionStoreServiceServer) testEmbeddedByValue()                             {}
@@ -260,6 +442,168 @@ func _SessionStoreService_DeleteSession_Handler(srv interface{}, ctx context.Con
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SessionStoreService_AppendEvents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AppendEventsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SessionStoreServiceServer).AppendEvents(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SessionStoreService_AppendEvents_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SessionStoreServiceServer).AppendEvents(ctx, req.(*AppendEventsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SessionStoreService_ReadEvents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReadEventsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SessionStoreServiceServer).ReadEvents(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SessionStoreService_ReadEvents_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SessionStoreServiceServer).ReadEvents(ctx, req.(*ReadEventsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SessionStoreService_GetState_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetStateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SessionStoreServiceServer).GetState(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SessionStoreService_GetState_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SessionStoreServiceServer).GetState(ctx, req.(*GetStateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SessionStoreService_PutState_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PutStateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SessionStoreServiceServer).PutState(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SessionStoreService_PutState_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SessionStoreServiceServer).PutState(ctx, req.(*PutStateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SessionStoreService_DeleteState_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteStateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SessionStoreServiceServer).DeleteState(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SessionStoreService_DeleteState_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SessionStoreServiceServer).DeleteState(ctx, req.(*DeleteStateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SessionStoreService_ListState_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListStateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SessionStoreServiceServer).ListState(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SessionStoreService_ListState_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SessionStoreServiceServer).ListState(ctx, req.(*ListStateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SessionStoreService_PutTask_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PutTaskRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SessionStoreServiceServer).PutTask(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SessionStoreService_PutTask_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SessionStoreServiceServer).PutTask(ctx, req.(*PutTaskRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SessionStoreService_GetTask_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetTaskRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SessionStoreServiceServer).GetTask(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SessionStoreService_GetTask_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SessionStoreServiceServer).GetTask(ctx, req.(*GetTaskRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SessionStoreService_ListTasks_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListTasksRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SessionStoreServiceServer).ListTasks(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SessionStoreService_ListTasks_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SessionStoreServiceServer).ListTasks(ctx, req.(*ListTasksRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // SessionStoreService_ServiceDesc is the grpc.ServiceDesc for SessionStoreService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -282,6 +626,42 @@ var SessionStoreService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteSession",
 			Handler:    _SessionStoreService_DeleteSession_Handler,
+		},
+		{
+			MethodName: "AppendEvents",
+			Handler:    _SessionStoreService_AppendEvents_Handler,
+		},
+		{
+			MethodName: "ReadEvents",
+			Handler:    _SessionStoreService_ReadEvents_Handler,
+		},
+		{
+			MethodName: "GetState",
+			Handler:    _SessionStoreService_GetState_Handler,
+		},
+		{
+			MethodName: "PutState",
+			Handler:    _SessionStoreService_PutState_Handler,
+		},
+		{
+			MethodName: "DeleteState",
+			Handler:    _SessionStoreService_DeleteState_Handler,
+		},
+		{
+			MethodName: "ListState",
+			Handler:    _SessionStoreService_ListState_Handler,
+		},
+		{
+			MethodName: "PutTask",
+			Handler:    _SessionStoreService_PutTask_Handler,
+		},
+		{
+			MethodName: "GetTask",
+			Handler:    _SessionStoreService_GetTask_Handler,
+		},
+		{
+			MethodName: "ListTasks",
+			Handler:    _SessionStoreService_ListTasks_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
