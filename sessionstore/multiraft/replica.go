@@ -1,0 +1,352 @@
+package multiraft
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+
+	"go.etcd.io/raft/v3"
+	pb "go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/protobuf/proto"
+)
+
+// replica is one shard's Raft group member on this node.
+type replica struct {
+	n     *Node
+	shard uint32
+	id    ReplicaID
+	st    *raftStorage
+
+	// loop-owned: the durable applied index and the ConfState at it.
+	applied indexTerm
+	cs      *pb.ConfState
+
+	mu        sync.Mutex // guards everything below and rn
+	rn        *raft.RawNode
+	destroyed bool
+	lead      ReplicaID
+	role      raft.StateType
+	leaderCh  chan struct{} // closed and replaced when lead or role changes
+	appliedIx uint64        // durable applied index, for readers
+	proposals map[uint64]*proposal
+	unplaced  []uint64 // proposals accepted since the last Ready
+	reads     map[uint64]*readReq
+	readWait  []*readReq // read index known, waiting for apply
+}
+
+type proposal struct {
+	ch     chan propResult
+	placed bool
+	index  uint64
+}
+
+type propResult struct {
+	data []byte
+	err  error
+}
+
+type readReq struct {
+	index uint64
+	ch    chan error
+}
+
+// errRetryRead: the read request was lost with a leader change; ReadIndex
+// reissues it.
+var errRetryRead = errors.New("multiraft: read index retry")
+
+func (r *replica) complete(id uint64, p *proposal, data []byte, err error) {
+	delete(r.proposals, id)
+	p.ch <- propResult{data, err}
+}
+
+func (r *replica) failAll(err error) {
+	for id, p := range r.proposals {
+		r.complete(id, p, nil, err)
+	}
+	for id, q := range r.reads {
+		delete(r.reads, id)
+		q.ch <- err
+	}
+	for _, q := range r.readWait {
+		q.ch <- err
+	}
+	r.readWait = nil
+	r.unplaced = nil
+}
+
+func entryProposalID(e *pb.Entry) (uint64, bool) {
+	switch e.GetType() {
+	case pb.EntryNormal:
+		if len(e.GetData()) >= 8 {
+			return binary.BigEndian.Uint64(e.GetData()), true
+		}
+	case pb.EntryConfChangeV2:
+		cc := &pb.ConfChangeV2{}
+		if proto.Unmarshal(e.GetData(), cc) == nil && len(cc.GetContext()) == 8 {
+			return binary.BigEndian.Uint64(cc.GetContext()), true
+		}
+	}
+	return 0, false
+}
+
+// placeProposals records the log index of each proposal accepted since the
+// previous Ready. A leader appends an accepted proposal to its log at once,
+// so it is in this Ready's entries; one that is not was dropped by raft (a
+// conf change refused while another is pending) or truncated by a new
+// leader before it was ever sent: definitely not committed. Called with
+// r.mu held.
+func (r *replica) placeProposals(ents []*pb.Entry) {
+	if len(r.unplaced) == 0 {
+		return
+	}
+	for _, e := range ents {
+		if id, ok := entryProposalID(e); ok {
+			if p := r.proposals[id]; p != nil && !p.placed {
+				p.placed, p.index = true, e.GetIndex()
+			}
+		}
+	}
+	for _, id := range r.unplaced {
+		if p := r.proposals[id]; p != nil && !p.placed {
+			r.complete(id, p, nil, ErrProposalDropped)
+		}
+	}
+	r.unplaced = r.unplaced[:0]
+}
+
+// published runs after the iteration's transaction is durable: it exposes
+// the new log bounds to raft.Storage (before Advance lets raft drop the
+// entries from its unstable log).
+func (r *replica) published(w *readyWork) {
+	r.st.mu.Lock()
+	r.st.first, r.st.last, r.st.truncTerm = w.first, w.last, w.truncTerm
+	if !raft.IsEmptyHardState(w.rd.HardState) {
+		r.st.hs = w.rd.HardState
+	}
+	r.st.mu.Unlock()
+	r.applied = w.applied
+	if w.cs != nil {
+		r.cs = w.cs
+	}
+}
+
+// advance hands the Ready back to raft and then answers proposers and
+// readers, so a caller that proposes again right after an answer (say a
+// second conf change) finds raft's applied index already moved.
+func (r *replica) advance(w *readyWork) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.destroyed {
+		return
+	}
+	r.rn.Advance(w.rd)
+	r.appliedIx = w.applied.index
+	for _, res := range w.results {
+		if p := r.proposals[res.id]; p != nil {
+			r.complete(res.id, p, res.data, nil)
+		}
+	}
+	// A placed proposal whose slot is now applied but was not ours lost
+	// its slot to another leader's entry: not committed. If a snapshot
+	// covered its slot we cannot tell.
+	for id, p := range r.proposals {
+		if p.placed && p.index <= w.applied.index {
+			if p.index <= w.snapIndex {
+				r.complete(id, p, nil, ErrResultUnknown)
+			} else {
+				r.complete(id, p, nil, ErrProposalDropped)
+			}
+		}
+	}
+	for _, rs := range w.rd.ReadStates {
+		if len(rs.RequestCtx) != 8 {
+			continue
+		}
+		id := binary.BigEndian.Uint64(rs.RequestCtx)
+		if q := r.reads[id]; q != nil {
+			delete(r.reads, id)
+			q.index = rs.Index
+			r.readWait = append(r.readWait, q)
+		}
+	}
+	if len(r.readWait) > 0 {
+		kept := r.readWait[:0]
+		for _, q := range r.readWait {
+			if q.index <= r.appliedIx {
+				q.ch <- nil
+			} else {
+				kept = append(kept, q)
+			}
+		}
+		r.readWait = kept
+	}
+	if ss := w.rd.SoftState; ss != nil {
+		lead := ReplicaID(ss.Lead)
+		if lead != r.lead || ss.RaftState != r.role {
+			r.lead, r.role = lead, ss.RaftState
+			close(r.leaderCh)
+			r.leaderCh = make(chan struct{})
+			// Read requests in flight went to the old leader, which may
+			// never answer; they are reissued.
+			for id, q := range r.reads {
+				delete(r.reads, id)
+				q.ch <- errRetryRead
+			}
+		}
+	}
+}
+
+// propose runs fn (which hands a proposal to raft) if this replica leads,
+// and registers p to be answered when its entry is applied.
+func (r *replica) propose(id uint64, p *proposal, fn func(*raft.RawNode) error) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err := r.n.err(); err != nil {
+		return err
+	}
+	if r.destroyed {
+		return fmt.Errorf("%w: shard %d", ErrShardNotFound, r.shard)
+	}
+	if st := r.rn.BasicStatus(); st.RaftState != raft.StateLeader {
+		return &NotLeaderError{Shard: r.shard, Leader: ReplicaID(st.Lead)}
+	}
+	if err := fn(r.rn); err != nil {
+		if errors.Is(err, raft.ErrProposalDropped) {
+			return fmt.Errorf("%w: shard %d: %v", ErrProposalDropped, r.shard, err)
+		}
+		return err
+	}
+	r.proposals[id] = p
+	r.unplaced = append(r.unplaced, id)
+	r.n.stats.proposals.Add(1)
+	r.n.signal()
+	return nil
+}
+
+func (r *replica) wait(ctx context.Context, id uint64, p *proposal) ([]byte, error) {
+	select {
+	case res := <-p.ch:
+		return res.data, res.err
+	case <-ctx.Done():
+		r.mu.Lock()
+		delete(r.proposals, id)
+		r.mu.Unlock()
+		select {
+		case res := <-p.ch: // answered meanwhile
+			return res.data, res.err
+		default:
+		}
+		return nil, ctx.Err()
+	}
+}
+
+// Propose replicates cmd through shard's Raft group and returns the state
+// machine's result once the command is committed by a quorum and applied
+// (durably) on this replica. It fails with *NotLeaderError when this
+// replica does not lead the shard, ErrProposalDropped when the command is
+// definitely not committed, ErrResultUnknown/ErrStopped/ErrStorageFailed/
+// ctx.Err() when the outcome is unknown. Deduplicating retries (request
+// ids) is the state machine's job.
+func (n *Node) Propose(ctx context.Context, shard uint32, cmd []byte) ([]byte, error) {
+	r, err := n.replica(shard)
+	if err != nil {
+		return nil, err
+	}
+	id := n.newID()
+	data := make([]byte, 8+len(cmd))
+	binary.BigEndian.PutUint64(data, id)
+	copy(data[8:], cmd)
+	p := &proposal{ch: make(chan propResult, 1)}
+	if err := r.propose(id, p, func(rn *raft.RawNode) error { return rn.Propose(data) }); err != nil {
+		return nil, err
+	}
+	return r.wait(ctx, id, p)
+}
+
+// ReadIndex returns an index such that a read of shard's state at any
+// applied index ≥ it is linearizable, and waits until this replica has
+// applied it. It works on followers too (raft forwards the request to the
+// leader, which confirms its leadership with a quorum of heartbeats before
+// answering). A request lost with a leader change is reissued until ctx
+// ends.
+func (n *Node) ReadIndex(ctx context.Context, shard uint32) (uint64, error) {
+	r, err := n.replica(shard)
+	if err != nil {
+		return 0, err
+	}
+	for {
+		id := n.newID()
+		q := &readReq{ch: make(chan error, 1)}
+		r.mu.Lock()
+		if err := n.err(); err != nil {
+			r.mu.Unlock()
+			return 0, err
+		}
+		if r.destroyed {
+			r.mu.Unlock()
+			return 0, ErrShardNotFound
+		}
+		if r.rn.BasicStatus().Lead == raft.None {
+			ch := r.leaderCh
+			r.mu.Unlock()
+			select {
+			case <-ch:
+				continue
+			case <-ctx.Done():
+				return 0, ctx.Err()
+			}
+		}
+		r.reads[id] = q
+		r.rn.ReadIndex(binary.BigEndian.AppendUint64(nil, id))
+		r.mu.Unlock()
+		n.signal()
+		select {
+		case err := <-q.ch:
+			if errors.Is(err, errRetryRead) {
+				continue
+			}
+			if err != nil {
+				return 0, err
+			}
+			return q.index, nil
+		case <-ctx.Done():
+			r.mu.Lock()
+			delete(r.reads, id)
+			r.mu.Unlock()
+			return 0, ctx.Err()
+		}
+	}
+}
+
+// Leader returns the replica this replica believes leads shard (0 if none).
+func (n *Node) Leader(shard uint32) (ReplicaID, error) {
+	r, err := n.replica(shard)
+	if err != nil {
+		return 0, err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.lead, nil
+}
+
+// Replica returns the id of this node's replica of shard.
+func (n *Node) Replica(shard uint32) (ReplicaID, error) {
+	r, err := n.replica(shard)
+	if err != nil {
+		return 0, err
+	}
+	return r.id, nil
+}
+
+// Shards lists the shards hosted on this node.
+func (n *Node) Shards() []uint32 {
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	out := make([]uint32, 0, len(n.replicas))
+	for s := range n.replicas {
+		out = append(out, s)
+	}
+	return out
+}
