@@ -81,6 +81,10 @@ const (
 type Replica struct {
 	Store string `json:"store"`
 	Role  string `json:"role"`
+	// ID is the replica's Raft id when the shard is Raft-replicated: a
+	// fresh id for each incarnation, so a replica that is removed and added
+	// again never reuses an old id (0 for a single-replica shard).
+	ID uint64 `json:"id,omitempty"`
 }
 
 // Shard is one shard map entry.
@@ -101,6 +105,21 @@ func (s Shard) Hosts(store string) bool {
 		}
 	}
 	return false
+}
+
+// Preferred is the store a request for the shard should go to: its leader
+// when the leader is known and still a replica, else its first voter ("" if
+// it has none).
+func (s Shard) Preferred() string {
+	if s.Leader != "" && s.Hosts(s.Leader) {
+		return s.Leader
+	}
+	for _, r := range s.Replicas {
+		if r.Role == RoleVoter || r.Role == "" {
+			return r.Store
+		}
+	}
+	return ""
 }
 
 // ErrNoClusterConfig means the cluster has not been created yet: no control

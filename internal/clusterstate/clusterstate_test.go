@@ -75,3 +75,23 @@ func TestGetConfigAndDecodeShards(t *testing.T) {
 		t.Fatalf("DecodeShards = %+v", shards)
 	}
 }
+
+func TestPreferred(t *testing.T) {
+	v := func(s string) clusterstate.Replica { return clusterstate.Replica{Store: s, Role: clusterstate.RoleVoter} }
+	l := func(s string) clusterstate.Replica { return clusterstate.Replica{Store: s, Role: clusterstate.RoleLearner} }
+	for _, tc := range []struct {
+		shard clusterstate.Shard
+		want  string
+	}{
+		{clusterstate.Shard{}, ""},
+		{clusterstate.Shard{Replicas: []clusterstate.Replica{l("a"), v("b"), v("c")}}, "b"},
+		{clusterstate.Shard{Replicas: []clusterstate.Replica{v("a"), v("b")}, Leader: "b"}, "b"},
+		{clusterstate.Shard{Replicas: []clusterstate.Replica{v("a"), v("b")}, Leader: "gone"}, "a"},
+		{clusterstate.Shard{Replicas: []clusterstate.Replica{{Store: "x"}}}, "x"},
+		{clusterstate.Shard{Replicas: []clusterstate.Replica{l("a")}}, ""},
+	} {
+		if got := tc.shard.Preferred(); got != tc.want {
+			t.Errorf("%+v: Preferred = %q, want %q", tc.shard, got, tc.want)
+		}
+	}
+}
