@@ -85,4 +85,8 @@ func (s *boltStorage) read(_ context.Context, shard int, id string) (*pb.Session
 	return rec, err
 }
 
+func (s *boltStorage) view(_ context.Context, fn func(*bolt.Tx) error) error {
+	return s.db.View(fn)
+}
+
 func (s *boltStorage) close() error { return s.db.Close() }

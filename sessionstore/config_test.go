@@ -22,6 +22,13 @@ func TestConfigValidate(t *testing.T) {
 		{"listen bad port", func(c *Config) { c.Listen = "localhost:http" }, "must be a number"},
 		{"listen port too big", func(c *Config) { c.Listen = "localhost:70000" }, "must be a number"},
 		{"empty data dir", func(c *Config) { c.DataDir = "" }, "--data-dir is empty"},
+		{"advertise", func(c *Config) { c.Advertise = "store-1.ns.svc:9090" }, ""},
+		{"advertise without port", func(c *Config) { c.Advertise = "store-1" }, "--advertise"},
+		{"advertise unspecified", func(c *Config) { c.Advertise = "0.0.0.0:9090" }, "not dialable"},
+		{"advertise port zero", func(c *Config) { c.Advertise = "h:0" }, "1..65535"},
+		{"advertise empty host", func(c *Config) { c.Advertise = ":9090" }, "host is empty"},
+		{"zero retention", func(c *Config) { c.EventRetention = 0 }, "--event-retention 0"},
+		{"zero streams", func(c *Config) { c.MaxStreamsPerSession = 0 }, "--max-streams-per-session 0"},
 		{"zero max value", func(c *Config) { c.MaxValueBytes = 0 }, "--max-value-bytes 0"},
 		{"huge max value", func(c *Config) { c.MaxValueBytes = MaxMaxValueBytes + 1 }, "--max-value-bytes"},
 		{"common: empty id", func(c *Config) { c.Common.ID = "" }, "--id is empty"},
@@ -40,7 +47,7 @@ func TestConfigValidate(t *testing.T) {
 			}
 		})
 	}
-	if DefaultConfig().Listen != "127.0.0.1:9090" || DefaultConfig().MaxValueBytes != 1<<20 {
+	if d := DefaultConfig(); d.Listen != "127.0.0.1:9090" || d.MaxValueBytes != 1<<20 || d.EventRetention != 1000 || d.MaxStreamsPerSession != 1000 || d.Advertise != "" {
 		t.Fatalf("defaults: %+v", DefaultConfig())
 	}
 }

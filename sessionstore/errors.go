@@ -15,6 +15,13 @@ const (
 	ReasonSessionNotFound = "SESSION_NOT_FOUND"
 	ReasonSessionExpired  = "SESSION_EXPIRED"
 	ReasonVersionConflict = "VERSION_CONFLICT"
+	// ReasonKeyNotFound: GetState of a key the (live) session lacks.
+	ReasonKeyNotFound = "KEY_NOT_FOUND"
+	// ReasonTaskNotFound: GetTask of a task the (live) session lacks.
+	ReasonTaskNotFound = "TASK_NOT_FOUND"
+	// ReasonLimitExceeded: RESOURCE_EXHAUSTED; metadata "limit" names the
+	// limit and "max" its value.
+	ReasonLimitExceeded = "LIMIT_EXCEEDED"
 	// ErrorDomain is the ErrorInfo domain of every detail this service sets.
 	ErrorDomain = "sessionstore.erlmcp"
 )
@@ -51,4 +58,34 @@ func statusWrongShard(hint *pb.ShardHint, msg string) *status.Status {
 		return d
 	}
 	return st
+}
+
+func statusKeyNotFound(id, key string) *status.Status {
+	return withInfo(codes.NotFound, fmt.Sprintf("session %q has no state key %q", id, key), ReasonKeyNotFound, nil)
+}
+
+func statusTaskNotFound(id, taskID string) *status.Status {
+	return withInfo(codes.NotFound, fmt.Sprintf("session %q has no task %q", id, taskID), ReasonTaskNotFound, nil)
+}
+
+// statusItemConflict is VERSION_CONFLICT for a state key or task ("state
+// key" / "task"); current 0 means absent.
+func statusItemConflict(id, kind, name string, expected, current uint64) *status.Status {
+	var msg string
+	switch {
+	case current == 0:
+		msg = fmt.Sprintf("%s %q of session %q is absent, not at the expected version %d", kind, name, id, expected)
+	case expected == 0:
+		msg = fmt.Sprintf("%s %q of session %q exists (version %d); expected it absent", kind, name, id, current)
+	default:
+		msg = fmt.Sprintf("%s %q of session %q is at version %d, not the expected %d", kind, name, id, current, expected)
+	}
+	return withInfo(codes.Aborted, msg, ReasonVersionConflict, map[string]string{"current_version": strconv.FormatUint(current, 10)})
+}
+
+// statusLimit is RESOURCE_EXHAUSTED naming the limit.
+func statusLimit(id, limit string, max int, msg string) *status.Status {
+	return withInfo(codes.ResourceExhausted,
+		fmt.Sprintf("session %q: %s (limit %s = %d)", id, msg, limit, max),
+		ReasonLimitExceeded, map[string]string{"limit": limit, "max": strconv.Itoa(max)})
 }

@@ -41,6 +41,18 @@ type Node struct {
 	health *health.Server
 	reg    *membership.Registration
 	addr   string
+	// advertise is the address registered in membership.
+	advertise string
+
+	// waiters wakes ReadEvents long-polls; stopping is closed when Close
+	// starts, ending them.
+	waiters  *waiters
+	stopping chan struct{}
+
+	// leaseUntil is when this node stops serving unless its membership
+	// lease is renewed first (nil: not tracked, as in unit tests that
+	// build a Node without etcd; the zero time: lost).
+	leaseUntil atomic.Pointer[time.Time]
 
 	// route is nil until the cluster config and the first shard map
 	// snapshot are known; requests are refused with UNAVAILABLE until then.
@@ -50,6 +62,9 @@ type Node struct {
 	cluster  *clusterstate.ClusterConfig
 	shardKVs map[string][]byte
 	stores   map[string]membership.Member
+	// storesChanged is closed and replaced on every store membership
+	// snapshot.
+	storesChanged chan struct{}
 
 	now       func() time.Time
 	cancel    context.CancelFunc
@@ -90,7 +105,8 @@ func Start(ctx context.Context, cfg Config, log *logrus.Entry) (_ *Node, err err
 	if log == nil {
 		log = logrus.NewEntry(logrus.StandardLogger())
 	}
-	n := &Node{cfg: cfg, log: log, now: time.Now, ready: make(chan struct{})}
+	n := &Node{cfg: cfg, log: log, now: time.Now, ready: make(chan struct{}),
+		waiters: newWaiters(), stopping: make(chan struct{}), storesChanged: make(chan struct{})}
 	var cleanups []func()
 	defer func() {
 		if err != nil {
@@ -122,6 +138,11 @@ func Start(ctx context.Context, cfg Config, log *logrus.Entry) (_ *Node, err err
 		return nil, fmt.Errorf("listen on %s for gRPC: %w (choose another --listen)", cfg.Listen, err)
 	}
 	n.addr = n.ln.Addr().String()
+	n.advertise, err = advertiseAddr(cfg.Advertise, n.addr)
+	if err != nil {
+		_ = n.ln.Close()
+		return nil, err
+	}
 
 	n.srv = grpc.NewServer(grpc.MaxRecvMsgSize(max(4<<20, cfg.MaxValueBytes+(1<<20))))
 	pb.RegisterSessionStoreServiceServer(n.srv, &service{n: n})
@@ -150,20 +171,46 @@ func Start(ctx context.Context, cfg Config, log *logrus.Entry) (_ *Node, err err
 	m := membership.Member{
 		Role:      membership.RoleStore,
 		ID:        cfg.Common.ID,
-		Addr:      n.addr,
+		Addr:      n.advertise,
 		Region:    cfg.Common.Region,
 		Zone:      cfg.Common.Zone,
 		Version:   buildVersion(),
 		PID:       os.Getpid(),
 		StartedAt: started,
 	}
-	log.WithFields(logrus.Fields{"addr": n.addr, "etcd": cfg.Common.EtcdEndpoints}).Info("gRPC listening; registering in etcd")
+	log.WithFields(logrus.Fields{"addr": n.addr, "advertise": n.advertise, "etcd": cfg.Common.EtcdEndpoints}).Info("gRPC listening; registering in etcd")
 	n.reg, err = membership.Register(ctx, n.etcd, cfg.Common.Prefix, m, cfg.Common.LeaseTTL, log)
 	if err != nil {
 		return nil, err
 	}
-	n.log.WithFields(logrus.Fields{"addr": n.addr, "data_dir": cfg.DataDir}).Info("store node registered; waiting for the cluster config and shard map")
+	// The lease was granted after started, so it cannot expire before
+	// started + TTL.
+	until := started.Add(cfg.Common.LeaseTTL - leaseMargin(cfg.Common.LeaseTTL))
+	n.leaseUntil.Store(&until)
+	n.wg.Add(1)
+	go func() { defer n.wg.Done(); n.guardLease(wctx) }()
+	n.log.WithFields(logrus.Fields{"addr": n.addr, "advertise": n.advertise, "data_dir": cfg.DataDir}).Info("store node registered; waiting for the cluster config and shard map")
 	return n, nil
+}
+
+// advertiseAddr is the address to register: advertise if set, else the
+// bound address with an unspecified IP replaced by the hostname.
+func advertiseAddr(advertise, bound string) (string, error) {
+	if advertise != "" {
+		return advertise, nil
+	}
+	host, port, err := net.SplitHostPort(bound)
+	if err != nil {
+		return "", fmt.Errorf("bound address %q: %w", bound, err)
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+		h, err := os.Hostname()
+		if err != nil || h == "" {
+			return "", fmt.Errorf("listening on all interfaces (%s) and cannot find this host's name to register (%v): set --advertise host:port", bound, err)
+		}
+		host = h
+	}
+	return net.JoinHostPort(host, port), nil
 }
 
 func buildVersion() string {
@@ -173,8 +220,11 @@ func buildVersion() string {
 	return ""
 }
 
-// Addr is the gRPC address the node listens on (and registered).
+// Addr is the gRPC address the node listens on.
 func (n *Node) Addr() string { return n.addr }
+
+// AdvertiseAddr is the gRPC address registered in membership.
+func (n *Node) AdvertiseAddr() string { return n.advertise }
 
 // ID is the node's member id.
 func (n *Node) ID() string { return n.cfg.Common.ID }
@@ -188,6 +238,7 @@ func (n *Node) Ready() <-chan struct{} { return n.ready }
 // closed. It is safe to call more than once.
 func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
+		close(n.stopping)
 		n.health.Shutdown()
 		ctx, cancel := context.WithTimeout(context.Background(), deregisterTimeout)
 		if err := n.reg.Close(ctx); err != nil {
@@ -227,6 +278,8 @@ func (n *Node) watchStores(ctx context.Context) {
 			}
 			n.mu.Lock()
 			n.stores = stores
+			close(n.storesChanged)
+			n.storesChanged = make(chan struct{})
 			n.publishLocked()
 			n.mu.Unlock()
 		})
@@ -296,8 +349,7 @@ func (n *Node) publishLocked() {
 			}
 		}
 		n.log.WithField("shards_hosted", hosted).Info("shard map read; serving")
-		n.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-		n.health.SetServingStatus(pb.SessionStoreService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 		close(n.ready)
+		n.setHealth(n.leaseHeld())
 	})
 }

@@ -6,6 +6,7 @@ import (
 
 	"github.com/erlmcp/erlmcp/internal/clusterstate"
 	pb "github.com/erlmcp/erlmcp/proto/erlmcp/sessionstore/v1"
+	bolt "go.etcd.io/bbolt"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -60,10 +61,7 @@ func (s *service) GetSession(ctx context.Context, req *pb.GetSessionRequest) (*p
 	}
 	now := s.n.now().UnixMilli()
 	if expired(rec, now) {
-		// Lazy expiry; a failure here only delays the deletion.
-		if _, err := s.n.store.apply(ctx, command{Op: opExpire, Shard: shard, ID: req.GetId(), NowMs: now}); err != nil {
-			s.n.log.WithError(err).Warn("could not delete an expired session")
-		}
+		s.n.expire(ctx, shard, req.GetId(), now)
 		return nil, statusExpired(req.GetId()).Err()
 	}
 	return &pb.GetSessionResponse{Session: rec}, nil
@@ -95,15 +93,7 @@ func checkID(id string) error {
 	if id == "" {
 		return status.Error(codes.InvalidArgument, "id is empty: give the session id")
 	}
-	if len(id) > MaxIDBytes {
-		return status.Errorf(codes.InvalidArgument, "id is %d bytes; the limit is %d bytes", len(id), MaxIDBytes)
-	}
-	for i := 0; i < len(id); i++ {
-		if c := id[i]; c < 0x21 || c > 0x7e {
-			return status.Errorf(codes.InvalidArgument, "id %q: byte %d (0x%02x) is not visible ASCII (0x21..0x7e)", id, i, c)
-		}
-	}
-	return nil
+	return checkChars("id", id, MaxIDBytes)
 }
 
 func (n *Node) checkMutation(id, requestID string, data []byte) error {
@@ -122,7 +112,8 @@ func (n *Node) checkMutation(id, requestID string, data []byte) error {
 	return nil
 }
 
-// apply routes cmd to its shard, stamps it with the time and applies it.
+// apply routes cmd to its shard, stamps it with the time and the limits,
+// and applies it.
 func (n *Node) apply(ctx context.Context, cmd command) (outcome, error) {
 	shard, err := n.shardFor(cmd.ID)
 	if err != nil {
@@ -130,12 +121,91 @@ func (n *Node) apply(ctx context.Context, cmd command) (outcome, error) {
 	}
 	cmd.Shard = shard
 	cmd.NowMs = n.now().UnixMilli()
+	cmd.Limits = n.limits()
 	out, aerr := n.store.apply(ctx, cmd)
 	if aerr != nil {
 		n.log.WithError(aerr).WithField("shard", shard).Error("disk write failed")
 		return outcome{}, status.Errorf(codes.Unavailable, "store node %q: disk write failed, nothing was applied: %v", n.ID(), aerr)
 	}
+	n.applied(cmd, out)
 	return out, out.err()
+}
+
+// applied wakes the long-polls a durable command concerns: the stream's
+// on an append, every stream's of a session that went. (A replicated
+// storage calls it where the command is applied on the node that serves
+// reads.)
+func (n *Node) applied(cmd command, out outcome) {
+	switch {
+	case out.expired || (cmd.Op == opDelete && out.Status == nil):
+		n.waiters.wakeSession(cmd.ID)
+	case cmd.Op == opAppendEvents && out.Status == nil:
+		n.waiters.wake(cmd.ID, cmd.Stream)
+	}
+}
+
+func (n *Node) limits() limits {
+	return limits{
+		EventRetention: n.cfg.EventRetention,
+		MaxStreams:     n.cfg.MaxStreamsPerSession,
+		MaxStateKeys:   MaxStateKeysPerSession,
+		MaxTasks:       MaxTasksPerSession,
+	}
+}
+
+// expire deletes an expired session found by a read (lazy expiry); a
+// failure only delays the deletion.
+func (n *Node) expire(ctx context.Context, shard int, id string, nowMs int64) {
+	cmd := command{Op: opExpire, Shard: shard, ID: id, NowMs: nowMs, Limits: n.limits()}
+	out, err := n.store.apply(ctx, cmd)
+	if err != nil {
+		n.log.WithError(err).Warn("could not delete an expired session")
+		return
+	}
+	n.applied(cmd, out)
+}
+
+// viewSession runs fn in a read transaction of id's shard once it has
+// checked that the session exists and is live: NOT_FOUND
+// (SESSION_NOT_FOUND or SESSION_EXPIRED, which also deletes it) otherwise.
+// A gRPC status fn returns is answered as is; any other error is a failed
+// disk read.
+func (n *Node) viewSession(ctx context.Context, id string, fn func(shardTx) error) error {
+	shard, err := n.shardFor(id)
+	if err != nil {
+		return err
+	}
+	now := n.now().UnixMilli()
+	var missing, isExpired bool
+	err = n.store.view(ctx, func(tx *bolt.Tx) error {
+		st := shardTx{tx: tx, shard: shard}
+		rec, err := getRecord(st.existing(bkSessions), id)
+		switch {
+		case err != nil:
+			return err
+		case rec == nil:
+			missing = true
+			return nil
+		case expired(rec, now):
+			isExpired = true
+			return nil
+		}
+		return fn(st)
+	})
+	if err != nil {
+		if _, ok := status.FromError(err); ok {
+			return err
+		}
+		return status.Errorf(codes.Unavailable, "store node %q: disk read failed: %v", n.ID(), err)
+	}
+	switch {
+	case missing:
+		return statusNotFound(id).Err()
+	case isExpired:
+		n.expire(ctx, shard, id, now)
+		return statusExpired(id).Err()
+	}
+	return nil
 }
 
 // shardFor returns the shard of id if this node hosts it, or the status
@@ -145,6 +215,9 @@ func (n *Node) shardFor(id string) (int, error) {
 	r := n.route.Load()
 	if r == nil {
 		return 0, status.Errorf(codes.Unavailable, "store node %q is starting: it has not yet read the cluster config and shard map from etcd; retry shortly", n.ID())
+	}
+	if !n.leaseHeld() {
+		return 0, status.Errorf(codes.Unavailable, "store node %q does not hold its membership lease in etcd (lost, or about to expire unrenewed); it serves again once registered again", n.ID())
 	}
 	shard := clusterstate.ShardOf(id, r.cluster.ShardCount)
 	sh := r.shards[shard]

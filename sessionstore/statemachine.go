@@ -1,10 +1,12 @@
 package sessionstore
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"math"
 
 	pb "github.com/erlmcp/erlmcp/proto/erlmcp/sessionstore/v1"
 	bolt "go.etcd.io/bbolt"
@@ -24,34 +26,87 @@ const (
 )
 
 // Bucket layout: one set of top-level buckets per shard, so a shard's data
-// can later be snapshotted or moved on its own.
+// can later be snapshotted or moved on its own. A session id and the names
+// below it (stream, state key, task id) are visible ASCII, so 0x00 never
+// occurs inside them and "id 0x00" prefixes exactly one session's entries.
 //
-//	shard/<nnnn>/sessions  id → proto Session
-//	shard/<nnnn>/requests  id 0x00 request_id → JSON dedupEntry
-//	shard/<nnnn>/reqtime   8-byte big-endian ms, id 0x00 request_id → ""
-//	shard/<nnnn>/reqcount  "n" → 8-byte big-endian count of requests
-func sessionsBucket(shard int) []byte { return fmt.Appendf(nil, "shard/%04d/sessions", shard) }
-func requestsBucket(shard int) []byte { return fmt.Appendf(nil, "shard/%04d/requests", shard) }
-func reqtimeBucket(shard int) []byte  { return fmt.Appendf(nil, "shard/%04d/reqtime", shard) }
-func reqcountBucket(shard int) []byte { return fmt.Appendf(nil, "shard/%04d/reqcount", shard) }
+//	shard/<nnnn>/sessions   id → proto Session
+//	shard/<nnnn>/requests   id 0x00 request_id → JSON dedupEntry
+//	shard/<nnnn>/reqtime    8-byte big-endian ms, id 0x00 request_id → ""
+//	shard/<nnnn>/reqcount   "n" → 8-byte big-endian count of requests
+//	shard/<nnnn>/sessmeta   id → sessMeta (counts of the session's streams,
+//	                        state keys and tasks; its append tick)
+//	shard/<nnnn>/events     id 0x00 stream 0x00 8-byte seq → 8-byte created ms + data
+//	shard/<nnnn>/streams    id 0x00 stream → streamMeta (first, last seq, tick)
+//	shard/<nnnn>/streamage  id 0x00 8-byte tick → stream (streams by last append)
+//	shard/<nnnn>/state      id 0x00 key → 8-byte version + value
+//	shard/<nnnn>/tasks      id 0x00 task_id → proto Task
+//
+// All of a shard's buckets are reached through shardTx, so moving them under
+// one per-shard bucket (as the multi-Raft state machine hands over) changes
+// only shardTx.
+func sessionsBucket(shard int) []byte { return bucketName(shard, "sessions") }
+func requestsBucket(shard int) []byte { return bucketName(shard, "requests") }
+func reqtimeBucket(shard int) []byte  { return bucketName(shard, "reqtime") }
+func reqcountBucket(shard int) []byte { return bucketName(shard, "reqcount") }
+
+func bucketName(shard int, name string) []byte {
+	return fmt.Appendf(nil, "shard/%04d/%s", shard, name)
+}
+
+// Per-shard bucket names.
+const (
+	bkSessions  = "sessions"
+	bkSessMeta  = "sessmeta"
+	bkEvents    = "events"
+	bkStreams   = "streams"
+	bkStreamAge = "streamage"
+	bkState     = "state"
+	bkTasks     = "tasks"
+)
+
+// childBuckets hold a session's entries under the "id 0x00" prefix; they
+// are emptied with the session.
+var childBuckets = []string{bkEvents, bkStreams, bkStreamAge, bkState, bkTasks}
+
+// shardTx reads and writes one shard's buckets in a bbolt transaction.
+type shardTx struct {
+	tx    *bolt.Tx
+	shard int
+}
+
+// bucket returns the named bucket, creating it (write transactions only).
+func (s shardTx) bucket(name string) (*bolt.Bucket, error) {
+	return s.tx.CreateBucketIfNotExists(bucketName(s.shard, name))
+}
+
+// existing returns the named bucket, or nil if it was never created.
+func (s shardTx) existing(name string) *bolt.Bucket {
+	return s.tx.Bucket(bucketName(s.shard, name))
+}
 
 // dedupEntry remembers the outcome of one request. A successful create or
 // compare-and-set stores the session without its data: the retry carries
 // the same data (the fingerprint proves it), so the answer is rebuilt from
-// it, which keeps the window small.
+// it, which keeps the window small. Likewise a put of state or a task keeps
+// its answer without the value, result and data.
 type dedupEntry struct {
 	AtMs        int64  `json:"at_ms"`
 	Op          op     `json:"op"`
 	Fingerprint []byte `json:"fp"`
 	// Session is the proto Session (without data) of a success.
 	Session []byte `json:"session,omitempty"`
+	// Result is the answer of a successful append (proto
+	// AppendEventsResponse), state put (proto StateEntry without value) or
+	// task put (proto Task without result and data).
+	Result []byte `json:"result,omitempty"`
 	// Status is the google.rpc.Status of a refusal.
 	Status []byte `json:"status,omitempty"`
 }
 
 func fingerprint(cmd command) []byte {
 	h := sha256.New()
-	var b [8]byte
+	var b, b8 [8]byte
 	h.Write([]byte{byte(cmd.Op)})
 	h.Write([]byte(cmd.ID))
 	h.Write([]byte{0})
@@ -60,6 +115,31 @@ func fingerprint(cmd command) []byte {
 	binary.BigEndian.PutUint64(b[:], cmd.ExpectedVersion)
 	h.Write(b[:])
 	h.Write(cmd.Data)
+	if cmd.Op >= opAppendEvents {
+		// The ops added later hash more; the older ops keep their
+		// fingerprint so remembered requests stay valid across an upgrade.
+		writeField := func(b []byte) {
+			binary.BigEndian.PutUint64(b8[:], uint64(len(b)))
+			h.Write(b8[:])
+			h.Write(b)
+		}
+		if cmd.HasExpected {
+			h.Write([]byte{1})
+		} else {
+			h.Write([]byte{0})
+		}
+		writeField([]byte(cmd.Stream))
+		writeField([]byte(cmd.Key))
+		binary.BigEndian.PutUint64(b8[:], uint64(len(cmd.Events)))
+		h.Write(b8[:])
+		for _, e := range cmd.Events {
+			writeField(e)
+		}
+		if cmd.Task != nil {
+			tb, _ := proto.MarshalOptions{Deterministic: true}.Marshal(cmd.Task)
+			writeField(tb)
+		}
+	}
 	return h.Sum(nil)
 }
 
@@ -71,10 +151,7 @@ func expired(s *pb.Session, nowMs int64) bool {
 // state and cmd, so a replicated log can run it on every replica. The error
 // is a storage failure; refusals are outcomes.
 func applyCommand(tx *bolt.Tx, cmd command) (outcome, error) {
-	sessions, err := tx.CreateBucketIfNotExists(sessionsBucket(cmd.Shard))
-	if err != nil {
-		return outcome{}, err
-	}
+	st := shardTx{tx: tx, shard: cmd.Shard}
 	var dk []byte
 	var fp []byte
 	if cmd.RequestID != "" {
@@ -96,7 +173,7 @@ func applyCommand(tx *bolt.Tx, cmd command) (outcome, error) {
 			return replay(e, cmd)
 		}
 	}
-	out, err := execute(sessions, cmd)
+	out, err := execute(st, cmd)
 	if err != nil {
 		return outcome{}, err
 	}
@@ -115,6 +192,9 @@ func replay(e dedupEntry, cmd command) (outcome, error) {
 			return outcome{}, fmt.Errorf("decode remembered status: %w", err)
 		}
 		return outcome{Status: status.FromProto(&sp)}, nil
+	}
+	if e.Result != nil {
+		return replayResult(e, cmd)
 	}
 	if e.Session == nil {
 		return outcome{}, nil // a delete
@@ -137,6 +217,14 @@ func remember(tx *bolt.Tx, cmd command, dk, fp []byte, out outcome) error {
 		meta := proto.Clone(out.Session).(*pb.Session)
 		meta.Data = nil
 		e.Session, err = proto.Marshal(meta)
+	case out.Seqs != nil:
+		e.Result, err = proto.Marshal(&pb.AppendEventsResponse{Seqs: out.Seqs})
+	case out.Entry != nil:
+		e.Result, err = proto.Marshal(&pb.StateEntry{Key: out.Entry.Key, Version: out.Entry.Version})
+	case out.Task != nil:
+		meta := proto.Clone(out.Task).(*pb.Task)
+		meta.Result, meta.Data = nil, nil
+		e.Result, err = proto.Marshal(meta)
 	}
 	if err != nil {
 		return err
@@ -212,15 +300,23 @@ func putRecord(b *bolt.Bucket, s *pb.Session) error {
 	return b.Put([]byte(s.Id), v)
 }
 
-func execute(b *bolt.Bucket, cmd command) (outcome, error) {
+// execute applies cmd to the shard. The session must exist and be live
+// for every op but create; an expired session is deleted (with its events,
+// state and tasks) by whichever command finds it.
+func execute(st shardTx, cmd command) (outcome, error) {
+	b, err := st.bucket(bkSessions)
+	if err != nil {
+		return outcome{}, err
+	}
 	cur, err := getRecord(b, cmd.ID)
 	if err != nil {
 		return outcome{}, err
 	}
 	isExpired := cur != nil && expired(cur, cmd.NowMs)
-	if isExpired && cmd.Op != opCreate {
-		// Lazy expiry: the record goes now, whatever the command.
-		if err := b.Delete([]byte(cmd.ID)); err != nil {
+	if isExpired {
+		// Lazy expiry: the record and everything under it go now,
+		// whatever the command.
+		if err := deleteSession(st, b, cmd.ID); err != nil {
 			return outcome{}, err
 		}
 	}
@@ -233,16 +329,17 @@ func execute(b *bolt.Bucket, cmd command) (outcome, error) {
 		if err := putRecord(b, s); err != nil {
 			return outcome{}, err
 		}
-		return outcome{Session: s}, nil
+		return outcome{Session: s, expired: isExpired}, nil
 	case opExpire:
-		return outcome{}, nil
+		return outcome{expired: isExpired}, nil
 	}
 	if cur == nil {
 		return outcome{Status: statusNotFound(cmd.ID)}, nil
 	}
 	if isExpired {
-		return outcome{Status: statusExpired(cmd.ID)}, nil
+		return outcome{Status: statusExpired(cmd.ID), expired: true}, nil
 	}
+	var out outcome
 	switch cmd.Op {
 	case opCompareAndSet:
 		if cur.Version != cmd.ExpectedVersion {
@@ -257,10 +354,34 @@ func execute(b *bolt.Bucket, cmd command) (outcome, error) {
 		}
 		cur.UpdatedAtUnixMs = cmd.NowMs
 	case opDelete:
-		if err := b.Delete([]byte(cmd.ID)); err != nil {
+		if err := deleteSession(st, b, cmd.ID); err != nil {
 			return outcome{}, err
 		}
 		return outcome{}, nil
+	case opAppendEvents, opPutState, opDeleteState, opPutTask:
+		switch cmd.Op {
+		case opAppendEvents:
+			out, err = appendEvents(st, cmd)
+		case opPutState:
+			out, err = putState(st, cmd)
+		case opDeleteState:
+			out, err = deleteState(st, cmd)
+		case opPutTask:
+			out, err = putTask(st, cmd)
+		}
+		if err != nil || out.Status != nil {
+			return out, err
+		}
+		// A write to a session's events, state or tasks is activity: it
+		// refreshes the idle expiry like a touch (reads of them do not).
+		// The record is rewritten only once activitySlackMs has passed
+		// since the last refresh, so a burst of appends does not rewrite
+		// the session's data each time.
+		if cmd.NowMs-cur.UpdatedAtUnixMs < activitySlack(cur) {
+			return out, nil
+		}
+		cur.UpdatedAtUnixMs = cmd.NowMs
+		return out, putRecord(b, cur)
 	default:
 		return outcome{}, fmt.Errorf("unknown command op %d", cmd.Op)
 	}
@@ -268,4 +389,116 @@ func execute(b *bolt.Bucket, cmd command) (outcome, error) {
 		return outcome{}, err
 	}
 	return outcome{Session: cur}, nil
+}
+
+// activitySlack is how stale updated_at may get before a write to the
+// session's events, state or tasks refreshes it: a tenth of the idle TTL,
+// at most one second (so expiry is early by at most that).
+func activitySlack(s *pb.Session) int64 {
+	if s.IdleTtlMs <= 0 {
+		return math.MaxInt64 // never expires: nothing to refresh
+	}
+	return min(s.IdleTtlMs/10, 1000)
+}
+
+// deleteSession removes the session record and everything stored under it.
+func deleteSession(st shardTx, sessions *bolt.Bucket, id string) error {
+	if err := sessions.Delete([]byte(id)); err != nil {
+		return err
+	}
+	prefix := childPrefix(id)
+	for _, name := range childBuckets {
+		b := st.existing(name)
+		if b == nil {
+			continue
+		}
+		if err := deletePrefix(b, prefix); err != nil {
+			return err
+		}
+	}
+	if b := st.existing(bkSessMeta); b != nil {
+		return b.Delete([]byte(id))
+	}
+	return nil
+}
+
+// deletePrefix deletes every key of b that starts with prefix. It seeks
+// again after each delete rather than stepping a cursor over deleted keys.
+func deletePrefix(b *bolt.Bucket, prefix []byte) error {
+	c := b.Cursor()
+	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Seek(prefix) {
+		if err := c.Delete(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// childPrefix is "id 0x00", the prefix of a session's entries.
+func childPrefix(id string) []byte {
+	return append([]byte(id), 0)
+}
+
+// childKey is "id 0x00 name".
+func childKey(id, name string) []byte {
+	return append(childPrefix(id), name...)
+}
+
+// sessMeta counts what a session keeps, so limits are checked without
+// scanning. Tick grows by one per append and orders streams by their last
+// append (a counter, not a clock, so it never ties or goes back).
+type sessMeta struct {
+	Streams   int    `json:"streams,omitempty"`
+	StateKeys int    `json:"state_keys,omitempty"`
+	Tasks     int    `json:"tasks,omitempty"`
+	Tick      uint64 `json:"tick,omitempty"`
+}
+
+func loadMeta(st shardTx, id string) (*bolt.Bucket, sessMeta, error) {
+	b, err := st.bucket(bkSessMeta)
+	if err != nil {
+		return nil, sessMeta{}, err
+	}
+	var m sessMeta
+	if v := b.Get([]byte(id)); v != nil {
+		if err := json.Unmarshal(v, &m); err != nil {
+			return nil, m, fmt.Errorf("decode stored counts of session %q: %w", id, err)
+		}
+	}
+	return b, m, nil
+}
+
+func saveMeta(b *bolt.Bucket, id string, m sessMeta) error {
+	v, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	return b.Put([]byte(id), v)
+}
+
+// replayResult rebuilds the answer of a remembered append or put.
+func replayResult(e dedupEntry, cmd command) (outcome, error) {
+	switch e.Op {
+	case opAppendEvents:
+		r := &pb.AppendEventsResponse{}
+		if err := proto.Unmarshal(e.Result, r); err != nil {
+			return outcome{}, fmt.Errorf("decode remembered append: %w", err)
+		}
+		return outcome{Seqs: r.Seqs}, nil
+	case opPutState:
+		en := &pb.StateEntry{}
+		if err := proto.Unmarshal(e.Result, en); err != nil {
+			return outcome{}, fmt.Errorf("decode remembered state entry: %w", err)
+		}
+		en.Value = cmd.Data
+		return outcome{Entry: en}, nil
+	case opPutTask:
+		t := &pb.Task{}
+		if err := proto.Unmarshal(e.Result, t); err != nil {
+			return outcome{}, fmt.Errorf("decode remembered task: %w", err)
+		}
+		t.Result, t.Data = cmd.Task.GetResult(), cmd.Task.GetData()
+		return outcome{Task: t}, nil
+	}
+	return outcome{}, fmt.Errorf("remembered result for op %s", e.Op)
 }

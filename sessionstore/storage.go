@@ -4,13 +4,14 @@ import (
 	"context"
 
 	pb "github.com/erlmcp/erlmcp/proto/erlmcp/sessionstore/v1"
+	bolt "go.etcd.io/bbolt"
 	"google.golang.org/grpc/status"
 )
 
 // storage is the durable state of the shards a node hosts. The node checks
-// input and shard ownership, stamps each command with the time, and hands it
-// to storage; storage applies it atomically and durably and returns the
-// outcome to send.
+// input and shard ownership, stamps each command with the time and the
+// limits, and hands it to storage; storage applies it atomically and
+// durably and returns the outcome to send.
 //
 // The first version (boltStorage) is one local bbolt file: a single replica
 // per shard. The multi-Raft version replaces it by proposing the same
@@ -26,6 +27,10 @@ type storage interface {
 	apply(ctx context.Context, cmd command) (outcome, error)
 	// read returns the stored record of id in shard, expired or not, or nil.
 	read(ctx context.Context, shard int, id string) (*pb.Session, error)
+	// view runs fn in a read-only transaction that sees every command
+	// acknowledged before view was called (a Raft version reads at a read
+	// index). fn reads one shard through shardTx.
+	view(ctx context.Context, fn func(*bolt.Tx) error) error
 	close() error
 }
 
@@ -38,8 +43,19 @@ const (
 	opDelete
 	// opTouch refreshes updated_at (GetSession with touch).
 	opTouch
-	// opExpire deletes the record if it is expired at NowMs (lazy expiry).
+	// opExpire deletes the record (and its events, state and tasks) if it
+	// is expired at NowMs (lazy expiry).
 	opExpire
+	// opAppendEvents appends Events to Stream.
+	opAppendEvents
+	// opPutState writes Key = Data, conditionally on ExpectedVersion when
+	// HasExpected.
+	opPutState
+	// opDeleteState removes Key.
+	opDeleteState
+	// opPutTask writes Task, conditionally on ExpectedVersion when
+	// HasExpected.
+	opPutTask
 )
 
 func (o op) String() string {
@@ -54,12 +70,22 @@ func (o op) String() string {
 		return "touch"
 	case opExpire:
 		return "expire"
+	case opAppendEvents:
+		return "append-events"
+	case opPutState:
+		return "put-state"
+	case opDeleteState:
+		return "delete-state"
+	case opPutTask:
+		return "put-task"
 	}
 	return "unknown"
 }
 
 // command is one mutation. It carries everything needed to apply it
-// deterministically (including the time), so it can be a Raft log entry.
+// deterministically (the time and the limits chosen by the node that
+// proposes it), so it can be a Raft log entry: replicas with other flags or
+// clocks apply it identically.
 type command struct {
 	Op              op
 	Shard           int
@@ -67,16 +93,49 @@ type command struct {
 	Data            []byte
 	IdleTTLMs       int64
 	ExpectedVersion uint64
+	// HasExpected says ExpectedVersion is set (PutState, PutTask: unset
+	// means an unconditional write; CompareAndSet always sets it).
+	HasExpected bool
+	// Stream and Events: opAppendEvents.
+	Stream string
+	Events [][]byte
+	// Key: opPutState (value in Data), opDeleteState.
+	Key string
+	// Task: opPutTask. Its created/updated times and version are ignored;
+	// the store sets them.
+	Task *pb.Task
+	// Limits in force when the command was proposed.
+	Limits limits
 	// RequestID is the client's idempotency key; empty for touch and expire.
 	RequestID string
 	NowMs     int64
 }
 
-// outcome is the answer to a command: Session on success (nil for a
-// delete), or Status for a refused operation.
+// limits bound what one session keeps. They travel in each command.
+type limits struct {
+	// EventRetention: events kept per stream (the newest).
+	EventRetention int
+	// MaxStreams: streams kept per session (the least recently appended
+	// go first).
+	MaxStreams int
+	// MaxStateKeys: state keys per session (a put of a new key beyond it
+	// is refused).
+	MaxStateKeys int
+	// MaxTasks: tasks per session (a put of a new task beyond it is
+	// refused).
+	MaxTasks int
+}
+
+// outcome is the answer to a command: Session, Seqs, Entry or Task on
+// success (all nil for a delete), or Status for a refused operation.
 type outcome struct {
 	Session *pb.Session
+	Seqs    []uint64
+	Entry   *pb.StateEntry
+	Task    *pb.Task
 	Status  *status.Status
+	// expired: the session was found expired and deleted while applying.
+	expired bool
 }
 
 func (o outcome) err() error {

@@ -21,9 +21,12 @@ func cmdStore(ctx context.Context, args []string, _, stderr io.Writer) int {
 	cfg := sessionstore.DefaultConfig()
 	fs := config.NewFlagSet("store", storeSummary, stderr)
 	cfg.Common.Register(fs)
-	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "gRPC listen address host:port (port 0 picks a free port; the bound address is registered)")
+	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "gRPC listen address host:port (port 0 picks a free port)")
+	fs.StringVar(&cfg.Advertise, "advertise", "", "gRPC address host:port registered in etcd for workers and other nodes to dial (empty: the bound listen address, with 0.0.0.0 or :: replaced by the hostname)")
 	fs.StringVar(&cfg.DataDir, "data-dir", "", "directory for the store's data file (empty: ./.erlmcp/store-<id>)")
-	fs.IntVar(&cfg.MaxValueBytes, "max-value-bytes", cfg.MaxValueBytes, "largest session data accepted, in bytes")
+	fs.IntVar(&cfg.MaxValueBytes, "max-value-bytes", cfg.MaxValueBytes, "largest session data, state value, task result+data, or one append's event data accepted, in bytes")
+	fs.IntVar(&cfg.EventRetention, "event-retention", cfg.EventRetention, "events kept per session stream (the newest; older ones are dropped)")
+	fs.IntVar(&cfg.MaxStreamsPerSession, "max-streams-per-session", cfg.MaxStreamsPerSession, "event streams kept per session (appending to a new one beyond it drops the least recently appended stream)")
 	if err := config.Parse(fs, args, nil); err != nil {
 		if errors.Is(err, config.ErrHelp) {
 			return exitOK

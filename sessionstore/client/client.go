@@ -49,15 +49,24 @@ type Session struct {
 // Errors. Every error a call returns names the session and wraps one of
 // these where it applies (test with errors.Is).
 var (
-	// ErrNotFound: the session never existed, was deleted, or expired.
-	ErrNotFound = errors.New("session not found")
-	// ErrExpired: the session expired. errors.Is(err, ErrNotFound) is true
-	// for it too.
+	// ErrNotFound: what was asked for does not exist: the session (see
+	// ErrSessionNotFound), or a state key or task of a live session.
+	ErrNotFound = errors.New("not found")
+	// ErrSessionNotFound: the session itself never existed, was deleted,
+	// or expired. errors.Is(err, ErrNotFound) is true for it too; a missing
+	// state key or task of a live session is ErrNotFound but not this.
+	ErrSessionNotFound error = sessionNotFoundError{}
+	// ErrExpired: the session expired. errors.Is(err, ErrSessionNotFound)
+	// and errors.Is(err, ErrNotFound) are true for it too.
 	ErrExpired error = expiredError{}
 	// ErrAlreadyExists: Create for an id that is taken.
 	ErrAlreadyExists = errors.New("session already exists")
-	// ErrVersionConflict: CompareAndSet lost; the stored version differs.
-	ErrVersionConflict = errors.New("session version conflict")
+	// ErrVersionConflict: CompareAndSet, or a conditional PutState or
+	// PutTask, lost; the stored version differs.
+	ErrVersionConflict = errors.New("version conflict")
+	// ErrLimitExceeded: the session holds as many state keys or tasks as
+	// the store allows (RESOURCE_EXHAUSTED); the message names the limit.
+	ErrLimitExceeded = errors.New("session store limit exceeded")
 	// ErrUnavailable: no store could answer before the deadline (no store
 	// assigned or registered for the shard, store down, disk failure).
 	ErrUnavailable = errors.New("session store unavailable")
@@ -65,10 +74,15 @@ var (
 
 var errClosed = fmt.Errorf("%w: the client is closed", ErrUnavailable)
 
+type sessionNotFoundError struct{}
+
+func (sessionNotFoundError) Error() string { return "session not found" }
+func (sessionNotFoundError) Unwrap() error { return ErrNotFound }
+
 type expiredError struct{}
 
 func (expiredError) Error() string { return "session expired" }
-func (expiredError) Unwrap() error { return ErrNotFound }
+func (expiredError) Unwrap() error { return ErrSessionNotFound }
 
 // Defaults.
 const (
@@ -378,9 +392,16 @@ func (c *Client) conn(addr string) (*grpc.ClientConn, error) {
 // (FAILED_PRECONDITION), UNAVAILABLE and per-attempt timeouts until ctx's
 // deadline (or, without one, defaultBudgetAttempts request timeouts).
 func (c *Client) do(ctx context.Context, what, id string, call func(context.Context, pb.SessionStoreServiceClient) error) error {
+	return c.doWait(ctx, what, id, 0, call)
+}
+
+// doWait is do for a call that may block up to wait on the store (a
+// long-poll): each attempt gets wait + RequestTimeout, and a ctx without
+// deadline a budget longer by wait.
+func (c *Client) doWait(ctx context.Context, what, id string, wait time.Duration, call func(context.Context, pb.SessionStoreServiceClient) error) error {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, defaultBudgetAttempts*c.cfg.RequestTimeout)
+		ctx, cancel = context.WithTimeout(ctx, wait+defaultBudgetAttempts*c.cfg.RequestTimeout)
 		defer cancel()
 	}
 	var hint *pb.ShardHint
@@ -398,7 +419,7 @@ func (c *Client) do(ctx context.Context, what, id string, call func(context.Cont
 		}
 		hint = nil
 		if err == nil {
-			err = c.attempt(ctx, t, call)
+			err = c.attempt(ctx, t, wait+c.cfg.RequestTimeout, call)
 			if err == nil {
 				return nil
 			}
@@ -409,6 +430,9 @@ func (c *Client) do(ctx context.Context, what, id string, call func(context.Cont
 			case st.Code() == codes.FailedPrecondition:
 				hint = shardHint(st)
 				lastErr = fmt.Errorf("%w: store %q at %s does not host shard %d: %s", ErrUnavailable, t.store, t.addr, t.shard, st.Message())
+			case (st.Code() == codes.Canceled || st.Code() == codes.DeadlineExceeded) && ctx.Err() != nil:
+				// The caller's ctx ended during the attempt.
+				return fmt.Errorf("%s session %q: %w", what, id, ctx.Err())
 			case st.Code() == codes.Unavailable,
 				st.Code() == codes.DeadlineExceeded && ctx.Err() == nil,
 				st.Code() == codes.Canceled && ctx.Err() == nil:
@@ -435,12 +459,12 @@ func (c *Client) do(ctx context.Context, what, id string, call func(context.Cont
 	}
 }
 
-func (c *Client) attempt(ctx context.Context, t target, call func(context.Context, pb.SessionStoreServiceClient) error) error {
+func (c *Client) attempt(ctx context.Context, t target, timeout time.Duration, call func(context.Context, pb.SessionStoreServiceClient) error) error {
 	cc, err := c.conn(t.addr)
 	if err != nil {
 		return err
 	}
-	actx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
+	actx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	return call(actx, pb.NewSessionStoreServiceClient(cc))
 }
@@ -468,9 +492,16 @@ func mapStatus(what, id string, st *status.Status) error {
 	switch st.Code() {
 	case codes.NotFound:
 		sentinel = ErrNotFound
-		if ei := errorInfo(st); ei != nil && ei.GetReason() == "SESSION_EXPIRED" {
-			sentinel = ErrExpired
+		if ei := errorInfo(st); ei != nil {
+			switch ei.GetReason() {
+			case "SESSION_NOT_FOUND":
+				sentinel = ErrSessionNotFound
+			case "SESSION_EXPIRED":
+				sentinel = ErrExpired
+			}
 		}
+	case codes.ResourceExhausted:
+		sentinel = ErrLimitExceeded
 	case codes.AlreadyExists:
 		sentinel = ErrAlreadyExists
 	case codes.Aborted:

@@ -21,8 +21,11 @@ import (
 )
 
 func TestErrorMapping(t *testing.T) {
-	if !errors.Is(ErrExpired, ErrNotFound) {
-		t.Fatal("ErrExpired is not ErrNotFound")
+	if !errors.Is(ErrExpired, ErrNotFound) || !errors.Is(ErrExpired, ErrSessionNotFound) || !errors.Is(ErrSessionNotFound, ErrNotFound) {
+		t.Fatal("ErrExpired ⊂ ErrSessionNotFound ⊂ ErrNotFound does not hold")
+	}
+	if errors.Is(ErrNotFound, ErrSessionNotFound) {
+		t.Fatal("ErrNotFound is ErrSessionNotFound")
 	}
 	info := func(code codes.Code, reason string, md map[string]string) *status.Status {
 		st, err := status.New(code, "msg").WithDetails(&errdetails.ErrorInfo{Reason: reason, Metadata: md})
@@ -37,8 +40,12 @@ func TestErrorMapping(t *testing.T) {
 		isnt []error
 		text string
 	}{
-		{info(codes.NotFound, "SESSION_NOT_FOUND", nil), []error{ErrNotFound}, []error{ErrExpired}, `get session "s1"`},
-		{info(codes.NotFound, "SESSION_EXPIRED", nil), []error{ErrNotFound, ErrExpired}, nil, "expired"},
+		{info(codes.NotFound, "SESSION_NOT_FOUND", nil), []error{ErrNotFound, ErrSessionNotFound}, []error{ErrExpired}, `get session "s1"`},
+		{info(codes.NotFound, "SESSION_EXPIRED", nil), []error{ErrNotFound, ErrSessionNotFound, ErrExpired}, nil, "expired"},
+		{info(codes.NotFound, "KEY_NOT_FOUND", nil), []error{ErrNotFound}, []error{ErrSessionNotFound, ErrExpired}, "not found"},
+		{info(codes.NotFound, "TASK_NOT_FOUND", nil), []error{ErrNotFound}, []error{ErrSessionNotFound, ErrExpired}, "not found"},
+		{status.New(codes.NotFound, "no info"), []error{ErrNotFound}, []error{ErrSessionNotFound}, "no info"},
+		{info(codes.ResourceExhausted, "LIMIT_EXCEEDED", map[string]string{"limit": "state_keys_per_session"}), []error{ErrLimitExceeded}, []error{ErrNotFound, ErrUnavailable}, "limit exceeded"},
 		{status.New(codes.AlreadyExists, "taken"), []error{ErrAlreadyExists}, []error{ErrNotFound}, "taken"},
 		{info(codes.Aborted, "VERSION_CONFLICT", map[string]string{"current_version": "7"}), []error{ErrVersionConflict}, nil, "current version 7"},
 		{status.New(codes.InvalidArgument, "data is 9 bytes; the limit is 8 bytes"), nil, []error{ErrNotFound, ErrUnavailable}, "limit is 8 bytes"},

@@ -1,0 +1,126 @@
+package sessionstore
+
+import (
+	"context"
+	"time"
+
+	pb "github.com/erlmcp/erlmcp/proto/erlmcp/sessionstore/v1"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+)
+
+// leaseMargin is how long before its membership lease could expire
+// unrenewed the node stops serving (design §3: last keepalive ack + TTL −
+// margin), so that it never serves after etcd has dropped its key.
+func leaseMargin(ttl time.Duration) time.Duration {
+	return ttl / 4
+}
+
+// leaseHeld reports whether the node may serve: its membership lease was
+// renewed recently enough that it cannot have expired.
+func (n *Node) leaseHeld() bool {
+	until := n.leaseUntil.Load()
+	return until == nil || time.Now().Before(*until)
+}
+
+// guardLease follows the keepalive acks of the node's membership lease
+// (membership.Registration keeps it alive; this is a second listener on the
+// same lease, since Registration has no loss hook). Each ack moves the
+// serving deadline to ack + TTL − margin; when the acks stop, the deadline
+// passes and the node answers UNAVAILABLE. When the lease is lost for good
+// (the keepalive channel closes), it waits for Registration to register
+// under a new lease and follows that one.
+func (n *Node) guardLease(ctx context.Context) {
+	timer := time.NewTimer(time.Until(*n.leaseUntil.Load()))
+	defer timer.Stop()
+	held := true
+	set := func(now bool) {
+		if now == held {
+			return
+		}
+		held = now
+		if now {
+			n.log.Info("membership lease renewed; serving again")
+		} else {
+			n.log.Warn("membership lease lost or about to expire; refusing requests until registered again")
+		}
+		n.setHealth(now)
+		if n.cfg.leaseHook != nil {
+			n.cfg.leaseHook(now)
+		}
+	}
+	renewed := func(ttlSeconds int64) {
+		ttl := time.Duration(ttlSeconds) * time.Second
+		until := time.Now().Add(ttl - leaseMargin(ttl))
+		n.leaseUntil.Store(&until)
+		timer.Reset(time.Until(until))
+		set(true)
+	}
+	for {
+		lease := n.reg.LeaseID()
+		kctx, kcancel := context.WithCancel(ctx)
+		// One immediate renewal (KeepAliveOnce) so a new lease serves at
+		// once, then the acks of the shared keepalive stream.
+		if r, err := n.etcd.KeepAliveOnce(kctx, lease); err == nil && r.TTL > 0 {
+			renewed(r.TTL)
+		}
+		ka, err := n.etcd.KeepAlive(kctx, lease)
+		if err == nil {
+			n.followAcks(ctx, ka, timer, renewed, func() { set(false) })
+		}
+		kcancel()
+		if ctx.Err() != nil {
+			return
+		}
+		lost := time.Time{}
+		n.leaseUntil.Store(&lost)
+		set(false)
+		for n.reg.LeaseID() == lease {
+			n.mu.Lock()
+			ch := n.storesChanged
+			n.mu.Unlock()
+			if n.reg.LeaseID() != lease {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-ch:
+			}
+		}
+	}
+}
+
+// followAcks handles keepalive acks until the channel closes or ctx ends;
+// expired is called when the serving deadline passes with no ack.
+func (n *Node) followAcks(ctx context.Context, ka <-chan *clientv3.LeaseKeepAliveResponse, timer *time.Timer, renewed func(int64), expired func()) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case r, ok := <-ka:
+			if !ok {
+				return
+			}
+			if r.TTL > 0 {
+				renewed(r.TTL)
+			}
+		case <-timer.C:
+			expired()
+		}
+	}
+}
+
+// setHealth reports SERVING once ready and while the lease is held.
+func (n *Node) setHealth(serving bool) {
+	st := healthpb.HealthCheckResponse_NOT_SERVING
+	select {
+	case <-n.ready:
+		if serving {
+			st = healthpb.HealthCheckResponse_SERVING
+		}
+	default:
+	}
+	n.health.SetServingStatus("", st)
+	n.health.SetServingStatus(pb.SessionStoreService_ServiceDesc.ServiceName, st)
+}

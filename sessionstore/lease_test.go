@@ -1,0 +1,144 @@
+package sessionstore
+
+import (
+	"context"
+	"encoding/json"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/erlmcp/erlmcp/internal/clusterstate"
+	"github.com/erlmcp/erlmcp/internal/config"
+	"github.com/erlmcp/erlmcp/internal/logging"
+	"github.com/erlmcp/erlmcp/internal/membership"
+	"github.com/erlmcp/erlmcp/internal/testcluster"
+	pb "github.com/erlmcp/erlmcp/proto/erlmcp/sessionstore/v1"
+	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+)
+
+func startInternal(t *testing.T, change func(*Config)) (*Node, *testcluster.Etcd) {
+	t.Helper()
+	e := testcluster.StartEtcd(t)
+	cli := e.Client()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	put := func(k string, v any) {
+		b, _ := json.Marshal(v)
+		if _, err := cli.Put(ctx, k, string(b)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put(clusterstate.ConfigKey(e.Prefix), clusterstate.ClusterConfig{ShardCount: 1, ReplicationFactor: 1})
+	put(clusterstate.ShardKey(e.Prefix, 0), clusterstate.Shard{Replicas: []clusterstate.Replica{{Store: "s1", Role: clusterstate.RoleVoter}}})
+	cfg := DefaultConfig()
+	cfg.Common = config.DefaultCommon()
+	cfg.Common.ID, cfg.Common.EtcdEndpoints, cfg.Common.Prefix = "s1", e.Endpoint, e.Prefix
+	cfg.Common.LeaseTTL = 2 * time.Second
+	cfg.Listen, cfg.DataDir = "127.0.0.1:0", t.TempDir()
+	if change != nil {
+		change(&cfg)
+	}
+	n, err := Start(ctx, cfg, logging.Discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = n.Close() })
+	select {
+	case <-n.Ready():
+	case <-ctx.Done():
+		t.Fatal("node not ready")
+	}
+	return n, e
+}
+
+// TestStopsServingWithoutLease: when the membership lease is lost the node
+// answers UNAVAILABLE (and health NOT_SERVING) until it is registered
+// again under a new lease.
+func TestStopsServingWithoutLease(t *testing.T) {
+	lost := make(chan struct{}, 1)
+	back := make(chan struct{}, 1)
+	release := make(chan struct{})
+	n, e := startInternal(t, func(c *Config) {
+		c.leaseHook = func(held bool) {
+			if held {
+				select {
+				case back <- struct{}{}:
+				default:
+				}
+				return
+			}
+			select {
+			case lost <- struct{}{}:
+			default:
+			}
+			<-release // hold the node in the lost state while the test looks
+		}
+	})
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(unblock) // runs before the node's Close
+	svc := &service{n: n}
+	ctx := context.Background()
+	if _, err := svc.CreateSession(ctx, &pb.CreateSessionRequest{Id: "a", RequestId: "r1"}); err != nil {
+		t.Fatal(err)
+	}
+	cli := e.Client()
+	old := n.reg.LeaseID()
+	if _, err := cli.Revoke(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-lost:
+	case <-time.After(5 * time.Second):
+		t.Fatal("lease loss not noticed")
+	}
+	_, err := svc.GetSession(ctx, &pb.GetSessionRequest{Id: "a"})
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "membership lease") {
+		t.Fatalf("request without a lease: %v; want UNAVAILABLE", err)
+	}
+	if hr, err := n.health.Check(ctx, &healthpb.HealthCheckRequest{}); err != nil || hr.GetStatus() != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Fatalf("health without a lease: %v %v", hr, err)
+	}
+	unblock()
+	select {
+	case <-back:
+	case <-time.After(5 * time.Second):
+		t.Fatal("not serving again after re-registration")
+	}
+	if n.reg.LeaseID() == old {
+		t.Fatal("serving again under the revoked lease")
+	}
+	if _, err := svc.GetSession(ctx, &pb.GetSessionRequest{Id: "a"}); err != nil {
+		t.Fatalf("after re-registration: %v", err)
+	}
+	if hr, _ := n.health.Check(ctx, &healthpb.HealthCheckRequest{}); hr.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("health after re-registration: %v", hr)
+	}
+}
+
+// TestAdvertise: --listen on all interfaces registers hostname:port;
+// --advertise registers what it says.
+func TestAdvertise(t *testing.T) {
+	host, err := os.Hostname()
+	if err != nil {
+		t.Skip("no hostname:", err)
+	}
+	n, e := startInternal(t, func(c *Config) { c.Listen = "0.0.0.0:0" })
+	_, port, _ := net.SplitHostPort(n.Addr())
+	want := net.JoinHostPort(host, port)
+	ms, err := membership.List(context.Background(), e.Client(), e.Prefix, membership.RoleStore)
+	if err != nil || len(ms) != 1 || ms[0].Addr != want || n.AdvertiseAddr() != want {
+		t.Fatalf("registered %+v (%v); want addr %s", ms, err, want)
+	}
+
+	n2, e2 := startInternal(t, func(c *Config) { c.Advertise = "store-1.example:7000" })
+	ms, err = membership.List(context.Background(), e2.Client(), e2.Prefix, membership.RoleStore)
+	if err != nil || len(ms) != 1 || ms[0].Addr != "store-1.example:7000" || n2.AdvertiseAddr() != "store-1.example:7000" {
+		t.Fatalf("registered %+v (%v); want the advertised address", ms, err)
+	}
+}
