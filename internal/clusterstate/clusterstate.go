@@ -107,6 +107,27 @@ func (s Shard) Hosts(store string) bool {
 	return false
 }
 
+// RaftStoreID is the 32-bit id a store node uses in Raft: FNV-1a of its
+// member id, never 0. Every node and the control plane derive it the same
+// way, so no registry of numbers is needed; placement refuses two stores
+// whose ids collide.
+func RaftStoreID(storeID string) uint32 {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(storeID))
+	if v := h.Sum32(); v != 0 {
+		return v
+	}
+	return 1
+}
+
+// ReplicaID is the Raft id of the replica that store gains in a shard at
+// conf epoch epoch: the epoch (the incarnation) in the high 32 bits and the
+// store's Raft id in the low 32 bits. A shard's conf epoch grows with every
+// change, so a store that leaves and rejoins a shard gets a new id.
+func ReplicaID(storeID string, epoch uint64) uint64 {
+	return uint64(uint32(epoch))<<32 | uint64(RaftStoreID(storeID))
+}
+
 // Preferred is the store a request for the shard should go to: its leader
 // when the leader is known and still a replica, else its first voter ("" if
 // it has none).

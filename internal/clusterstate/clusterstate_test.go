@@ -95,3 +95,14 @@ func TestPreferred(t *testing.T) {
 		}
 	}
 }
+
+func TestRaftIDs(t *testing.T) {
+	a, b := clusterstate.RaftStoreID("store-1"), clusterstate.RaftStoreID("store-2")
+	if a == 0 || b == 0 || a == b || a != clusterstate.RaftStoreID("store-1") {
+		t.Fatalf("RaftStoreID: %d %d", a, b)
+	}
+	r1, r2 := clusterstate.ReplicaID("store-1", 1), clusterstate.ReplicaID("store-1", 7)
+	if r1 == r2 || uint32(r1) != a || r1>>32 != 1 || r2>>32 != 7 {
+		t.Fatalf("ReplicaID: %x %x", r1, r2)
+	}
+}
