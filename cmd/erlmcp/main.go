@@ -43,7 +43,7 @@ func commands() map[string]command {
 		"front":        {"run the etcd-aware HTTP front that spreads MCP traffic over workers", cmdFront},
 		"etcd":         {"run an embedded etcd member", cmdEtcd},
 		"ctl":          {"talk to the control plane's admin API", cmdCtl},
-		"loadtest":     {"MCP load and chaos driver (not built yet)", notBuilt("loadtest", "the HA-proof issue (#6)")},
+		"loadtest":     {"MCP load driver: latency, errors and per-session continuity against an MCP URL", cmdLoadtest},
 		"capacity":     {"capacity planner (not built yet)", notBuilt("capacity", "the operations issue (#7)")},
 		"version":      {"print the version", cmdVersion},
 	}
