@@ -50,11 +50,32 @@ func (cp *ControlPlane) handler() http.Handler {
 		"/v1/members": {true, cp.handleMembers},
 		"/v1/leader":  {true, cp.handleLeader},
 		"/v1/cluster": {true, cp.handleCluster},
+		"/v1/shards":  {true, cp.handleShards},
+		"/v1/regions": {true, cp.handleRegions},
+		"/v1/history": {true, cp.handleHistory},
+		"/v1/ops":     {true, cp.handleOps},
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if rest, ok := strings.CutPrefix(r.URL.Path, "/v1/regions/"); ok {
+			name, action, _ := strings.Cut(rest, "/")
+			if action != "failover" && action != "failback" || name == "" {
+				writeError(w, http.StatusNotFound, "no such endpoint "+r.URL.Path+": want POST /v1/regions/<name>/failover or /v1/regions/<name>/failback")
+				return
+			}
+			if r.Method != http.MethodPost {
+				w.Header().Set("Allow", "POST")
+				writeError(w, http.StatusMethodNotAllowed, r.Method+" "+r.URL.Path+": only POST is allowed")
+				return
+			}
+			if !cp.authorized(w, r) {
+				return
+			}
+			cp.handleRegionAction(w, r, name, action)
+			return
+		}
 		rt, ok := routes[r.URL.Path]
 		if !ok {
-			writeError(w, http.StatusNotFound, "no such endpoint "+r.URL.Path+": the admin API has GET /v1/members, /v1/leader, /v1/cluster, /healthz, /metrics")
+			writeError(w, http.StatusNotFound, "no such endpoint "+r.URL.Path+": the admin API has GET /v1/members, /v1/leader, /v1/cluster, /v1/shards, /v1/regions, /v1/history, /v1/ops, POST /v1/regions/<name>/failover|failback, /healthz, /metrics")
 			return
 		}
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {

@@ -41,7 +41,34 @@ type Config struct {
 	// min(ReplicationFactor, 3) store nodes to register before it places
 	// shards on the fewer stores that did (at least one).
 	PlacementSettle time.Duration
+
+	// ReplicationMode is "single" (default: one replica per shard, as
+	// today's single-replica store nodes need) or "raft" (RF replicas per
+	// shard, moved by the planner and executor). Raft mode must not be used
+	// before the store nodes are Raft-replicated: a single-replica store
+	// serves every shard listed for it, so several replicas would accept
+	// writes independently.
+	ReplicationMode string
+	// Planner tunes placement in raft mode (its ReplicationFactor comes
+	// from the cluster config).
+	Planner PlannerConfig
+	// PlannerTick is how often placement re-plans without a change in etcd
+	// (for grace periods and timeouts).
+	PlannerTick time.Duration
+	// ProbeInterval is how often the leader probes every member's health
+	// for the region failure detector.
+	ProbeInterval time.Duration
+	// Detector is the region failure detector's hysteresis.
+	Detector DetectorConfig
+	// HistoryLimit is how many history entries are kept (newest).
+	HistoryLimit int
 }
+
+// Replication modes.
+const (
+	ReplicationSingle = "single"
+	ReplicationRaft   = "raft"
+)
 
 // DefaultConfig returns the defaults; a token must still be given.
 func DefaultConfig() Config {
@@ -52,6 +79,12 @@ func DefaultConfig() Config {
 		ReplicationFactor: clusterstate.DefaultReplicationFactor,
 		ElectionTTL:       5 * time.Second,
 		PlacementSettle:   10 * time.Second,
+		ReplicationMode:   ReplicationSingle,
+		Planner:           DefaultPlannerConfig(),
+		PlannerTick:       time.Second,
+		ProbeInterval:     2 * time.Second,
+		Detector:          DefaultDetectorConfig(),
+		HistoryLimit:      1000,
 	}
 }
 
@@ -90,6 +123,29 @@ func (c Config) Validate() error {
 	}
 	if c.PlacementSettle < 0 {
 		return fmt.Errorf("--placement-settle %s: must not be negative", c.PlacementSettle)
+	}
+	if c.ReplicationMode != ReplicationSingle && c.ReplicationMode != ReplicationRaft {
+		return fmt.Errorf("--replication-mode %q: want %s or %s", c.ReplicationMode, ReplicationSingle, ReplicationRaft)
+	}
+	p := c.Planner
+	switch {
+	case p.DownGrace <= 0:
+		return fmt.Errorf("--store-down-grace %s: must be positive", p.DownGrace)
+	case p.MaxOpsPerStore < 1 || p.MaxOpsTotal < 1:
+		return fmt.Errorf("--max-ops-per-store %d / --max-ops-total %d: must be at least 1", p.MaxOpsPerStore, p.MaxOpsTotal)
+	case p.MassExpiryFraction <= 0 || p.MassExpiryFraction >= 1:
+		return fmt.Errorf("--mass-expiry-fraction %g: want a fraction between 0 and 1", p.MassExpiryFraction)
+	case p.MassExpiryWindow <= 0:
+		return fmt.Errorf("--mass-expiry-window %s: must be positive", p.MassExpiryWindow)
+	case p.RebalanceThreshold < 1:
+		return fmt.Errorf("--rebalance-threshold %d: must be at least 1", p.RebalanceThreshold)
+	case c.PlannerTick <= 0 || c.ProbeInterval <= 0:
+		return fmt.Errorf("--planner-tick %s / --probe-interval %s: must be positive", c.PlannerTick, c.ProbeInterval)
+	case c.HistoryLimit < 1:
+		return fmt.Errorf("--history-limit %d: must be at least 1", c.HistoryLimit)
+	}
+	if err := c.Detector.Validate(); err != nil {
+		return fmt.Errorf("--region-fail-after/--region-probe-window/--region-recover-after: %w", err)
 	}
 	return nil
 }

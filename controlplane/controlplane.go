@@ -43,6 +43,11 @@ type ControlPlane struct {
 	prober  *prober
 
 	leader atomic.Bool
+	// lead is the current term while leading (nil otherwise), for admin
+	// requests that write.
+	lead atomic.Pointer[leadership]
+	// healthy is the region detector's last verdict per region (leader).
+	healthy atomic.Pointer[map[string]bool]
 	// placementStores is the usable store count of the last finished
 	// placement pass (for tests).
 	placementStores atomic.Int64
@@ -254,13 +259,15 @@ func (cp *ControlPlane) term(ctx context.Context) error {
 	}
 	lead := leadership{cli: cp.cli, key: el.Key(), rev: el.Rev()}
 	log := cp.log.WithField("term", lead.rev)
+	cp.lead.Store(&lead)
 	cp.leader.Store(true)
 	cp.metrics.isLeader.Set(1)
 	log.Info("elected control-plane leader")
 
-	err = cp.lead(tctx, lead)
+	err = cp.runLeader(tctx, lead)
 
 	cp.leader.Store(false)
+	cp.lead.Store(nil)
 	cp.metrics.isLeader.Set(0)
 	switch {
 	case ctx.Err() != nil:
@@ -278,14 +285,30 @@ func (cp *ControlPlane) term(ctx context.Context) error {
 	return nil
 }
 
-// lead runs the leader loops until ctx ends (leadership lost or stopping)
-// or a loop fails with ErrNotLeader.
-func (cp *ControlPlane) lead(ctx context.Context, lead leadership) error {
+// runLeader runs the leader loops until ctx ends (leadership lost or
+// stopping) or a loop fails with ErrNotLeader: placement (single-replica
+// placement, or in raft mode the planner and executor) and the region
+// loop, which only switches the active region and records history.
+func (cp *ControlPlane) runLeader(ctx context.Context, lead leadership) error {
 	backoff := 200 * time.Millisecond
 	for {
 		cc, err := cp.ensureCluster(ctx, lead)
 		if err == nil {
-			return cp.placementLoop(ctx, lead, cc)
+			lctx, cancel := context.WithCancel(ctx)
+			defer cancel()
+			errs := make(chan error, 2)
+			go func() {
+				if cp.cfg.ReplicationMode == ReplicationRaft {
+					errs <- cp.raftPlacementLoop(lctx, lead, cc)
+				} else {
+					errs <- cp.placementLoop(lctx, lead, cc)
+				}
+			}()
+			go func() { errs <- cp.regionLoop(lctx, lead) }()
+			err := <-errs
+			cancel()
+			<-errs
+			return err
 		}
 		if errors.Is(err, ErrNotLeader) || ctx.Err() != nil {
 			return err

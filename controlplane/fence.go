@@ -36,19 +36,31 @@ func (l leadership) fence() clientv3.Cmp {
 // etcd checks the op limit (default 128) per Txn level; callers keep
 // len(guard) and len(then) at most maxTxnOps-1.
 func (l leadership) txn(ctx context.Context, guard []clientv3.Cmp, then, els []clientv3.Op) (bool, *pb.TxnResponse, error) {
+	ok, in, _, err := l.do(ctx, guard, then, els)
+	return ok, in, err
+}
+
+// txnRev is txn returning the revision of the store after the Txn instead
+// of the inner response.
+func (l leadership) txnRev(ctx context.Context, guard []clientv3.Cmp, then, els []clientv3.Op) (bool, int64, error) {
+	ok, _, rev, err := l.do(ctx, guard, then, els)
+	return ok, rev, err
+}
+
+func (l leadership) do(ctx context.Context, guard []clientv3.Cmp, then, els []clientv3.Op) (bool, *pb.TxnResponse, int64, error) {
 	inner := clientv3.OpTxn(guard, then, els)
 	resp, err := l.cli.Txn(ctx).If(l.fence()).Then(inner).Commit()
 	if err != nil {
-		return false, nil, fmt.Errorf("fenced txn: %w", err)
+		return false, nil, 0, fmt.Errorf("fenced txn: %w", err)
 	}
 	if !resp.Succeeded {
-		return false, nil, ErrNotLeader
+		return false, nil, 0, ErrNotLeader
 	}
 	if len(resp.Responses) != 1 || resp.Responses[0].GetResponseTxn() == nil {
-		return false, nil, errors.New("fenced txn: etcd answered without the inner txn's response")
+		return false, nil, 0, errors.New("fenced txn: etcd answered without the inner txn's response")
 	}
 	in := resp.Responses[0].GetResponseTxn()
-	return in.Succeeded, in, nil
+	return in.Succeeded, in, resp.Header.Revision, nil
 }
 
 // maxTxnOps bounds the ops (comparisons or requests) one Txn level holds,

@@ -12,6 +12,13 @@ type metrics struct {
 	isLeader      prometheus.Gauge
 	leaderChanges prometheus.Counter
 	shardsPlaced  prometheus.Counter
+
+	failovers        *prometheus.CounterVec
+	failoverDuration prometheus.Histogram
+	underReplicated  prometheus.Gauge
+	opsInFlight      prometheus.Gauge
+	placementPaused  prometheus.Gauge
+	regionFailed     *prometheus.GaugeVec
 }
 
 func newMetrics(node, region, zone string) *metrics {
@@ -31,7 +38,33 @@ func newMetrics(node, region, zone string) *metrics {
 			Help: "Shards this instance placed (wrote a first replica set for) while leader.",
 		}),
 	}
+	m.failovers = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "erlmcp_controlplane_failovers_total", ConstLabels: labels,
+		Help: "Region failovers and failbacks this instance carried out while leader, by kind (region_failover, manual_failover, manual_failback).",
+	}, []string{"kind"})
+	m.failoverDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "erlmcp_controlplane_failover_duration_seconds", ConstLabels: labels,
+		Help:    "Time from a failover's start (first failed probe round, or the admin request) until the active region was switched.",
+		Buckets: []float64{0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120},
+	})
+	m.underReplicated = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "erlmcp_controlplane_under_replicated_shards", ConstLabels: labels,
+		Help: "Placed shards with fewer voters on live stores than the replication factor (raft mode; 0 otherwise and on standbys).",
+	})
+	m.opsInFlight = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "erlmcp_controlplane_operations_in_flight", ConstLabels: labels,
+		Help: "Placement operators recorded in ops/ (raft mode, leader only).",
+	})
+	m.placementPaused = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "erlmcp_controlplane_placement_paused", ConstLabels: labels,
+		Help: "1 while the mass lease expiry guard pauses placement (too many stores vanished at once), else 0.",
+	})
+	m.regionFailed = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "erlmcp_controlplane_region_failed", ConstLabels: labels,
+		Help: "1 while the region failure detector holds a region failed (leader only).",
+	}, []string{"monitored_region"})
 	m.reg.MustRegister(m.isLeader, m.leaderChanges, m.shardsPlaced,
+		m.failovers, m.failoverDuration, m.underReplicated, m.opsInFlight, m.placementPaused, m.regionFailed,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

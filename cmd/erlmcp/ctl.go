@@ -9,6 +9,7 @@ import (
 	"io"
 	"io/fs"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -44,6 +45,17 @@ Commands:
   leader    the elected control-plane leader: ID ADMIN_ADDR
   cluster   the cluster's fixed settings and the shard map:
             SHARD REPLICAS LEADER EPOCH
+  shards    every shard's replicas with role and lag:
+            SHARD LEADER TARGET EPOCH REPLICAS
+  regions   the regions: NAME ROLE STATE WEIGHT UPDATED
+  history   failovers and failbacks, newest first:
+            START KIND FROM TO OUTCOME DURATION REASON
+  ops       placement operators in flight:
+            ID SHARD KIND NEXT STEPS REASON
+  region failover <name>
+            make another region active instead of <name> (POST)
+  region failback <name>
+            make <name> the active region again (POST)
 
 Global flags (also accepted after the command):
   --admin-url URLS  (env ERLMCP_ADMIN_URL)
@@ -66,12 +78,18 @@ var ctlCommands = map[string]string{
 	"members": "Lists every member of every role (worker, store, controlplane, front) from\netcd membership, each probed for health within 1 s: HTTP roles by\nGET /healthz, store nodes by the gRPC health service.\nColumns: ROLE ID ADDR REGION ZONE PID HEALTHY.",
 	"leader":  "Shows the elected control-plane leader and its admin address.\nColumns: ID ADMIN_ADDR.",
 	"cluster": "Shows the cluster's fixed settings (shard count, replication factor,\ncreation time) and the shard map.\nColumns: SHARD REPLICAS LEADER EPOCH.",
+	"shards":  "Shows every shard's replicas (store:role:lag; lag ? when the store has not\nreported it), its leader as reported by the stores, its preferred leader and\nconf epoch.\nColumns: SHARD LEADER TARGET EPOCH REPLICAS.",
+	"regions": "Shows the regions: role (primary, secondary, dr), state (active, standby,\nfailed) and weight.\nColumns: NAME ROLE STATE WEIGHT UPDATED.",
+	"history": "Shows region failovers and failbacks, newest first.\nColumns: START KIND FROM TO OUTCOME DURATION REASON.",
+	"ops":     "Shows the placement operators in flight (raft replication mode).\nColumns: ID SHARD KIND NEXT STEPS REASON.",
+	"region":  "region failover <name>: makes another region active instead of <name>\n(the best healthy one: primary, then secondary, then dr, then weight).\nregion failback <name>: makes <name> active again; the active region becomes\nstandby. Prints the history entry written. Sent to the leader (a standby\nredirects); retried while a leader change is in progress.",
 }
 
 // ctlOptions are the global flags.
 type ctlOptions struct {
 	adminURL, token, dataDir string
 	json                     bool
+	args                     []string // positional arguments (region)
 }
 
 func (o *ctlOptions) register(fs *flag.FlagSet) {
@@ -125,7 +143,7 @@ func runCtl(ctx context.Context, args []string, stdout, stderr io.Writer, lookup
 	}
 	desc, ok := ctlCommands[name]
 	if !ok {
-		fmt.Fprintf(stderr, "erlmcp ctl: unknown command %q (want members, leader or cluster)\n\n%s", name, ctlUsage)
+		fmt.Fprintf(stderr, "erlmcp ctl: unknown command %q (want members, leader, cluster, shards, regions, history, ops or region)\n\n%s", name, ctlUsage)
 		return exitUsage
 	}
 
@@ -147,17 +165,32 @@ func runCtl(ctx context.Context, args []string, stdout, stderr io.Writer, lookup
 		})
 		fmt.Fprintf(w, "\nWithout --admin-url, the admin URLs and token come from <data-dir>/%s.\nExit codes: 0 ok; 1 failed; 2 bad usage.\n", clusterJSONName)
 	}
-	if err := sfs.Parse(rest[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			subUsage(stdout)
-			return exitOK
+	var pos []string // positional arguments, flags allowed between them
+	for args := rest[1:]; ; {
+		if err := sfs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				subUsage(stdout)
+				return exitOK
+			}
+			fmt.Fprintf(stderr, "erlmcp ctl %s: %v\n\n", name, err)
+			subUsage(stderr)
+			return exitUsage
 		}
-		fmt.Fprintf(stderr, "erlmcp ctl %s: %v\n\n", name, err)
-		subUsage(stderr)
-		return exitUsage
+		if sfs.NArg() == 0 {
+			break
+		}
+		pos = append(pos, sfs.Arg(0))
+		args = sfs.Args()[1:]
 	}
-	if sfs.NArg() > 0 {
-		fmt.Fprintf(stderr, "erlmcp ctl %s: unexpected argument %q (flags start with --)\n\n", name, sfs.Arg(0))
+	if name == "region" {
+		if len(pos) != 2 || pos[0] != "failover" && pos[0] != "failback" {
+			fmt.Fprintf(stderr, "erlmcp ctl region: want `region failover <name>` or `region failback <name>`\n\n")
+			subUsage(stderr)
+			return exitUsage
+		}
+		opts.args = pos
+	} else if len(pos) > 0 {
+		fmt.Fprintf(stderr, "erlmcp ctl %s: unexpected argument %q (flags start with --)\n\n", name, pos[0])
 		subUsage(stderr)
 		return exitUsage
 	}
@@ -290,6 +323,82 @@ func adminGet(ctx context.Context, urls []string, token, path string, v any) err
 	return failf(exitFailure, "no control-plane admin API answered; tried %s", strings.Join(tried, "; "))
 }
 
+// adminPost POSTs path to the leader: it follows a standby's 307 to the
+// leader's admin URL (with the token), tries the next URL when one is
+// unreachable, and retries for a few seconds while the answer is a
+// retryable 503 (leader change). 4xx answers (unknown region, conflict)
+// stop at once.
+func adminPost(ctx context.Context, urls []string, token, path string, v any) error {
+	client := &http.Client{Timeout: ctlRequestTimeout, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	var tried []string
+	deadline := time.Now().Add(10 * time.Second)
+	for round := 0; ; round++ {
+		retry := false
+		for _, u := range urls {
+			base := strings.TrimSuffix(u, "/")
+			if !strings.Contains(base, "://") {
+				base = "http://" + base
+			}
+			target := base + path
+			for hop := 0; hop < 3; hop++ {
+				req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, nil)
+				if err != nil {
+					return failf(exitUsage, "%v", err)
+				}
+				req.Header.Set("Authorization", "Bearer "+token)
+				resp, err := client.Do(req)
+				if err != nil {
+					if ctx.Err() != nil {
+						return failf(exitFailure, "interrupted: %v", ctx.Err())
+					}
+					tried = append(tried, fmt.Sprintf("%s (%v)", target, err))
+					break
+				}
+				body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+				resp.Body.Close()
+				msg := apiErrorMessage(body)
+				switch {
+				case resp.StatusCode == http.StatusTemporaryRedirect && resp.Header.Get("Location") != "":
+					target = resp.Header.Get("Location")
+					continue
+				case resp.StatusCode == http.StatusOK:
+					if err := json.Unmarshal(body, v); err != nil {
+						return failf(exitFailure, "the admin API at %s answered with JSON ctl does not understand: %v", target, err)
+					}
+					return nil
+				case resp.StatusCode == http.StatusUnauthorized:
+					return failf(exitFailure, "the admin API at %s rejected the token (401: %s)", target, msg)
+				case resp.StatusCode == http.StatusServiceUnavailable:
+					retry = retry || resp.Header.Get("Retry-After") != ""
+					tried = append(tried, fmt.Sprintf("%s (HTTP 503: %s)", target, msg))
+				case resp.StatusCode >= 500:
+					tried = append(tried, fmt.Sprintf("%s (HTTP %d: %s)", target, resp.StatusCode, msg))
+				default:
+					return failf(exitFailure, "HTTP %d: %s", resp.StatusCode, msg)
+				}
+				break
+			}
+		}
+		if !retry || time.Now().After(deadline) {
+			return failf(exitFailure, "no control-plane leader took the request; tried %s", strings.Join(tried, "; "))
+		}
+		t := time.NewTimer(time.Second)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return failf(exitFailure, "interrupted: %v", ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+func timeOrDash(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.UTC().Format(time.RFC3339)
+}
+
 func apiErrorMessage(body []byte) string {
 	var eb controlplane.ErrorBody
 	if json.Unmarshal(body, &eb) == nil && eb.Error != "" {
@@ -350,6 +459,90 @@ func ctlRun(ctx context.Context, name string, opts ctlOptions, stdout io.Writer)
 			return printJSON(stdout, cv)
 		}
 		return printCluster(stdout, cv)
+	case "shards":
+		var ss []controlplane.ShardView
+		if err := adminGet(ctx, urls, token, "/v1/shards", &ss); err != nil {
+			return err
+		}
+		if opts.json {
+			return printJSON(stdout, ss)
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "SHARD\tLEADER\tTARGET\tEPOCH\tREPLICAS")
+		for _, s := range ss {
+			var reps []string
+			for _, r := range s.Replicas {
+				lag := "?"
+				if r.Lag != nil {
+					lag = fmt.Sprint(*r.Lag)
+				}
+				reps = append(reps, r.Store+":"+r.Role+":"+lag)
+			}
+			fmt.Fprintf(tw, "%03d\t%s\t%s\t%d\t%s\n", s.Shard, dash(s.Leader), dash(s.TargetLeader), s.ConfEpoch, dash(strings.Join(reps, ",")))
+		}
+		return tw.Flush()
+	case "regions":
+		var rs []controlplane.RegionDoc
+		if err := adminGet(ctx, urls, token, "/v1/regions", &rs); err != nil {
+			return err
+		}
+		if opts.json {
+			return printJSON(stdout, rs)
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "NAME\tROLE\tSTATE\tWEIGHT\tUPDATED")
+		for _, r := range rs {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", r.Name, dash(r.Role), dash(r.State), r.Weight, timeOrDash(r.Updated))
+		}
+		return tw.Flush()
+	case "history":
+		var hs []controlplane.HistoryEntry
+		if err := adminGet(ctx, urls, token, "/v1/history", &hs); err != nil {
+			return err
+		}
+		if opts.json {
+			return printJSON(stdout, hs)
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "START\tKIND\tFROM\tTO\tOUTCOME\tDURATION\tREASON")
+		for _, h := range hs {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", timeOrDash(h.Start), h.Kind, dash(h.From), dash(h.To), h.Outcome,
+				h.End.Sub(h.Start).Round(time.Millisecond), h.Reason)
+		}
+		return tw.Flush()
+	case "ops":
+		var ops []controlplane.Operator
+		if err := adminGet(ctx, urls, token, "/v1/ops", &ops); err != nil {
+			return err
+		}
+		if opts.json {
+			return printJSON(stdout, ops)
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "ID\tSHARD\tKIND\tNEXT\tSTEPS\tREASON")
+		for _, o := range ops {
+			var steps []string
+			for _, s := range o.Steps {
+				mark := " "
+				if s.Done {
+					mark = "✓"
+				}
+				steps = append(steps, mark+string(s.Kind)+"("+s.Store+")")
+			}
+			fmt.Fprintf(tw, "%s\t%03d\t%s\t%d\t%s\t%s\n", o.ID, o.Shard, o.Kind, o.Next(), strings.Join(steps, " "), o.Reason)
+		}
+		return tw.Flush()
+	case "region":
+		var h controlplane.HistoryEntry
+		path := "/v1/regions/" + url.PathEscape(opts.args[1]) + "/" + opts.args[0]
+		if err := adminPost(ctx, urls, token, path, &h); err != nil {
+			return err
+		}
+		if opts.json {
+			return printJSON(stdout, h)
+		}
+		fmt.Fprintf(stdout, "%s: active region %s → %s (%s, %s)\n", h.Kind, dash(h.From), dash(h.To), h.Outcome, h.End.Sub(h.Start).Round(time.Millisecond))
+		return nil
 	}
 	return failf(exitUsage, "unknown command %q", name)
 }

@@ -188,3 +188,61 @@ func TestCmdControlPlaneUsage(t *testing.T) {
 		t.Fatalf("bad shard count: exit %d, stderr %s", code, errb.String())
 	}
 }
+
+func TestCtlRegionsShardsHistoryOps(t *testing.T) {
+	cp, _ := startTestControlPlane(t)
+	env := func(k string) (string, bool) {
+		switch k {
+		case envAdminURL:
+			return cp.AdminURL(), true
+		case envAdminToken:
+			return "tok", true
+		}
+		return "", false
+	}
+	// The leader registers its own region ("local") as primary and active.
+	var out, errs string
+	var code int
+	testcluster.WaitFor(t, 5*time.Second, "region registered", func() error {
+		code, out, errs = ctl(t, env, "regions")
+		if code != exitOK || !strings.Contains(out, "local") || !strings.Contains(out, "active") {
+			return testcluster.Errorf("regions: exit %d %s %s", code, out, errs)
+		}
+		return nil
+	})
+	if !strings.HasPrefix(out, "NAME") {
+		t.Fatalf("regions table:\n%s", out)
+	}
+	// One region: nowhere to fail over to (409, exit 1, message says why).
+	code, _, errs = ctl(t, env, "region", "failover", "local")
+	if code != exitFailure || !strings.Contains(errs, "no region to fail over to") {
+		t.Fatalf("region failover: exit %d, stderr %s", code, errs)
+	}
+	code, _, errs = ctl(t, env, "region", "failback", "mars")
+	if code != exitFailure || !strings.Contains(errs, "regions are: local") {
+		t.Fatalf("unknown region: exit %d, stderr %s", code, errs)
+	}
+	// Failback to the active region is a recorded no-op.
+	code, out, errs = ctl(t, env, "region", "failback", "local", "--json")
+	var h controlplane.HistoryEntry
+	if code != exitOK || json.Unmarshal([]byte(out), &h) != nil || h.Outcome != "noop" || h.Kind != controlplane.HistoryManualFailback {
+		t.Fatalf("region failback --json: exit %d\n%s\nstderr %s", code, out, errs)
+	}
+	code, out, errs = ctl(t, env, "history")
+	if code != exitOK || !strings.Contains(out, "manual_failback") || !strings.Contains(out, "noop") {
+		t.Fatalf("history: exit %d\n%s\nstderr %s", code, out, errs)
+	}
+	for _, c := range []string{"shards", "ops"} {
+		if code, out, errs = ctl(t, env, c, "--json"); code != exitOK || !strings.HasPrefix(out, "[") {
+			t.Fatalf("%s --json: exit %d\n%s\nstderr %s", c, code, out, errs)
+		}
+		if code, out, errs = ctl(t, env, c); code != exitOK {
+			t.Fatalf("%s: exit %d\n%s\nstderr %s", c, code, out, errs)
+		}
+	}
+	for _, args := range [][]string{{"region"}, {"region", "failover"}, {"region", "explode", "local"}, {"regions", "extra"}} {
+		if code, _, errs := ctl(t, env, args...); code != exitUsage {
+			t.Errorf("ctl %q: exit %d, want %d (stderr %s)", args, code, exitUsage, errs)
+		}
+	}
+}
