@@ -368,6 +368,7 @@ func (cp *ControlPlane) execute(ctx context.Context, lead leadership, op Operati
 		nd.Replicas, nd.TargetLeader = reps, target
 		if changed {
 			nd.ConfEpoch++
+			assignReplicaIDs(nd.Replicas, nd.ConfEpoch)
 		}
 		val, err := json.Marshal(nd)
 		if err != nil {
@@ -418,4 +419,16 @@ func sameOperator(a, b Operator) bool {
 	ja, _ := json.Marshal(a)
 	jb, _ := json.Marshal(b)
 	return string(ja) == string(jb)
+}
+
+// assignReplicaIDs gives every replica that has no Raft id yet the id of
+// its incarnation: the conf epoch at which it joined the shard (so initial
+// replicas get incarnation 1, and a store that leaves and rejoins gets a
+// new id). It changes reps in place.
+func assignReplicaIDs(reps []clusterstate.Replica, epoch uint64) {
+	for i := range reps {
+		if reps[i].ID == 0 {
+			reps[i].ID = clusterstate.ReplicaID(reps[i].Store, epoch)
+		}
+	}
 }

@@ -530,3 +530,11 @@ func TestPlanPropertiesRandomClusters(t *testing.T) {
 	}
 	t.Logf("%d clusters, %d operations applied", cases, steps)
 }
+
+func TestAssignReplicaIDs(t *testing.T) {
+	reps := []clusterstate.Replica{{Store: "a", ID: 77}, {Store: "b"}}
+	assignReplicaIDs(reps, 3)
+	if reps[0].ID != 77 || reps[1].ID != clusterstate.ReplicaID("b", 3) {
+		t.Fatalf("ids: %+v", reps)
+	}
+}
