@@ -40,6 +40,26 @@ type Config struct {
 	RequestTimeout time.Duration
 	// Version is reported as serverInfo.version and in membership.
 	Version string
+	// Toolset chooses the built-in tools, resources and prompts: demo,
+	// everything or all (see BuiltinServer).
+	Toolset string
+	// CallTimeout bounds a tools/call, resources/read or prompts/get,
+	// including the time its handler waits for the client (sampling,
+	// elicitation).
+	CallTimeout time.Duration
+	// ServerRequestTimeout bounds the wait for the client's answer to a
+	// server→client request (sampling, elicitation, roots).
+	ServerRequestTimeout time.Duration
+	// SSEKeepAlive is the interval of ": keep-alive" comments on an idle
+	// SSE stream.
+	SSEKeepAlive time.Duration
+	// SSEStreamLifetime bounds one GET SSE connection; the server then
+	// closes it and the client reconnects after SSERetry (SSE polling).
+	SSEStreamLifetime time.Duration
+	// SSERetry is the reconnection delay sent in the SSE retry field.
+	SSERetry time.Duration
+	// PollWait bounds one long poll of a stream in the store.
+	PollWait time.Duration
 }
 
 // Defaults.
@@ -48,6 +68,14 @@ const (
 	DefaultMaxBodyBytes   = 4 << 20
 	DefaultSessionIdleTTL = 30 * time.Minute
 	DefaultRequestTimeout = 10 * time.Second
+
+	DefaultToolset              = "all"
+	DefaultCallTimeout          = 10 * time.Minute
+	DefaultServerRequestTimeout = 5 * time.Minute
+	DefaultSSEKeepAlive         = 15 * time.Second
+	DefaultSSEStreamLifetime    = 2 * time.Minute
+	DefaultSSERetry             = time.Second
+	DefaultPollWait             = 2 * time.Second
 )
 
 // DefaultConfig returns a worker config with every default set.
@@ -59,6 +87,14 @@ func DefaultConfig() Config {
 		SessionIdleTTL: DefaultSessionIdleTTL,
 		RequestTimeout: DefaultRequestTimeout,
 		Version:        "dev",
+
+		Toolset:              DefaultToolset,
+		CallTimeout:          DefaultCallTimeout,
+		ServerRequestTimeout: DefaultServerRequestTimeout,
+		SSEKeepAlive:         DefaultSSEKeepAlive,
+		SSEStreamLifetime:    DefaultSSEStreamLifetime,
+		SSERetry:             DefaultSSERetry,
+		PollWait:             DefaultPollWait,
 	}
 }
 
@@ -78,6 +114,9 @@ func (c Config) Validate() error {
 	}
 	if c.RequestTimeout <= 0 {
 		return fmt.Errorf("request timeout %s: must be positive", c.RequestTimeout)
+	}
+	if _, err := BuiltinServer(c.toolset()); err != nil {
+		return fmt.Errorf("--toolset: %v", err)
 	}
 	for _, o := range c.AllowedOrigins {
 		if o == "*" {
@@ -113,3 +152,10 @@ func ParseOrigins(s string) []string {
 
 // errNoStore is returned when a handler is built without a store.
 var errNoStore = errors.New("worker: a session store is required")
+
+func (c Config) toolset() string {
+	if c.Toolset == "" {
+		return DefaultToolset
+	}
+	return c.Toolset
+}

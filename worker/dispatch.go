@@ -10,6 +10,7 @@ type call struct {
 	h       *Handler
 	session *session
 	msg     *Message
+	req     *Request
 	// storeErr, when set by a method, fails the HTTP request with the
 	// store's status (404/503/500) instead of a JSON-RPC answer.
 	storeErr error
@@ -19,6 +20,18 @@ type call struct {
 // JSON-RPC error; a store failure goes to c.storeErr.
 type methodFunc func(ctx context.Context, c *call) (any, *Error)
 
+// method is one request method and how it is served.
+type method struct {
+	fn methodFunc
+	// streams: the answer is an SSE stream when the client accepts one,
+	// since the method may send notifications or requests first.
+	streams bool
+	// tracked: the request is recorded in flight (inflight/<id>) so a
+	// notifications/cancelled on any worker cancels it and a worker that
+	// resumes its stream can tell when its worker died.
+	tracked bool
+}
+
 // notificationFunc handles one MCP notification method; a non-nil error is
 // a store failure.
 type notificationFunc func(ctx context.Context, h *Handler, s *session, params json.RawMessage) error
@@ -27,22 +40,35 @@ type notificationFunc func(ctx context.Context, h *Handler, s *session, params j
 // it runs without a session (transport.go).
 type dispatcher struct {
 	h             *Handler
-	methods       map[string]methodFunc
+	methods       map[string]method
 	notifications map[string]notificationFunc
-	tools         *toolset
 }
 
 func newDispatcher(h *Handler) *dispatcher {
 	d := &dispatcher{
 		h:             h,
-		methods:       map[string]methodFunc{},
+		methods:       map[string]method{},
 		notifications: map[string]notificationFunc{},
-		tools:         builtinTools(),
 	}
-	d.methods["ping"] = methodPing
-	d.methods["tools/list"] = d.tools.list
-	d.methods["tools/call"] = d.tools.call
+	srv := h.server
+	d.methods["ping"] = method{fn: methodPing}
+	d.methods["logging/setLevel"] = method{fn: methodSetLevel}
+	d.methods["tools/list"] = method{fn: srv.listTools}
+	d.methods["tools/call"] = method{fn: srv.callTool, streams: true, tracked: true}
+	d.methods["resources/list"] = method{fn: srv.listResources}
+	d.methods["resources/templates/list"] = method{fn: srv.listTemplates}
+	d.methods["resources/read"] = method{fn: srv.readResource, tracked: true}
+	d.methods["resources/subscribe"] = method{fn: methodSubscribe}
+	d.methods["resources/unsubscribe"] = method{fn: methodUnsubscribe}
+	d.methods["prompts/list"] = method{fn: srv.listPrompts}
+	d.methods["prompts/get"] = method{fn: srv.getPrompt, tracked: true}
+	d.methods["completion/complete"] = method{fn: srv.completion}
+	d.methods["tasks/get"] = method{fn: methodTaskGet}
+	d.methods["tasks/result"] = method{fn: methodTaskResult, tracked: true}
+	d.methods["tasks/list"] = method{fn: methodTaskList}
+	d.methods["tasks/cancel"] = method{fn: methodTaskCancel}
 	d.notifications["notifications/initialized"] = notifyInitialized
+	d.notifications["notifications/cancelled"] = notifyCancelled
 	return d
 }
 
@@ -61,21 +87,6 @@ func (d *dispatcher) label(m *Message) string {
 		}
 	}
 	return labelOther
-}
-
-// call serves a request on a session. rerr is the JSON-RPC error to answer
-// with; serr a store failure that decides the HTTP status instead.
-func (d *dispatcher) call(ctx context.Context, s *session, m *Message) (result any, rerr *Error, serr error) {
-	fn, ok := d.methods[m.Method]
-	if !ok {
-		return nil, errorf(CodeMethodNotFound, "Method not found: %s", m.Method), nil
-	}
-	c := &call{h: d.h, session: s, msg: m}
-	result, rerr = fn(ctx, c)
-	if c.storeErr != nil {
-		return nil, nil, c.storeErr
-	}
-	return result, rerr, nil
 }
 
 // notify handles a notification; unknown notifications are accepted and
@@ -99,6 +110,19 @@ func decodeParams(raw json.RawMessage, v any) *Error {
 	}
 	if err := json.Unmarshal(raw, v); err != nil {
 		return errorf(CodeInvalidParams, "Invalid params: %v", err)
+	}
+	return nil
+}
+
+// requestMeta reads params._meta.progressToken.
+func requestMeta(params json.RawMessage) (progressToken json.RawMessage) {
+	var p struct {
+		Meta struct {
+			ProgressToken json.RawMessage `json:"progressToken"`
+		} `json:"_meta"`
+	}
+	if len(params) > 0 && params[0] == '{' && json.Unmarshal(params, &p) == nil && !isNull(p.Meta.ProgressToken) {
+		return p.Meta.ProgressToken
 	}
 	return nil
 }

@@ -28,6 +28,12 @@ type Handler struct {
 	metrics  *metrics
 	disp     *dispatcher
 	mux      *http.ServeMux
+	server   *Server
+	// alive reports whether a worker is still a member; nil: all are.
+	alive func(workerID string) bool
+	// base ends the GET streams when the handler closes.
+	base      context.Context
+	closeBase context.CancelFunc
 }
 
 // Option changes how NewHandler builds a Handler.
@@ -53,6 +59,18 @@ func WithConfig(cfg Config) Option {
 		if cfg.Version == "" {
 			cfg.Version = def.Version
 		}
+		for _, d := range []struct {
+			v   *time.Duration
+			def time.Duration
+		}{
+			{&cfg.CallTimeout, def.CallTimeout}, {&cfg.ServerRequestTimeout, def.ServerRequestTimeout},
+			{&cfg.SSEKeepAlive, def.SSEKeepAlive}, {&cfg.SSEStreamLifetime, def.SSEStreamLifetime},
+			{&cfg.SSERetry, def.SSERetry}, {&cfg.PollWait, def.PollWait},
+		} {
+			if *d.v <= 0 {
+				*d.v = d.def
+			}
+		}
 		h.cfg = cfg
 	}
 }
@@ -66,12 +84,24 @@ func WithReadiness(check func(context.Context) error) Option {
 	return func(h *Handler) { h.ready = check }
 }
 
+// WithServer sets the tools, resources and prompts served (default: the
+// built-in set that Config.Toolset names).
+func WithServer(s *Server) Option { return func(h *Handler) { h.server = s } }
+
+// WithAlive sets how the handler tells whether a worker is still running
+// (Run: membership in etcd). A worker that resumes the stream of a request
+// whose worker is not alive answers the request with an error.
+func WithAlive(alive func(workerID string) bool) Option {
+	return func(h *Handler) { h.alive = alive }
+}
+
 // NewHandler returns a worker's HTTP handler over store.
 func NewHandler(store SessionStore, opts ...Option) *Handler {
 	if store == nil {
 		panic(errNoStore)
 	}
 	h := &Handler{store: store, log: logging.Discard()}
+	h.base, h.closeBase = context.WithCancel(context.Background())
 	WithConfig(DefaultConfig())(h)
 	for _, o := range opts {
 		o(h)
@@ -85,6 +115,13 @@ func NewHandler(store SessionStore, opts ...Option) *Handler {
 		if n, err := normalizeOrigin(o); err == nil {
 			h.origins[n] = true
 		}
+	}
+	if h.server == nil {
+		srv, err := BuiltinServer(h.cfg.toolset())
+		if err != nil {
+			panic(err) // Validate reports it first
+		}
+		h.server = srv
 	}
 	h.metrics = newMetrics(h.cfg.Common.ID, h.cfg.Common.Region, h.cfg.Common.Zone)
 	h.disp = newDispatcher(h)
@@ -101,6 +138,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.Serv
 
 // WorkerID is the id sent in X-Erlmcp-Worker.
 func (h *Handler) WorkerID() string { return h.cfg.Common.ID }
+
+// Close ends the SSE streams the handler is serving from the store (GET
+// /mcp); their clients reconnect, to another worker, with Last-Event-ID.
+// Requests in progress finish. Call it before shutting the HTTP server
+// down.
+func (h *Handler) Close() { h.closeBase() }
 
 // SetDraining makes /readyz answer 503 so load balancers stop sending new
 // work; /mcp keeps serving what still arrives.

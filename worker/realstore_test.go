@@ -12,6 +12,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -120,7 +121,7 @@ func TestRealStoreTwoWorkers(t *testing.T) {
 		t.Fatalf("stored session v%d %s", s.Version, s.Data)
 	}
 	r = post(t, b.URL, `{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo","arguments":{"text":"via b"}}}`, h)
-	var res toolResult
+	var res ToolResult
 	mustUnmarshal(t, r.rpc.Result, &res)
 	if r.header.Get(HeaderWorker) != "worker-b" || len(res.Content) != 1 || res.Content[0].Text != "via b" {
 		t.Fatalf("tools/call on B: %d %s", r.status, r.body)
@@ -271,5 +272,77 @@ func TestRunBadConfig(t *testing.T) {
 	cfg.Common.ID = ""
 	if err := Run(context.Background(), cfg, logging.Discard()); err == nil {
 		t.Fatal("Run accepted an empty id")
+	}
+}
+
+// TestRealStoreStreams: the cross-worker paths over a real store node,
+// each worker with its own store client: log level set on B honoured on
+// A, a stream resumed on B, a cancellation on B, a sampling answer on B.
+func TestRealStoreStreams(t *testing.T) {
+	e, cli := realStore(t)
+	c := clusterOver(t, []string{"a", "b"}, nil, func() SessionStore { return StoreFromClient(storeClient(t, e, cli)) })
+	v := "2025-11-25"
+	sid := initOn(t, c.urls["a"], v, `{"sampling":{}}`)
+	if r := post(t, c.urls["b"], `{"jsonrpc":"2.0","id":2,"method":"logging/setLevel","params":{"level":"error"}}`, hdr(sid, v)); r.rpc.Error != nil {
+		t.Fatalf("setLevel: %s", r.body)
+	}
+	var levels []string
+	for _, ev := range openSSE(t, postReq(t, c.urls["a"], `{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"levels"}}`, hdr(sid, v))).rest() {
+		if ev.data != "" && decodeMsg(t, ev.data).Method == "notifications/message" {
+			levels = append(levels, ev.data)
+		}
+	}
+	if len(levels) != 4 {
+		t.Fatalf("messages at error and above: %q", levels)
+	}
+
+	// Resume on B.
+	post(t, c.urls["b"], `{"jsonrpc":"2.0","id":20,"method":"logging/setLevel","params":{"level":"info"}}`, hdr(sid, v))
+	s := openSSE(t, postReq(t, c.urls["a"], `{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"gate"}}`, hdr(sid, v)))
+	priming, _ := s.next()
+	waitStarted(t, c.hk, "gate")
+	s.close()
+	r := openSSE(t, getReq(t, c.urls["b"], sid, v, priming.id))
+	c.hk.release <- struct{}{}
+	var datas []string
+	for _, ev := range r.rest() {
+		if ev.data != "" {
+			datas = append(datas, ev.data)
+		}
+	}
+	if len(datas) != 3 || !strings.Contains(datas[0], `"one"`) || !strings.Contains(datas[1], `"two"`) || !strings.Contains(datas[2], `"done"`) {
+		t.Fatalf("resumed: %q", datas)
+	}
+
+	// Cancel on B.
+	s = openSSE(t, postReq(t, c.urls["a"], `{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"block"}}`, hdr(sid, v)))
+	waitStarted(t, c.hk, "block")
+	post(t, c.urls["b"], `{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":5}}`, hdr(sid, v))
+	select {
+	case cause := <-c.hk.finished:
+		if !errors.Is(cause, errCancelled) {
+			t.Fatalf("cause %v", cause)
+		}
+	case <-time.After(testDeadline):
+		t.Fatal("not cancelled")
+	}
+	s.rest()
+
+	// Sampling answered on B.
+	s = openSSE(t, postReq(t, c.urls["a"], `{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"test_sampling","arguments":{"prompt":"x"}}}`, hdr(sid, v)))
+	var req rpcMsg
+	for req.Method == "" {
+		ev, ok := s.next()
+		if !ok {
+			t.Fatal("stream ended")
+		}
+		if ev.data != "" {
+			req = decodeMsg(t, ev.data)
+		}
+	}
+	post(t, c.urls["b"], `{"jsonrpc":"2.0","id":`+string(req.ID)+`,"result":{"role":"assistant","content":{"type":"text","text":"ok"},"model":"m"}}`, hdr(sid, v))
+	evs := s.rest()
+	if last := evs[len(evs)-1].data; !strings.Contains(last, "LLM response: ok") {
+		t.Fatalf("sampling: %s", last)
 	}
 }

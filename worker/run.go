@@ -33,7 +33,10 @@ const (
 // the bound host:port) and serves. When ctx ends it marks itself draining
 // in membership, leaves membership, and shuts the HTTP server down (at most
 // ShutdownTimeout). It returns nil after a clean shutdown.
-func Run(ctx context.Context, cfg Config, log *logrus.Entry) (err error) {
+//
+// opts are applied after Run's own options: WithServer serves a custom
+// set of tools, resources and prompts instead of cfg.Toolset.
+func Run(ctx context.Context, cfg Config, log *logrus.Entry, opts ...Option) (err error) {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
@@ -62,9 +65,9 @@ func Run(ctx context.Context, cfg Config, log *logrus.Entry) (err error) {
 	}
 	addr := advertiseAddr(ln.Addr())
 
-	h := NewHandler(StoreFromClient(sc), WithConfig(cfg), WithLogger(log), WithReadiness(func(ctx context.Context) error {
+	h := NewHandler(StoreFromClient(sc), append([]Option{WithConfig(cfg), WithLogger(log), WithReadiness(func(ctx context.Context) error {
 		return ready(ctx, cli, cfg.Common.Prefix, sc)
-	}))
+	}), WithAlive(func(id string) bool { return workerAlive(cli, cfg.Common.Prefix, id) })}, opts...)...)
 	srv := &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -114,6 +117,7 @@ func Run(ctx context.Context, cfg Config, log *logrus.Entry) (err error) {
 
 	log.Info("worker draining")
 	h.SetDraining(true)
+	h.Close()
 	uctx, cancel := context.WithTimeout(context.Background(), etcdOpTimeout)
 	if err := reg.Update(uctx, func(m *membership.Member) { m.Draining = true }); err != nil {
 		log.WithError(err).Warn("could not mark the worker draining in membership")
@@ -130,6 +134,19 @@ func Run(ctx context.Context, cfg Config, log *logrus.Entry) (err error) {
 	}
 	log.Info("worker stopped")
 	return nil
+}
+
+// workerAlive reports whether worker id is registered in membership. When
+// etcd cannot answer it says yes: a request is failed only on a definite
+// answer that its worker is gone.
+func workerAlive(cli *clientv3.Client, prefix, id string) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), etcdOpTimeout)
+	defer cancel()
+	resp, err := cli.Get(ctx, membership.Key(prefix, membership.RoleWorker, id), clientv3.WithCountOnly())
+	if err != nil {
+		return true
+	}
+	return resp.Count > 0
 }
 
 // storeAttemptTimeout is the store client's per-attempt timeout: a few

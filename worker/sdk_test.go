@@ -64,7 +64,7 @@ func TestGoSDKClient(t *testing.T) {
 		t.Errorf("serverInfo.name %q", got)
 	}
 	tools, err := s.ListTools(ctx, nil)
-	if err != nil || len(tools.Tools) != 1 || tools.Tools[0].Name != "echo" {
+	if err != nil || len(tools.Tools) != 2 || tools.Tools[0].Name != "echo" {
 		t.Fatalf("ListTools: %+v %v", tools, err)
 	}
 	for _, text := range []string{"one", "two", "three"} {

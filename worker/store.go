@@ -24,6 +24,8 @@ var (
 	ErrSessionExists    = errors.New("session already exists")
 	ErrVersionConflict  = errors.New("session version conflict")
 	ErrStoreUnavailable = errors.New("session store unavailable")
+	// ErrNotFound: a state key or task is absent (the session exists).
+	ErrNotFound = errors.New("not found")
 )
 
 // SessionStore is what the worker needs from the replicated session store.
@@ -38,6 +40,64 @@ type SessionStore interface {
 	CompareAndSet(ctx context.Context, id string, expectedVersion uint64, data []byte) (Session, error)
 	// Delete removes the record; ErrSessionNotFound when there is none.
 	Delete(ctx context.Context, id string) error
+
+	// AppendEvents appends data to a session's named event stream and
+	// returns the sequence numbers given to them (1, 2, ... per stream).
+	AppendEvents(ctx context.Context, sessionID, stream string, data ...[]byte) ([]uint64, error)
+	// ReadEvents returns up to limit events of stream after afterSeq. When
+	// there are none it waits up to wait for one (long poll). A stream
+	// nobody wrote to is empty, not an error.
+	ReadEvents(ctx context.Context, sessionID, stream string, afterSeq uint64, limit int, wait time.Duration) (Events, error)
+
+	// GetState reads one session-scoped key; ErrNotFound when absent.
+	GetState(ctx context.Context, sessionID, key string) (StateEntry, error)
+	// PutState writes a key: expectedVersion nil writes unconditionally,
+	// &0 only when the key is absent, &n only when it is at version n;
+	// ErrVersionConflict otherwise.
+	PutState(ctx context.Context, sessionID, key string, value []byte, expectedVersion *uint64) (StateEntry, error)
+	// DeleteState removes a key (absent is not an error).
+	DeleteState(ctx context.Context, sessionID, key string) error
+	// ListState returns the keys with prefix, in key order.
+	ListState(ctx context.Context, sessionID, prefix string) ([]StateEntry, error)
+
+	// PutTask writes a task (expectedVersion as for PutState).
+	PutTask(ctx context.Context, sessionID string, t Task, expectedVersion *uint64) (Task, error)
+	// GetTask reads a task; ErrNotFound when absent.
+	GetTask(ctx context.Context, sessionID, taskID string) (Task, error)
+	// ListTasks returns up to limit tasks after afterTaskID (in id order)
+	// and the id to continue after ("" when there are no more).
+	ListTasks(ctx context.Context, sessionID, afterTaskID string, limit int) ([]Task, string, error)
+}
+
+// Event is one stored message of a session's event stream.
+type Event struct {
+	Stream    string
+	Seq       uint64
+	Data      []byte
+	CreatedAt time.Time
+}
+
+// Events is one read of a stream: the events and the stream's bounds
+// (FirstRetainedSeq is 0 for an empty stream).
+type Events struct {
+	Events                    []Event
+	FirstRetainedSeq, LastSeq uint64
+}
+
+// StateEntry is one session-scoped key.
+type StateEntry struct {
+	Key     string
+	Value   []byte
+	Version uint64
+}
+
+// Task is one stored task (MCP 2025-11-25 tasks).
+type Task struct {
+	ID, Status, StatusMessage, Owner string
+	Result, Data                     []byte
+	CreatedAt, UpdatedAt             time.Time
+	TTL                              time.Duration
+	Version                          uint64
 }
 
 // sessionRecordVersion is the layout version of sessionRecord, bumped when

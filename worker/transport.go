@@ -2,8 +2,6 @@ package worker
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -43,14 +41,6 @@ func versionSupported(v string) bool {
 	}
 	return false
 }
-
-// format is how a request's answer is written.
-type format int
-
-const (
-	formatJSON format = iota
-	formatSSE
-)
 
 // statusWriter remembers the status code for metrics.
 type statusWriter struct {
@@ -106,15 +96,21 @@ func (h *Handler) serveMCP(rw http.ResponseWriter, r *http.Request) {
 		label = h.post(w, r)
 	case http.MethodDelete:
 		label = labelDelete
-		h.delete(w, r)
-	default:
-		if r.Method == http.MethodGet {
-			label = labelGet
+		if h.modernRequest(r) {
+			h.modernNotAllowed(w)
+			return
 		}
-		// The standalone SSE stream (GET) is not served yet; the spec
-		// allows 405 for it.
-		w.Header().Set("Allow", "POST, DELETE")
-		h.fail(w, http.StatusMethodNotAllowed, nil, errorf(CodeTransport, "Method Not Allowed: %s /mcp is not served; use POST (messages) or DELETE (end session)", r.Method))
+		h.delete(w, r)
+	case http.MethodGet:
+		label = labelGet
+		if h.modernRequest(r) {
+			h.modernNotAllowed(w)
+			return
+		}
+		h.get(w, r)
+	default:
+		w.Header().Set("Allow", "GET, POST, DELETE")
+		h.fail(w, http.StatusMethodNotAllowed, nil, errorf(CodeTransport, "Method Not Allowed: %s /mcp is not served; use POST (messages), GET (server stream) or DELETE (end session)", r.Method))
 	}
 }
 
@@ -124,8 +120,8 @@ func (h *Handler) post(w http.ResponseWriter, r *http.Request) string {
 		h.fail(w, http.StatusUnsupportedMediaType, nil, errorf(CodeTransport, "Unsupported Media Type: Content-Type must be application/json"))
 		return labelInvalid
 	}
-	fmtOut, ok := negotiate(r.Header.Values("Accept"))
-	if !ok {
+	acc := accepted(r.Header.Values("Accept"))
+	if !acc.json && !acc.sse {
 		h.fail(w, http.StatusNotAcceptable, nil, errorf(CodeTransport, "Not Acceptable: Accept must include application/json or text/event-stream (clients should list both)"))
 		return labelInvalid
 	}
@@ -159,25 +155,26 @@ func (h *Handler) post(w http.ResponseWriter, r *http.Request) string {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), h.cfg.RequestTimeout)
 	defer cancel()
 
+	if pv := requestedVersion(r, msg); pv != "" && !versionSupported(pv) && !(msg.Method == "initialize" && r.Header.Get(HeaderProtocolVersion) == "") {
+		if h.serveModern(w, r, msg, pv) {
+			return label
+		}
+		h.fail(w, http.StatusBadRequest, msg.ID, &Error{Code: CodeUnsupportedProtocolVersion,
+			Message: fmt.Sprintf("Unsupported protocol version %q (supported: %s)", pv, strings.Join(supportedVersions, ", ")),
+			Data:    map[string]any{"supported": supportedVersions, "requested": pv}})
+		return label
+	}
 	sid := r.Header.Get(HeaderSessionID)
 	if msg.Kind == KindRequest && msg.Method == "initialize" {
 		if sid != "" {
 			h.fail(w, http.StatusBadRequest, msg.ID, errorf(CodeInvalidRequest, "Bad Request: initialize must not carry %s; it starts a new session", HeaderSessionID))
 			return label
 		}
-		h.initialize(ctx, w, msg, fmtOut)
+		h.initialize(ctx, w, msg, acc)
 		return label
 	}
-	if sid == "" {
-		h.fail(w, http.StatusBadRequest, msg.ID, errorf(CodeInvalidRequest, "Bad Request: %s header is required (send initialize first)", HeaderSessionID))
-		return label
-	}
-	if !validSessionID(sid) {
-		h.fail(w, http.StatusBadRequest, msg.ID, errorf(CodeInvalidRequest, "Bad Request: %s must be 1 to %d visible ASCII characters", HeaderSessionID, maxSessionIDLen))
-		return label
-	}
-	if pv := r.Header.Get(HeaderProtocolVersion); pv != "" && !versionSupported(pv) {
-		h.fail(w, http.StatusBadRequest, msg.ID, errorf(CodeInvalidRequest, "Bad Request: unsupported %s %q (supported: %s)", HeaderProtocolVersion, pv, strings.Join(supportedVersions, ", ")))
+	sid, ok := h.sessionHeader(w, r, msg.ID)
+	if !ok {
 		return label
 	}
 	sess, err := h.loadSession(ctx, sid)
@@ -193,35 +190,163 @@ func (h *Handler) post(w http.ResponseWriter, r *http.Request) string {
 		}
 		w.WriteHeader(http.StatusAccepted)
 	case KindResponse:
-		// Answers to server→client requests; none are sent yet.
-		w.WriteHeader(http.StatusAccepted)
-	case KindRequest:
-		result, rerr, serr := h.disp.call(ctx, sess, msg)
-		if serr != nil {
-			h.storeFail(w, msg.ID, "update", serr)
+		// The client's answer to a server→client request: the handler
+		// waiting for it may run on any worker, and reads it from here.
+		if _, err := h.store.AppendEvents(ctx, sess.id, streamReplies, body); err != nil {
+			h.storeFail(w, nil, "append", err)
 			return label
 		}
-		h.answer(w, msg.ID, result, rerr, fmtOut)
+		w.WriteHeader(http.StatusAccepted)
+	case KindRequest:
+		cancel() // serveRequest sets its own budget
+		h.serveRequest(w, r, sess, msg, acc)
 	}
 	return label
 }
 
+// sessionHeader reads and checks Mcp-Session-Id; on failure it has
+// answered 400.
+func (h *Handler) sessionHeader(w http.ResponseWriter, r *http.Request, id json.RawMessage) (string, bool) {
+	sid := r.Header.Get(HeaderSessionID)
+	if sid == "" {
+		h.fail(w, http.StatusBadRequest, id, errorf(CodeInvalidRequest, "Bad Request: %s header is required (send initialize first)", HeaderSessionID))
+		return "", false
+	}
+	if !validSessionID(sid) {
+		h.fail(w, http.StatusBadRequest, id, errorf(CodeInvalidRequest, "Bad Request: %s must be 1 to %d visible ASCII characters", HeaderSessionID, maxSessionIDLen))
+		return "", false
+	}
+	return sid, true
+}
+
+// CodeCancelled answers, in JSON mode, a request the client cancelled.
+const CodeCancelled = -32800
+
+// serveRequest runs a request on a session and answers it: as JSON, or as
+// an SSE stream whose every event is first appended to the store.
+func (h *Handler) serveRequest(w http.ResponseWriter, r *http.Request, sess *session, msg *Message, acc acceptance) {
+	m, ok := h.disp.methods[msg.Method]
+	if !ok {
+		m = method{fn: func(context.Context, *call) (any, *Error) {
+			return nil, errorf(CodeMethodNotFound, "Method not found: %s", msg.Method)
+		}}
+	}
+	token := requestMeta(msg.Params)
+	useSSE := (acc.sse && (m.streams || token != nil)) || !acc.json
+	budget := h.cfg.RequestTimeout
+	if m.tracked {
+		budget = h.cfg.CallTimeout
+	}
+	// A client disconnect is not a cancellation (MCP).
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), budget)
+	defer cancel()
+	stream := streamGet // JSON answer: other messages go to the GET stream
+	if useSSE {
+		stream = requestStream(msg.ID)
+	}
+	ob := &outbox{h: h, sid: sess.id, stream: stream}
+	defer ob.close()
+	runCtx := ctx
+	if m.tracked {
+		onStream := ""
+		if useSSE {
+			onStream = stream
+		}
+		tctx, done, err := h.track(ctx, sess.id, msg.ID, onStream)
+		if err != nil {
+			h.storeFail(w, msg.ID, "update", err)
+			return
+		}
+		defer done()
+		runCtx = tctx
+	}
+	if useSSE {
+		seqs, err := h.store.AppendEvents(ctx, sess.id, stream, nil)
+		if err != nil {
+			h.storeFail(w, msg.ID, "append", err)
+			return
+		}
+		sseHeaders(w)
+		if primes(sess.rec.ProtocolVersion) {
+			writePriming(w, eventID(stream, seqs[0]), h.cfg.SSERetry)
+		}
+		ob.mu.Lock()
+		ob.w, ob.written = w, time.Now()
+		ob.mu.Unlock()
+		stop := make(chan struct{})
+		defer close(stop)
+		go func() {
+			t := time.NewTicker(h.cfg.SSEKeepAlive)
+			defer t.Stop()
+			for {
+				select {
+				case <-stop:
+					return
+				case <-t.C:
+					ob.keepAlive(h.cfg.SSEKeepAlive)
+				}
+			}
+		}()
+	}
+	c := &call{h: h, session: sess, msg: msg}
+	c.req = &Request{h: h, sess: sess, id: msg.ID, method: msg.Method, progressToken: token, out: ob}
+	result, rerr := m.fn(runCtx, c)
+	if errors.Is(context.Cause(runCtx), errCancelled) {
+		// Cancelled by the client: MCP sends no response. A JSON answer
+		// must still say something.
+		if !useSSE {
+			h.answer(w, msg.ID, nil, errorf(CodeCancelled, "Request cancelled"))
+		}
+		return
+	}
+	if c.storeErr != nil {
+		if !useSSE {
+			h.storeFail(w, msg.ID, "update", c.storeErr)
+			return
+		}
+		if errors.Is(c.storeErr, ErrSessionNotFound) {
+			rerr = errorf(CodeSessionNotFound, "Session not found: it was deleted or has expired")
+		} else {
+			h.log.WithError(c.storeErr).Warn("session store call failed during a request")
+			rerr = errorf(CodeStoreUnavailable, "Service Unavailable: the session store is unreachable; retry in a moment")
+		}
+		result = nil
+	}
+	if !useSSE {
+		h.answer(w, msg.ID, result, rerr)
+		return
+	}
+	body := h.encodeAnswer(msg.ID, result, rerr)
+	sctx, scancel := context.WithTimeout(context.WithoutCancel(r.Context()), h.cfg.RequestTimeout)
+	defer scancel()
+	if _, err := ob.send(sctx, body); err != nil {
+		h.log.WithError(err).Warn("could not store a response; sending it without an event id")
+		ob.writeRaw(body)
+	}
+}
+
 // initialize creates a session, stores it, and only then answers.
-func (h *Handler) initialize(ctx context.Context, w http.ResponseWriter, msg *Message, f format) {
+func (h *Handler) initialize(ctx context.Context, w http.ResponseWriter, msg *Message, acc acceptance) {
 	var p struct {
 		ProtocolVersion string          `json:"protocolVersion"`
 		Capabilities    json.RawMessage `json:"capabilities"`
 		ClientInfo      json.RawMessage `json:"clientInfo"`
 	}
 	if len(msg.Params) == 0 || msg.Params[0] != '{' || json.Unmarshal(msg.Params, &p) != nil || p.ProtocolVersion == "" {
-		h.answer(w, msg.ID, nil, errorf(CodeInvalidParams, "Invalid params: initialize needs an object with a string protocolVersion"), f)
+		if !acc.json {
+			w.Header().Set("Content-Type", "text/event-stream")
+			w.WriteHeader(http.StatusOK)
+			writeEvent(w, "", encodeError(msg.ID, errorf(CodeInvalidParams, "Invalid params: initialize needs an object with a string protocolVersion")))
+			return
+		}
+		h.answer(w, msg.ID, nil, errorf(CodeInvalidParams, "Invalid params: initialize needs an object with a string protocolVersion"))
 		return
 	}
 	version := p.ProtocolVersion
 	if !versionSupported(version) {
 		version = LatestProtocolVersion
 	}
-	caps := serverCapabilities()
+	caps := h.server.capabilities()
 	rec := sessionRecord{
 		V:                  sessionRecordVersion,
 		ProtocolVersion:    version,
@@ -246,11 +371,29 @@ func (h *Handler) initialize(ctx context.Context, w http.ResponseWriter, msg *Me
 	h.metrics.sessions.Inc()
 	h.log.WithField("protocol_version", version).Debug("session created")
 	w.Header().Set(HeaderSessionID, sid)
-	h.answer(w, msg.ID, map[string]any{
+	res := map[string]any{
 		"protocolVersion": version,
 		"capabilities":    caps,
 		"serverInfo":      map[string]string{"name": ServerName, "version": h.cfg.Version},
-	}, nil, f)
+	}
+	if h.server.Instructions != "" {
+		res["instructions"] = h.server.Instructions
+	}
+	if acc.json {
+		h.answer(w, msg.ID, res, nil)
+		return
+	}
+	// SSE only: the answer is an event of the request's stream, stored
+	// like every other.
+	body := h.encodeAnswer(msg.ID, res, nil)
+	stream := requestStream(msg.ID)
+	seqs, err := h.store.AppendEvents(ctx, sid, stream, body)
+	if err != nil {
+		h.storeFail(w, msg.ID, "append", err)
+		return
+	}
+	sseHeaders(w)
+	writeEvent(w, eventID(stream, seqs[0]), body)
 }
 
 // delete ends a session.
@@ -367,58 +510,36 @@ func (h *Handler) tooLarge(w http.ResponseWriter) {
 	h.fail(w, http.StatusRequestEntityTooLarge, nil, errorf(CodeTransport, "Request Entity Too Large: the body exceeds %d bytes", h.cfg.MaxBodyBytes))
 }
 
-// answer writes the response to a request as JSON or as one SSE event.
-func (h *Handler) answer(w http.ResponseWriter, id json.RawMessage, result any, rerr *Error, f format) {
-	var body []byte
+// encodeAnswer encodes the response to a request.
+func (h *Handler) encodeAnswer(id json.RawMessage, result any, rerr *Error) []byte {
 	if rerr != nil {
-		body = encodeError(id, rerr)
-	} else {
-		var err error
-		if body, err = encodeResult(id, result); err != nil {
-			h.log.WithError(err).Error("encode result")
-			body = encodeError(id, errorf(CodeInternalError, "Internal error: the result does not encode"))
-		}
+		return encodeError(id, rerr)
 	}
-	if f == formatSSE {
-		writeSSE(w, body)
-		return
+	body, err := encodeResult(id, result)
+	if err != nil {
+		h.log.WithError(err).Error("encode result")
+		body = encodeError(id, errorf(CodeInternalError, "Internal error: the result does not encode"))
 	}
+	return body
+}
+
+// answer writes the response to a request as JSON.
+func (h *Handler) answer(w http.ResponseWriter, id json.RawMessage, result any, rerr *Error) {
+	body := h.encodeAnswer(id, result, rerr)
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(body)
 }
 
-// writeSSE answers with an SSE stream of one event that carries the
-// response, then ends the stream. The event id names a fresh stream
-// (resumption arrives with the GET stream).
-func writeSSE(w http.ResponseWriter, data []byte) {
-	h := w.Header()
-	h.Set("Content-Type", "text/event-stream")
-	h.Set("Cache-Control", "no-cache")
-	h.Set("X-Accel-Buffering", "no")
-	w.WriteHeader(http.StatusOK)
-	// data is compact JSON: encoding/json escapes newlines in strings.
-	_, _ = fmt.Fprintf(w, "event: message\nid: %s-1\ndata: %s\n\n", newStreamID(), data)
-	if f, ok := w.(http.Flusher); ok {
-		f.Flush()
-	}
-}
+// acceptance is what a request's Accept headers allow.
+type acceptance struct{ json, sse bool }
 
-func newStreamID() string {
-	b := make([]byte, 8)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
-}
-
-// negotiate picks the answer format from Accept headers: JSON when the
-// client accepts it (our default), SSE when it accepts only
-// text/event-stream; ok is false when it accepts neither. No Accept header
-// accepts anything.
-func negotiate(accept []string) (f format, ok bool) {
+// accepted reads Accept headers. No Accept header accepts JSON.
+func accepted(accept []string) acceptance {
 	if len(accept) == 0 {
-		return formatJSON, true
+		return acceptance{json: true}
 	}
-	var wantJSON, wantSSE bool
+	var a acceptance
 	for _, line := range accept {
 		for _, part := range strings.Split(line, ",") {
 			part = strings.TrimSpace(part)
@@ -436,21 +557,21 @@ func negotiate(accept []string) (f format, ok bool) {
 			}
 			switch mt {
 			case "*/*":
-				wantJSON, wantSSE = true, true
+				a.json, a.sse = true, true
 			case "application/*", "application/json":
-				wantJSON = true
+				a.json = true
 			case "text/*", "text/event-stream":
-				wantSSE = true
+				a.sse = true
 			}
 		}
 	}
-	switch {
-	case wantJSON:
-		return formatJSON, true
-	case wantSSE:
-		return formatSSE, true
-	}
-	return formatJSON, false
+	return a
+}
+
+// accepts reports whether Accept headers allow JSON and SSE.
+func accepts(accept []string) (json, sse bool) {
+	a := accepted(accept)
+	return a.json, a.sse
 }
 
 // originAllowed accepts configured origins and http(s) loopback origins.

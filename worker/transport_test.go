@@ -21,8 +21,11 @@ func testWorker(t *testing.T, store SessionStore, id string, opts ...Option) *ht
 	cfg.Common.ID = id
 	cfg.MaxBodyBytes = 2048
 	cfg.AllowedOrigins = []string{"https://app.example.com"}
-	srv := httptest.NewServer(NewHandler(store, append([]Option{WithConfig(cfg)}, opts...)...))
+	cfg.Toolset = ToolsetDemo
+	h := NewHandler(store, append([]Option{WithConfig(cfg)}, opts...)...)
+	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
+	t.Cleanup(h.Close) // runs first: ends GET streams
 	return srv
 }
 
@@ -74,6 +77,16 @@ func do(t *testing.T, req *http.Request) reply {
 	if len(b) > 0 && strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") {
 		if err := json.Unmarshal(b, &r.rpc); err != nil {
 			t.Fatalf("answer is not JSON-RPC: %v: %s", err, b)
+		}
+	}
+	if strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
+		// The last event that is a response.
+		for _, ev := range parseSSE(string(b)) {
+			if m, err := Decode([]byte(ev.data)); err == nil && m.Kind == KindResponse {
+				if err := json.Unmarshal([]byte(ev.data), &r.rpc); err != nil {
+					t.Fatalf("SSE answer is not JSON-RPC: %v: %s", err, b)
+				}
+			}
 		}
 	}
 	return r
@@ -136,12 +149,15 @@ func TestBadInput(t *testing.T) {
 		{"neither method nor result", "POST", `{"jsonrpc":"2.0","id":1}`, sessionHeaders(sid), 400, CodeInvalidRequest, "1"},
 		{"missing session", "POST", ping, nil, 400, CodeInvalidRequest, "7"},
 		{"session id not visible ascii", "POST", ping, map[string]string{HeaderSessionID: "a b"}, 400, CodeInvalidRequest, "7"},
-		{"unsupported protocol version", "POST", ping, map[string]string{HeaderSessionID: sid, HeaderProtocolVersion: "2024-11-05"}, 400, CodeInvalidRequest, "7"},
+		{"unsupported protocol version", "POST", ping, map[string]string{HeaderSessionID: sid, HeaderProtocolVersion: "2024-11-05"}, 400, CodeUnsupportedProtocolVersion, "7"},
 		{"initialize with session", "POST", initBody, sessionHeaders(sid), 400, CodeInvalidRequest, "1"},
 		{"unknown session", "POST", ping, map[string]string{HeaderSessionID: "0123456789abcdef0123456789abcdef"}, 404, CodeSessionNotFound, "7"},
 		{"bad origin", "POST", ping, map[string]string{HeaderSessionID: sid, "Origin": "https://evil.example.com"}, 403, CodeTransport, "null"},
 		{"null origin", "POST", ping, map[string]string{HeaderSessionID: sid, "Origin": "null"}, 403, CodeTransport, "null"},
-		{"GET not served", "GET", "", sessionHeaders(sid), 405, CodeTransport, "null"},
+		{"GET without event-stream", "GET", "", map[string]string{HeaderSessionID: sid, "Accept": "application/json"}, 406, CodeTransport, "null"},
+		{"GET without session", "GET", "", map[string]string{"Accept": "text/event-stream"}, 400, CodeInvalidRequest, "null"},
+		{"GET bad Last-Event-ID", "GET", "", map[string]string{HeaderSessionID: sid, "Accept": "text/event-stream", "Last-Event-ID": "x/1"}, 400, CodeInvalidRequest, "null"},
+		{"GET unknown session", "GET", "", map[string]string{HeaderSessionID: "nope", "Accept": "text/event-stream"}, 404, CodeSessionNotFound, "null"},
 		{"PUT not served", "PUT", ping, sessionHeaders(sid), 405, CodeTransport, "null"},
 		{"accepts neither", "POST", ping, map[string]string{HeaderSessionID: sid, "Accept": "text/html"}, 406, CodeTransport, "null"},
 		{"json refused by q=0", "POST", ping, map[string]string{HeaderSessionID: sid, "Accept": "application/json;q=0"}, 406, CodeTransport, "null"},
@@ -184,7 +200,7 @@ func TestBadInput(t *testing.T) {
 			if got := r.header.Get(HeaderWorker); got != "w1" {
 				t.Errorf("%s = %q, want w1", HeaderWorker, got)
 			}
-			if tc.status == 405 && r.header.Get("Allow") != "POST, DELETE" {
+			if tc.status == 405 && r.header.Get("Allow") != "GET, POST, DELETE" {
 				t.Errorf("Allow = %q", r.header.Get("Allow"))
 			}
 			if tc.code == 0 {
@@ -269,13 +285,13 @@ func TestLifecycle(t *testing.T) {
 		} `json:"tools"`
 	}
 	mustUnmarshal(t, r.rpc.Result, &list)
-	if len(list.Tools) != 1 || list.Tools[0].Name != "echo" || list.Tools[0].InputSchema.Type != "object" ||
+	if len(list.Tools) != 2 || list.Tools[0].Name != "echo" || list.Tools[0].InputSchema.Type != "object" ||
 		list.Tools[0].InputSchema.Properties["text"] == nil || len(list.Tools[0].InputSchema.Required) != 1 {
 		t.Fatalf("tools/list: %s", r.body)
 	}
 
 	r = post(t, srv.URL, `{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"echo","arguments":{"text":"héllo\nworld"}}}`, h)
-	var res toolResult
+	var res ToolResult
 	mustUnmarshal(t, r.rpc.Result, &res)
 	if len(res.Content) != 1 || res.Content[0].Type != "text" || res.Content[0].Text != "héllo\nworld" || res.IsError {
 		t.Fatalf("tools/call: %s", r.body)
@@ -353,7 +369,7 @@ func TestTwoWorkersShareSession(t *testing.T) {
 		t.Fatalf("initialized on b: %d %s", r.status, r.body)
 	}
 	r = post(t, b.URL, `{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"echo","arguments":{"text":"from b"}}}`, h)
-	var res toolResult
+	var res ToolResult
 	mustUnmarshal(t, r.rpc.Result, &res)
 	if r.header.Get(HeaderWorker) != "worker-b" || len(res.Content) != 1 || res.Content[0].Text != "from b" {
 		t.Fatalf("call on b: %d %s", r.status, r.body)
@@ -440,12 +456,12 @@ func TestSSEAnswer(t *testing.T) {
 			fields[k] = v
 		}
 	}
-	if fields["event"] != "message" || fields["id"] == "" {
+	if fields["id"] == "" {
 		t.Fatalf("SSE event %q", r.body)
 	}
 	var msg struct {
 		ID     int        `json:"id"`
-		Result toolResult `json:"result"`
+		Result ToolResult `json:"result"`
 	}
 	mustUnmarshal(t, []byte(fields["data"]), &msg)
 	if msg.ID != 11 || msg.Result.Content[0].Text != "a\nb" {
@@ -560,4 +576,35 @@ func TestConcurrentInitialized(t *testing.T) {
 	if rec, _ := decodeRecord(s.Data); !rec.Initialized || s.Version != 2 {
 		t.Fatalf("record v%d %s: want initialized at version 2", s.Version, s.Data)
 	}
+}
+
+// sseEvent is one parsed SSE event.
+type sseEvent struct {
+	id, data string
+	retry    string
+}
+
+// parseSSE splits an SSE body into events (comments dropped).
+func parseSSE(body string) []sseEvent {
+	var out []sseEvent
+	for _, block := range strings.Split(body, "\n\n") {
+		var ev sseEvent
+		seen := false
+		for _, line := range strings.Split(block, "\n") {
+			k, v, _ := strings.Cut(line, ":")
+			v = strings.TrimPrefix(v, " ")
+			switch k {
+			case "id":
+				ev.id, seen = v, true
+			case "data":
+				ev.data, seen = v, true
+			case "retry":
+				ev.retry, seen = v, true
+			}
+		}
+		if seen {
+			out = append(out, ev)
+		}
+	}
+	return out
 }

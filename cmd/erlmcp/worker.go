@@ -47,6 +47,11 @@ func cmdWorker(ctx context.Context, args []string, _, stderr io.Writer) int {
 	fs.DurationVar(&cfg.SessionIdleTTL, "session-idle-ttl", cfg.SessionIdleTTL, "a session unused this long expires in the store")
 	fs.Var(originsFlag{&cfg.AllowedOrigins}, "allowed-origins", "comma-separated Origin values accepted besides http(s)://localhost, 127.0.0.1 and [::1] (\"*\" accepts any)")
 	fs.DurationVar(&cfg.RequestTimeout, "request-timeout", cfg.RequestTimeout, "bound on the session store calls made for one MCP request")
+	fs.StringVar(&cfg.Toolset, "toolset", cfg.Toolset, "built-in tools, resources and prompts: demo (echo, counter), everything (the MCP conformance fixture) or all")
+	fs.DurationVar(&cfg.CallTimeout, "call-timeout", cfg.CallTimeout, "bound on one tools/call, resources/read or prompts/get, including waits for the client")
+	fs.DurationVar(&cfg.ServerRequestTimeout, "server-request-timeout", cfg.ServerRequestTimeout, "how long a tool waits for the client's answer to sampling, elicitation or roots")
+	fs.DurationVar(&cfg.SSEStreamLifetime, "sse-stream-lifetime", cfg.SSEStreamLifetime, "a GET SSE stream is closed after this long; the client reconnects (SSE polling)")
+	fs.DurationVar(&cfg.SSEKeepAlive, "sse-keepalive", cfg.SSEKeepAlive, "interval of keep-alive comments on idle SSE streams")
 	if err := config.Parse(fs, args, nil); err != nil {
 		if errors.Is(err, config.ErrHelp) {
 			return exitOK
