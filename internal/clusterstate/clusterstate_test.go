@@ -77,8 +77,12 @@ func TestGetConfigAndDecodeShards(t *testing.T) {
 }
 
 func TestPreferred(t *testing.T) {
-	v := func(s string) clusterstate.Replica { return clusterstate.Replica{Store: s, Role: clusterstate.RoleVoter} }
-	l := func(s string) clusterstate.Replica { return clusterstate.Replica{Store: s, Role: clusterstate.RoleLearner} }
+	v := func(s string) clusterstate.Replica {
+		return clusterstate.Replica{Store: s, Role: clusterstate.RoleVoter}
+	}
+	l := func(s string) clusterstate.Replica {
+		return clusterstate.Replica{Store: s, Role: clusterstate.RoleLearner}
+	}
 	for _, tc := range []struct {
 		shard clusterstate.Shard
 		want  string
