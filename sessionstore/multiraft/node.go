@@ -13,6 +13,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 	"go.etcd.io/raft/v3"
 	pb "go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
@@ -607,7 +608,7 @@ func (n *Node) persist(tx *bolt.Tx, w *readyWork) error {
 func (n *Node) restoreSnapshot(b *bolt.Bucket, w *readyWork, snap *pb.Snapshot) error {
 	md := snap.GetMetadata()
 	for _, name := range [][]byte{bktSM, bktLog} {
-		if err := b.DeleteBucket(name); err != nil && !errors.Is(err, bolt.ErrBucketNotFound) {
+		if err := b.DeleteBucket(name); err != nil && !errors.Is(err, bolterrors.ErrBucketNotFound) {
 			return err
 		}
 		if _, err := b.CreateBucket(name); err != nil {
