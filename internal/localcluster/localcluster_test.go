@@ -340,10 +340,15 @@ func TestRunWithFakeChildren(t *testing.T) {
 		if _, err := runQuick(t, c); err == nil || !strings.Contains(err.Error(), "in use by another erlmcp up") {
 			t.Fatalf("second up: %v", err)
 		}
-		pids := childPIDs(t, c)
-		if len(pids) != 4 {
-			t.Fatalf("child pids %v", pids)
-		}
+		// Ready waits for the front and a worker only; the other children
+		// write their pid line when they start, a moment later.
+		var pids map[string]int
+		testcluster.WaitFor(t, 10*time.Second, "all 4 children started", func() error {
+			if pids = childPIDs(t, c); len(pids) != 4 {
+				return fmt.Errorf("child pids %v", pids)
+			}
+			return nil
+		})
 		start := time.Now()
 		cancel()
 		select {
