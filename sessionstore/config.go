@@ -2,8 +2,12 @@
 // records for the shards the shard map assigns to it and serves them over
 // gRPC (erlmcp.sessionstore.v1.SessionStoreService).
 //
-// This first version keeps one replica per shard in a local bbolt file
-// behind the storage interface; the multi-Raft version replaces the storage.
+// Every shard replica is a member of the shard's Raft group (package
+// multiraft): one multiraft.Node per store node keeps all of them in
+// <data-dir>/raft.db, a write is acknowledged once a quorum of the shard's
+// replicas has it durably, and reads are linearizable (ReadIndex on the
+// leader). The node creates, reconfigures and destroys its replicas to
+// follow the shard map the control plane writes (placement.go).
 package sessionstore
 
 import (
@@ -11,14 +15,20 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"time"
 
 	"github.com/erlmcp/erlmcp/internal/config"
+	"github.com/erlmcp/erlmcp/sessionstore/multiraft"
 )
 
 // Defaults.
 const (
-	DefaultListen        = "127.0.0.1:9090"
-	DefaultMaxValueBytes = 1 << 20
+	DefaultListen            = "127.0.0.1:9090"
+	DefaultMaxValueBytes     = 1 << 20
+	DefaultRaftTickInterval  = 100 * time.Millisecond
+	DefaultReconcileInterval = time.Second
+	DefaultStatusInterval    = 500 * time.Millisecond
+	DefaultSweepInterval     = 5 * time.Second
 	// MaxMaxValueBytes caps --max-value-bytes: records travel whole in one
 	// gRPC message and one bbolt write.
 	MaxMaxValueBytes = 64 << 20
@@ -33,7 +43,7 @@ type Config struct {
 	// and other nodes dial this node. Empty: the address actually bound,
 	// with an unspecified IP (0.0.0.0, ::) replaced by the hostname.
 	Advertise string
-	// DataDir holds store.db.
+	// DataDir holds raft.db (every hosted shard replica's log and state).
 	DataDir string
 	// MaxValueBytes limits a session's data, a state value, a task's
 	// result+data+status message, and the data of one AppendEvents.
@@ -44,6 +54,23 @@ type Config struct {
 	// to a new stream beyond it drops the stream appended to least
 	// recently.
 	MaxStreamsPerSession int
+
+	// RaftTickInterval is the Raft logical clock period: heartbeats every
+	// tick, elections after 10-20 ticks without a leader.
+	RaftTickInterval time.Duration
+	// ReconcileInterval is how often the node re-checks its replicas
+	// against the shard map (it also does on every map change).
+	ReconcileInterval time.Duration
+	// StatusInterval is how often a shard leader may rewrite the shard's
+	// status keys in etcd.
+	StatusInterval time.Duration
+	// SweepInterval is how often a shard leader looks for idle-expired
+	// sessions and deletes them through the log.
+	SweepInterval time.Duration
+
+	// wrapTransport, if set, wraps the Raft transport (tests inject
+	// partitions there).
+	wrapTransport func(multiraft.Transport) multiraft.Transport
 
 	// leaseHook, if set, is told when the node stops (false) and starts
 	// again (true) serving for its membership lease (tests).
@@ -59,6 +86,10 @@ func DefaultConfig() Config {
 		MaxValueBytes:        DefaultMaxValueBytes,
 		EventRetention:       DefaultEventRetention,
 		MaxStreamsPerSession: DefaultMaxStreamsPerSession,
+		RaftTickInterval:     DefaultRaftTickInterval,
+		ReconcileInterval:    DefaultReconcileInterval,
+		StatusInterval:       DefaultStatusInterval,
+		SweepInterval:        DefaultSweepInterval,
 	}
 }
 
@@ -100,6 +131,12 @@ func (c Config) Validate() error {
 	}
 	if c.EventRetention < 1 || c.EventRetention > MaxEventRetention {
 		return fmt.Errorf("--event-retention %d: want 1..%d events per stream", c.EventRetention, MaxEventRetention)
+	}
+	if c.RaftTickInterval < time.Millisecond || c.RaftTickInterval > 10*time.Second {
+		return fmt.Errorf("--raft-tick %v: want 1ms..10s", c.RaftTickInterval)
+	}
+	if c.ReconcileInterval <= 0 || c.StatusInterval <= 0 || c.SweepInterval <= 0 {
+		return errors.New("reconcile, status and sweep intervals must be positive")
 	}
 	if c.MaxStreamsPerSession < 1 || c.MaxStreamsPerSession > MaxMaxStreams {
 		return fmt.Errorf("--max-streams-per-session %d: want 1..%d", c.MaxStreamsPerSession, MaxMaxStreams)

@@ -1,5 +1,37 @@
 package sessionstore
 
+import (
+	"github.com/erlmcp/erlmcp/sessionstore/multiraft"
+	bolt "go.etcd.io/bbolt"
+)
+
 // Waiting counts the (session, stream) pairs that ReadEvents long-polls
 // wait on.
 func (n *Node) Waiting() int { return n.waiters.len() }
+
+// WrapRaftTransport makes the node built from cfg send and receive its Raft
+// messages through wrap (fault injection).
+func WrapRaftTransport(cfg *Config, wrap func(multiraft.Transport) multiraft.Transport) {
+	cfg.wrapTransport = wrap
+}
+
+// RaftStatus reports the node's replica of shard.
+func (n *Node) RaftStatus(shard uint32) (multiraft.ShardStatus, error) {
+	return n.raft.mr.Status(shard)
+}
+
+// RaftShards lists the shards the node hosts a replica of.
+func (n *Node) RaftShards() []uint32 { return n.raft.mr.Shards() }
+
+// HasLocalSession reports whether this node's replica of shard holds a
+// record of id (a local read, not linearizable).
+func (n *Node) HasLocalSession(shard uint32, id string) (bool, error) {
+	var found bool
+	err := n.raft.mr.View(shard, func(b *bolt.Bucket) error {
+		if s := b.Bucket([]byte(bkSessions)); s != nil {
+			found = s.Get([]byte(id)) != nil
+		}
+		return nil
+	})
+	return found, err
+}

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,6 +17,7 @@ import (
 	"github.com/erlmcp/erlmcp/internal/etcdwatch"
 	"github.com/erlmcp/erlmcp/internal/membership"
 	pb "github.com/erlmcp/erlmcp/proto/erlmcp/sessionstore/v1"
+	"github.com/erlmcp/erlmcp/sessionstore/multiraft"
 	"github.com/sirupsen/logrus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
@@ -32,10 +35,16 @@ const (
 
 // Node is a running store node.
 type Node struct {
-	cfg    Config
-	log    *logrus.Entry
-	etcd   *clientv3.Client
-	store  storage
+	cfg   Config
+	log   *logrus.Entry
+	etcd  *clientv3.Client
+	store storage
+	// raft is store as a raftStorage (nil in unit tests that give the node
+	// another storage); tr is its transport.
+	raft *raftStorage
+	tr   *multiraft.GRPCTransport
+	// placeC is signalled on every shard map or membership change.
+	placeC chan struct{}
 	ln     net.Listener
 	srv    *grpc.Server
 	health *health.Server
@@ -80,6 +89,9 @@ type routing struct {
 	cluster clusterstate.ClusterConfig
 	shards  []clusterstate.Shard
 	stores  map[string]membership.Member
+	// raftStores maps Raft store ids to member ids (registered stores and
+	// stores the shard map names).
+	raftStores map[uint32]string
 }
 
 // Run starts a node, serves until ctx ends, then shuts down gracefully.
@@ -91,6 +103,24 @@ func Run(ctx context.Context, cfg Config, log *logrus.Entry) error {
 	<-ctx.Done()
 	log.Info("store node stopping")
 	return n.Close()
+}
+
+// resolveStore is the Raft transport's address book: a Raft store id's
+// member, and its registered address.
+func (n *Node) resolveStore(id multiraft.StoreID) (string, error) {
+	r := n.route.Load()
+	if r == nil {
+		return "", errors.New("membership not known yet")
+	}
+	member, ok := r.raftStores[uint32(id)]
+	if !ok {
+		return "", fmt.Errorf("no store with Raft id %d known", id)
+	}
+	m, ok := r.stores[member]
+	if !ok || m.Addr == "" {
+		return "", fmt.Errorf("store %q is not registered", member)
+	}
+	return m.Addr, nil
 }
 
 // Start opens the data file, connects to etcd, starts serving gRPC on
@@ -106,7 +136,8 @@ func Start(ctx context.Context, cfg Config, log *logrus.Entry) (_ *Node, err err
 		log = logrus.NewEntry(logrus.StandardLogger())
 	}
 	n := &Node{cfg: cfg, log: log, now: time.Now, ready: make(chan struct{}),
-		waiters: newWaiters(), stopping: make(chan struct{}), storesChanged: make(chan struct{})}
+		waiters: newWaiters(), stopping: make(chan struct{}), storesChanged: make(chan struct{}),
+		placeC: make(chan struct{}, 1)}
 	var cleanups []func()
 	defer func() {
 		if err != nil {
@@ -116,12 +147,34 @@ func Start(ctx context.Context, cfg Config, log *logrus.Entry) (_ *Node, err err
 		}
 	}()
 
-	bs, err := openBolt(cfg.DataDir, cfg.Common.ID)
-	if err != nil {
+	if err := claimDataDir(cfg.DataDir, cfg.Common.ID); err != nil {
 		return nil, err
 	}
-	n.store = bs
-	cleanups = append(cleanups, func() { _ = bs.close() })
+	raftID := multiraft.StoreID(clusterstate.RaftStoreID(cfg.Common.ID))
+	n.tr = multiraft.NewGRPCTransport(multiraft.GRPCConfig{Store: raftID, Resolve: n.resolveStore})
+	cleanups = append(cleanups, func() { _ = n.tr.Close() })
+	var tr multiraft.Transport = n.tr
+	if cfg.wrapTransport != nil {
+		tr = cfg.wrapTransport(tr)
+	}
+	rs := &raftStorage{n: n, clocks: map[uint32]int64{}, wakes: map[uint32][]func(){}}
+	rs.mr, err = multiraft.Open(multiraft.Config{
+		Store:         raftID,
+		Dir:           cfg.DataDir,
+		StateMachine:  stateMachine{rs: rs},
+		Transport:     tr,
+		TickInterval:  cfg.RaftTickInterval,
+		ElectionTicks: raftElectionTicks,
+		OnApplied:     rs.onApplied,
+	})
+	if err != nil {
+		if strings.Contains(err.Error(), "timeout") {
+			return nil, fmt.Errorf("open %s: the file is locked by another process (is another store node using --data-dir %s?)", filepath.Join(cfg.DataDir, "raft.db"), cfg.DataDir)
+		}
+		return nil, err
+	}
+	n.raft, n.store = rs, rs
+	cleanups = append(cleanups, func() { _ = rs.close() })
 
 	n.etcd, err = clientv3.New(clientv3.Config{
 		Endpoints:   cfg.Common.Endpoints(),
@@ -144,8 +197,10 @@ func Start(ctx context.Context, cfg Config, log *logrus.Entry) (_ *Node, err err
 		return nil, err
 	}
 
-	n.srv = grpc.NewServer(grpc.MaxRecvMsgSize(max(4<<20, cfg.MaxValueBytes+(1<<20))))
+	n.srv = grpc.NewServer(multiraft.ServerOptions()...)
 	pb.RegisterSessionStoreServiceServer(n.srv, &service{n: n})
+	pb.RegisterStoreAdminServiceServer(n.srv, &adminService{n: n})
+	n.tr.Register(n.srv)
 	n.health = health.NewServer()
 	n.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	n.health.SetServingStatus(pb.SessionStoreService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_NOT_SERVING)
@@ -187,8 +242,11 @@ func Start(ctx context.Context, cfg Config, log *logrus.Entry) (_ *Node, err err
 	// started + TTL.
 	until := started.Add(cfg.Common.LeaseTTL - leaseMargin(cfg.Common.LeaseTTL))
 	n.leaseUntil.Store(&until)
-	n.wg.Add(1)
+	n.wg.Add(4)
 	go func() { defer n.wg.Done(); n.guardLease(wctx) }()
+	go func() { defer n.wg.Done(); n.placeLoop(wctx) }()
+	go func() { defer n.wg.Done(); n.statusLoop(wctx) }()
+	go func() { defer n.wg.Done(); n.sweepLoop(wctx) }()
 	n.log.WithFields(logrus.Fields{"addr": n.addr, "advertise": n.advertise, "data_dir": cfg.DataDir}).Info("store node registered; waiting for the cluster config and shard map")
 	return n, nil
 }
@@ -245,6 +303,18 @@ func (n *Node) Close() error {
 			n.log.WithError(err).Warn("could not remove membership key; it goes when the lease expires")
 		}
 		cancel()
+		// Replication stops first: in-flight writes fail UNAVAILABLE (their
+		// outcome unknown; clients retry with the same request id on the
+		// new leader), peers' Raft streams end, then the server drains.
+		n.cancel()
+		n.wg.Wait()
+		var errs []error
+		if err := n.store.close(); err != nil {
+			errs = append(errs, fmt.Errorf("close data file: %w", err))
+		}
+		if n.tr != nil {
+			_ = n.tr.Close()
+		}
 		stopped := make(chan struct{})
 		go func() { n.srv.GracefulStop(); close(stopped) }()
 		select {
@@ -253,12 +323,6 @@ func (n *Node) Close() error {
 			n.log.Warn("in-flight requests did not finish in time; stopping hard")
 			n.srv.Stop()
 			<-stopped
-		}
-		n.cancel()
-		n.wg.Wait()
-		var errs []error
-		if err := n.store.close(); err != nil {
-			errs = append(errs, fmt.Errorf("close data file: %w", err))
 		}
 		if err := n.etcd.Close(); err != nil && !errors.Is(err, context.Canceled) {
 			errs = append(errs, fmt.Errorf("close etcd client: %w", err))
@@ -336,11 +400,29 @@ func (n *Node) publishLocked() {
 		return
 	}
 	r := &routing{
-		cluster: *n.cluster,
-		shards:  clusterstate.DecodeShards(n.cfg.Common.Prefix, n.cluster.ShardCount, n.shardKVs),
-		stores:  n.stores,
+		cluster:    *n.cluster,
+		shards:     clusterstate.DecodeShards(n.cfg.Common.Prefix, n.cluster.ShardCount, n.shardKVs),
+		stores:     n.stores,
+		raftStores: map[uint32]string{},
+	}
+	for _, sh := range r.shards {
+		for _, rep := range sh.Replicas {
+			r.raftStores[clusterstate.RaftStoreID(rep.Store)] = rep.Store
+		}
+	}
+	for id := range r.stores {
+		r.raftStores[clusterstate.RaftStoreID(id)] = id
 	}
 	n.route.Store(r)
+	select {
+	case n.placeC <- struct{}{}:
+	default:
+	}
+}
+
+// markReady marks the node ready (serving) the first time its replicas
+// have been reconciled with the shard map.
+func (n *Node) markReady(r *routing) {
 	n.readyOnce.Do(func() {
 		hosted := 0
 		for _, s := range r.shards {
@@ -348,7 +430,7 @@ func (n *Node) publishLocked() {
 				hosted++
 			}
 		}
-		n.log.WithField("shards_hosted", hosted).Info("shard map read; serving")
+		n.log.WithField("shards_hosted", hosted).Info("shard map read and replicas started; serving")
 		close(n.ready)
 		n.setHealth(n.leaseHeld())
 	})

@@ -77,6 +77,19 @@ func (w *waiters) wakeSession(id string) {
 	}
 }
 
+// wakeAll wakes every waiter (this replica's state was replaced by a
+// snapshot; they read again).
+func (w *waiters) wakeAll() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, streams := range w.sessions {
+		for _, e := range streams {
+			close(e.ch)
+			e.ch = make(chan struct{})
+		}
+	}
+}
+
 // len counts the (session, stream) entries held, for tests.
 func (w *waiters) len() int {
 	w.mu.Lock()

@@ -6,7 +6,6 @@ import (
 
 	"github.com/erlmcp/erlmcp/internal/clusterstate"
 	pb "github.com/erlmcp/erlmcp/proto/erlmcp/sessionstore/v1"
-	bolt "go.etcd.io/bbolt"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -48,21 +47,14 @@ func (s *service) GetSession(ctx context.Context, req *pb.GetSessionRequest) (*p
 		}
 		return &pb.GetSessionResponse{Session: out.Session}, nil
 	}
-	shard, err := s.n.shardFor(req.GetId())
+	var rec *pb.Session
+	err := s.n.viewSession(ctx, req.GetId(), func(st shardTx) error {
+		var err error
+		rec, err = getRecord(st.existing(bkSessions), req.GetId())
+		return err
+	})
 	if err != nil {
 		return nil, err
-	}
-	rec, rerr := s.n.store.read(ctx, shard, req.GetId())
-	if rerr != nil {
-		return nil, status.Errorf(codes.Unavailable, "store node %q: disk read failed: %v", s.n.ID(), rerr)
-	}
-	if rec == nil {
-		return nil, statusNotFound(req.GetId()).Err()
-	}
-	now := s.n.now().UnixMilli()
-	if expired(rec, now) {
-		s.n.expire(ctx, shard, req.GetId(), now)
-		return nil, statusExpired(req.GetId()).Err()
 	}
 	return &pb.GetSessionResponse{Session: rec}, nil
 }
@@ -120,28 +112,17 @@ func (n *Node) apply(ctx context.Context, cmd command) (outcome, error) {
 		return outcome{}, err
 	}
 	cmd.Shard = shard
-	cmd.NowMs = n.now().UnixMilli()
+	cmd.NowMs = n.store.nowMs(shard)
 	cmd.Limits = n.limits()
 	out, aerr := n.store.apply(ctx, cmd)
 	if aerr != nil {
+		if _, ok := status.FromError(aerr); ok {
+			return outcome{}, aerr
+		}
 		n.log.WithError(aerr).WithField("shard", shard).Error("disk write failed")
 		return outcome{}, status.Errorf(codes.Unavailable, "store node %q: disk write failed, nothing was applied: %v", n.ID(), aerr)
 	}
-	n.applied(cmd, out)
 	return out, out.err()
-}
-
-// applied wakes the long-polls a durable command concerns: the stream's
-// on an append, every stream's of a session that went. (A replicated
-// storage calls it where the command is applied on the node that serves
-// reads.)
-func (n *Node) applied(cmd command, out outcome) {
-	switch {
-	case out.expired || (cmd.Op == opDelete && out.Status == nil):
-		n.waiters.wakeSession(cmd.ID)
-	case cmd.Op == opAppendEvents && out.Status == nil:
-		n.waiters.wake(cmd.ID, cmd.Stream)
-	}
 }
 
 func (n *Node) limits() limits {
@@ -154,15 +135,12 @@ func (n *Node) limits() limits {
 }
 
 // expire deletes an expired session found by a read (lazy expiry); a
-// failure only delays the deletion.
+// failure only delays the deletion (the leader's sweep gets it too).
 func (n *Node) expire(ctx context.Context, shard int, id string, nowMs int64) {
 	cmd := command{Op: opExpire, Shard: shard, ID: id, NowMs: nowMs, Limits: n.limits()}
-	out, err := n.store.apply(ctx, cmd)
-	if err != nil {
-		n.log.WithError(err).Warn("could not delete an expired session")
-		return
+	if _, err := n.store.apply(ctx, cmd); err != nil {
+		n.log.WithError(err).Debug("could not delete an expired session")
 	}
-	n.applied(cmd, out)
 }
 
 // viewSession runs fn in a read transaction of id's shard once it has
@@ -175,10 +153,10 @@ func (n *Node) viewSession(ctx context.Context, id string, fn func(shardTx) erro
 	if err != nil {
 		return err
 	}
-	now := n.now().UnixMilli()
 	var missing, isExpired bool
-	err = n.store.view(ctx, func(tx *bolt.Tx) error {
-		st := shardTx{tx: tx, shard: shard}
+	// The leader's clock at read time (never before the shard's).
+	now := n.store.nowMs(shard)
+	err = n.store.view(ctx, shard, func(st shardTx) error {
 		rec, err := getRecord(st.existing(bkSessions), id)
 		switch {
 		case err != nil:

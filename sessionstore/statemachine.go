@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 
@@ -25,34 +26,33 @@ const (
 	dedupPrunePerTx = 64
 )
 
-// Bucket layout: one set of top-level buckets per shard, so a shard's data
-// can later be snapshotted or moved on its own. A session id and the names
-// below it (stream, state key, task id) are visible ASCII, so 0x00 never
-// occurs inside them and "id 0x00" prefixes exactly one session's entries.
+// Bucket layout: a shard's state lives in its own bucket (the multi-Raft
+// engine's per-shard state-machine bucket, sm/ of the shard in raft.db),
+// with these nested buckets. A session id and the names below it (stream,
+// state key, task id) are visible ASCII, so 0x00 never occurs inside them
+// and "id 0x00" prefixes exactly one session's entries.
 //
-//	shard/<nnnn>/sessions   id → proto Session
-//	shard/<nnnn>/requests   id 0x00 request_id → JSON dedupEntry
-//	shard/<nnnn>/reqtime    8-byte big-endian ms, id 0x00 request_id → ""
-//	shard/<nnnn>/reqcount   "n" → 8-byte big-endian count of requests
-//	shard/<nnnn>/sessmeta   id → sessMeta (counts of the session's streams,
-//	                        state keys and tasks; its append tick)
-//	shard/<nnnn>/events     id 0x00 stream 0x00 8-byte seq → 8-byte created ms + data
-//	shard/<nnnn>/streams    id 0x00 stream → streamMeta (first, last seq, tick)
-//	shard/<nnnn>/streamage  id 0x00 8-byte tick → stream (streams by last append)
-//	shard/<nnnn>/state      id 0x00 key → 8-byte version + value
-//	shard/<nnnn>/tasks      id 0x00 task_id → proto Task
+//	sessions   id → proto Session
+//	requests   id 0x00 request_id → JSON dedupEntry
+//	reqtime    8-byte big-endian ms, id 0x00 request_id → ""
+//	reqcount   "n" → 8-byte big-endian count of requests
+//	sessmeta   id → sessMeta (counts of the session's streams, state keys
+//	           and tasks; its append tick)
+//	events     id 0x00 stream 0x00 8-byte seq → 8-byte created ms + data
+//	streams    id 0x00 stream → streamMeta (first, last seq, tick)
+//	streamage  id 0x00 8-byte tick → stream (streams by last append)
+//	state      id 0x00 key → 8-byte version + value
+//	tasks      id 0x00 task_id → proto Task
+//	clock      "ms" → 8-byte big-endian: the largest command time applied
+//	           (the shard's clock; see applyClock)
 //
-// All of a shard's buckets are reached through shardTx, so moving them under
-// one per-shard bucket (as the multi-Raft state machine hands over) changes
-// only shardTx.
-func sessionsBucket(shard int) []byte { return bucketName(shard, "sessions") }
-func requestsBucket(shard int) []byte { return bucketName(shard, "requests") }
-func reqtimeBucket(shard int) []byte  { return bucketName(shard, "reqtime") }
-func reqcountBucket(shard int) []byte { return bucketName(shard, "reqcount") }
-
-func bucketName(shard int, name string) []byte {
-	return fmt.Appendf(nil, "shard/%04d/%s", shard, name)
-}
+// All of a shard's buckets are reached through shardTx.
+const (
+	bkRequests = "requests"
+	bkReqTime  = "reqtime"
+	bkReqCount = "reqcount"
+	bkClock    = "clock"
+)
 
 // Per-shard bucket names.
 const (
@@ -69,20 +69,23 @@ const (
 // are emptied with the session.
 var childBuckets = []string{bkEvents, bkStreams, bkStreamAge, bkState, bkTasks}
 
-// shardTx reads and writes one shard's buckets in a bbolt transaction.
+// shardTx reads and writes one shard's buckets: the nested buckets of the
+// shard's root bucket, in a bbolt transaction.
 type shardTx struct {
-	tx    *bolt.Tx
-	shard int
+	root *bolt.Bucket
 }
 
 // bucket returns the named bucket, creating it (write transactions only).
 func (s shardTx) bucket(name string) (*bolt.Bucket, error) {
-	return s.tx.CreateBucketIfNotExists(bucketName(s.shard, name))
+	return s.root.CreateBucketIfNotExists([]byte(name))
 }
 
 // existing returns the named bucket, or nil if it was never created.
 func (s shardTx) existing(name string) *bolt.Bucket {
-	return s.tx.Bucket(bucketName(s.shard, name))
+	if s.root == nil {
+		return nil
+	}
+	return s.root.Bucket([]byte(name))
 }
 
 // dedupEntry remembers the outcome of one request. A successful create or
@@ -150,12 +153,20 @@ func expired(s *pb.Session, nowMs int64) bool {
 // applyCommand applies cmd inside tx. It is deterministic given the stored
 // state and cmd, so a replicated log can run it on every replica. The error
 // is a storage failure; refusals are outcomes.
-func applyCommand(tx *bolt.Tx, cmd command) (outcome, error) {
-	st := shardTx{tx: tx, shard: cmd.Shard}
+func applyCommand(root *bolt.Bucket, cmd command) (outcome, error) {
+	st := shardTx{root: root}
+	now, err := applyClock(st, cmd.NowMs)
+	if err != nil {
+		return outcome{}, err
+	}
+	cmd.NowMs = now
+	if cmd.Op == opSweep {
+		return sweep(st, cmd)
+	}
 	var dk []byte
 	var fp []byte
 	if cmd.RequestID != "" {
-		requests, err := tx.CreateBucketIfNotExists(requestsBucket(cmd.Shard))
+		requests, err := st.bucket(bkRequests)
 		if err != nil {
 			return outcome{}, err
 		}
@@ -178,12 +189,95 @@ func applyCommand(tx *bolt.Tx, cmd command) (outcome, error) {
 		return outcome{}, err
 	}
 	if cmd.RequestID != "" {
-		if err := remember(tx, cmd, dk, fp, out); err != nil {
+		if err := remember(st, cmd, dk, fp, out); err != nil {
 			return outcome{}, err
 		}
 	}
 	return out, nil
 }
+
+// applyClock keeps the shard's clock: the time a command is applied at is
+// the larger of the time its proposer stamped and the largest time applied
+// before, so time never goes backwards in a shard, whichever replica
+// proposed and whatever its clock says. The clock is replicated state, so
+// every replica computes the same time.
+func applyClock(st shardTx, nowMs int64) (int64, error) {
+	b, err := st.bucket(bkClock)
+	if err != nil {
+		return 0, err
+	}
+	var last int64
+	if v := b.Get([]byte("ms")); len(v) == 8 {
+		last = int64(binary.BigEndian.Uint64(v))
+	}
+	if nowMs <= last {
+		return last, nil
+	}
+	return nowMs, b.Put([]byte("ms"), binary.BigEndian.AppendUint64(nil, uint64(nowMs)))
+}
+
+// shardClock reads the shard's clock (0 if nothing was applied).
+func shardClock(st shardTx) int64 {
+	if b := st.existing(bkClock); b != nil {
+		if v := b.Get([]byte("ms")); len(v) == 8 {
+			return int64(binary.BigEndian.Uint64(v))
+		}
+	}
+	return 0
+}
+
+// sweep deletes those of cmd.IDs that are expired at cmd.NowMs (the
+// leader's periodic expiry, decided through the log); outcome.Swept names
+// the ones deleted.
+func sweep(st shardTx, cmd command) (outcome, error) {
+	b, err := st.bucket(bkSessions)
+	if err != nil {
+		return outcome{}, err
+	}
+	var out outcome
+	for _, id := range cmd.IDs {
+		cur, err := getRecord(b, id)
+		if err != nil {
+			return outcome{}, err
+		}
+		if cur == nil || !expired(cur, cmd.NowMs) {
+			continue
+		}
+		if err := deleteSession(st, b, id); err != nil {
+			return outcome{}, err
+		}
+		out.Swept = append(out.Swept, id)
+	}
+	return out, nil
+}
+
+// findExpired lists up to limit sessions of the shard expired at nowMs.
+func findExpired(st shardTx, nowMs int64, limit int) ([]string, error) {
+	b := st.existing(bkSessions)
+	if b == nil {
+		return nil, nil
+	}
+	var ids []string
+	err := b.ForEach(func(k, v []byte) error {
+		if len(ids) >= limit {
+			return errStopScan
+		}
+		s := &pb.Session{}
+		if err := proto.Unmarshal(v, s); err != nil {
+			return fmt.Errorf("decode stored session %q: %w", k, err)
+		}
+		if expired(s, nowMs) {
+			ids = append(ids, s.Id)
+		}
+		return nil
+	})
+	if errors.Is(err, errStopScan) {
+		err = nil
+	}
+	return ids, err
+}
+
+var errStopScan = errors.New("stop scan")
 
 func replay(e dedupEntry, cmd command) (outcome, error) {
 	if e.Status != nil {
@@ -207,7 +301,7 @@ func replay(e dedupEntry, cmd command) (outcome, error) {
 	return outcome{Session: s}, nil
 }
 
-func remember(tx *bolt.Tx, cmd command, dk, fp []byte, out outcome) error {
+func remember(st shardTx, cmd command, dk, fp []byte, out outcome) error {
 	e := dedupEntry{AtMs: cmd.NowMs, Op: cmd.Op, Fingerprint: fp}
 	var err error
 	switch {
@@ -233,12 +327,12 @@ func remember(tx *bolt.Tx, cmd command, dk, fp []byte, out outcome) error {
 	if err != nil {
 		return err
 	}
-	requests := tx.Bucket(requestsBucket(cmd.Shard))
-	times, err := tx.CreateBucketIfNotExists(reqtimeBucket(cmd.Shard))
+	requests := st.existing(bkRequests)
+	times, err := st.bucket(bkReqTime)
 	if err != nil {
 		return err
 	}
-	counts, err := tx.CreateBucketIfNotExists(reqcountBucket(cmd.Shard))
+	counts, err := st.bucket(bkReqCount)
 	if err != nil {
 		return err
 	}

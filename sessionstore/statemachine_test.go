@@ -49,7 +49,7 @@ func (e *smEnv) do(cmd command) outcome {
 func (e *smEnv) keysUnder(id string) map[string]int {
 	counts := map[string]int{}
 	_ = e.bs.db.View(func(tx *bolt.Tx) error {
-		st := shardTx{tx: tx, shard: 0}
+		st := shardTx{root: tx.Bucket(shardRoot(0))}
 		for _, name := range childBuckets {
 			if b := st.existing(name); b != nil {
 				c := b.Cursor()

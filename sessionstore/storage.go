@@ -4,7 +4,6 @@ import (
 	"context"
 
 	pb "github.com/erlmcp/erlmcp/proto/erlmcp/sessionstore/v1"
-	bolt "go.etcd.io/bbolt"
 	"google.golang.org/grpc/status"
 )
 
@@ -13,24 +12,27 @@ import (
 // limits, and hands it to storage; storage applies it atomically and
 // durably and returns the outcome to send.
 //
-// The first version (boltStorage) is one local bbolt file: a single replica
-// per shard. The multi-Raft version replaces it by proposing the same
-// commands to the shard's Raft group and applying them with the same
-// deterministic state machine (applyCommand), so that swap stays local to
-// this interface.
+// The store node's storage is raftStorage: every shard replica is a Raft
+// group member (package multiraft), a command is proposed on the shard's
+// leader and acknowledged once a quorum has it durably, and the same
+// deterministic state machine (applyCommand) applies it on every replica.
 type storage interface {
 	// apply runs cmd. It returns the outcome (a session or a gRPC status
-	// for a refused operation) once the effect is durable, or an error when
-	// the storage itself failed, in which case nothing was acknowledged.
+	// for a refused operation) once the effect is durable. An error that
+	// is a gRPC status (this replica does not lead: FAILED_PRECONDITION
+	// with a ShardHint; UNAVAILABLE) is answered as is; any other error
+	// means the storage itself failed and nothing was acknowledged.
 	// A command whose RequestID was seen before, within the idempotency
 	// window, is not applied again: the first outcome is returned.
 	apply(ctx context.Context, cmd command) (outcome, error)
-	// read returns the stored record of id in shard, expired or not, or nil.
-	read(ctx context.Context, shard int, id string) (*pb.Session, error)
-	// view runs fn in a read-only transaction that sees every command
-	// acknowledged before view was called (a Raft version reads at a read
-	// index). fn reads one shard through shardTx.
-	view(ctx context.Context, fn func(*bolt.Tx) error) error
+	// view runs fn on shard's state in a read-only transaction that sees
+	// every command acknowledged before view was called (a Raft ReadIndex
+	// read on the shard's leader). Errors are as for apply.
+	view(ctx context.Context, shard int, fn func(shardTx) error) error
+	// nowMs is the time to stamp a command of shard with, or to judge
+	// expiry at: the local clock, but never before the shard's clock
+	// (the largest time already applied), so it is monotonic per shard.
+	nowMs(shard int) int64
 	close() error
 }
 
@@ -56,6 +58,9 @@ const (
 	// opPutTask writes Task, conditionally on ExpectedVersion when
 	// HasExpected.
 	opPutTask
+	// opSweep deletes those of IDs that are expired at NowMs (the
+	// leader's periodic expiry sweep).
+	opSweep
 )
 
 func (o op) String() string {
@@ -78,6 +83,8 @@ func (o op) String() string {
 		return "delete-state"
 	case opPutTask:
 		return "put-task"
+	case opSweep:
+		return "sweep"
 	}
 	return "unknown"
 }
@@ -103,7 +110,9 @@ type command struct {
 	Key string
 	// Task: opPutTask. Its created/updated times and version are ignored;
 	// the store sets them.
-	Task *pb.Task
+	Task *pb.Task `json:"-"`
+	// IDs: opSweep, the sessions the leader found expired.
+	IDs []string
 	// Limits in force when the command was proposed.
 	Limits limits
 	// RequestID is the client's idempotency key; empty for touch and expire.
@@ -136,6 +145,8 @@ type outcome struct {
 	Status  *status.Status
 	// expired: the session was found expired and deleted while applying.
 	expired bool
+	// Swept: opSweep, the sessions deleted.
+	Swept []string
 }
 
 func (o outcome) err() error {

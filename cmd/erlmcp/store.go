@@ -13,8 +13,14 @@ import (
 )
 
 const storeSummary = `Run a session store node: it serves erlmcp.sessionstore.v1.SessionStoreService
-over gRPC for the shards the shard map in etcd assigns to it, keeps them in
-<data-dir>/store.db, and registers itself under <etcd-prefix>members/store/<id>.`
+(and StoreAdminService, and the Raft transport between store nodes) over gRPC
+for the shards the shard map in etcd assigns to it, and registers itself under
+<etcd-prefix>members/store/<id>. Each shard replica is a member of the shard's
+Raft group: a write is acknowledged once a quorum of the shard's replicas has
+it durably. Every replica's log and state is in <data-dir>/raft.db. The node
+creates, reconfigures (add learner, promote, remove) and destroys its replicas
+to follow the shard map, and writes each led shard's replication status under
+<etcd-prefix>status/shards/<nnn>/<store>.`
 
 // cmdStore runs a session store node until ctx ends.
 func cmdStore(ctx context.Context, args []string, _, stderr io.Writer) int {
@@ -27,6 +33,7 @@ func cmdStore(ctx context.Context, args []string, _, stderr io.Writer) int {
 	fs.IntVar(&cfg.MaxValueBytes, "max-value-bytes", cfg.MaxValueBytes, "largest session data, state value, task result+data, or one append's event data accepted, in bytes")
 	fs.IntVar(&cfg.EventRetention, "event-retention", cfg.EventRetention, "events kept per session stream (the newest; older ones are dropped)")
 	fs.IntVar(&cfg.MaxStreamsPerSession, "max-streams-per-session", cfg.MaxStreamsPerSession, "event streams kept per session (appending to a new one beyond it drops the least recently appended stream)")
+	fs.DurationVar(&cfg.RaftTickInterval, "raft-tick", cfg.RaftTickInterval, "Raft logical clock period: the leader heartbeats every tick, followers elect a new leader after 10-20 ticks without one")
 	if err := config.Parse(fs, args, nil); err != nil {
 		if errors.Is(err, config.ErrHelp) {
 			return exitOK

@@ -234,7 +234,10 @@ func (c Config) Plan() (Plan, error) {
 		}
 		p.AdminURLs = append(p.AdminURLs, "http://"+addr)
 		args := append([]string{"controlplane"}, common(id, i)...)
-		args = append(args, "--admin-listen="+addr, "--admin-token-file="+p.TokenPath())
+		// Store nodes run every shard as a Raft group: the control plane
+		// places min(3, stores) replicas per shard.
+		args = append(args, "--admin-listen="+addr, "--admin-token-file="+p.TokenPath(),
+			"--replication-mode=raft", fmt.Sprintf("--replication-factor=%d", min(3, c.Stores)))
 		p.Children = append(p.Children, Child{Name: id, Role: membership.RoleControlPlane, Addr: addr, Args: args})
 	}
 	for i := range c.Stores {

@@ -237,8 +237,8 @@ func TestPlanDefaults(t *testing.T) {
 			t.Fatalf("%s args\n got %q\nwant %q", name, byName[name], w)
 		}
 	}
-	check("cp-1", "controlplane", "us-east-1", "--admin-listen=127.0.0.1:7070", "--admin-token-file=/tmp/x/admin.token")
-	check("cp-2", "controlplane", "eu-west-1", "--admin-listen=127.0.0.1:7071", "--admin-token-file=/tmp/x/admin.token")
+	check("cp-1", "controlplane", "us-east-1", "--admin-listen=127.0.0.1:7070", "--admin-token-file=/tmp/x/admin.token", "--replication-mode=raft", "--replication-factor=3")
+	check("cp-2", "controlplane", "eu-west-1", "--admin-listen=127.0.0.1:7071", "--admin-token-file=/tmp/x/admin.token", "--replication-mode=raft", "--replication-factor=3")
 	check("store-3", "store", "ap-southeast-1", "--listen=127.0.0.1:9093", "--data-dir=/tmp/x/store-3")
 	check("worker-1", "worker", "us-east-1", "--listen=127.0.0.1:8081")
 	check("front-1", "front", "us-east-1", "--listen=127.0.0.1:8080")

@@ -119,7 +119,12 @@ type Client struct {
 	stores   map[string]membership.Member
 	changed  chan struct{} // closed and replaced on every change
 	conns    map[string]*grpc.ClientConn
-	closed   bool
+	// leaders remembers, per shard, the store a node's hint named as the
+	// shard's Raft leader, so later requests go there directly instead of
+	// to the map's preferred store; dropped when a request there fails
+	// or the map no longer lists that store for the shard.
+	leaders map[int]target
+	closed  bool
 }
 
 // New starts following the cluster config, the shard map and the store
@@ -143,7 +148,7 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		cfg.Log = logrus.NewEntry(l)
 	}
 	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	c := &Client{cfg: cfg, cancel: cancel, changed: make(chan struct{}), conns: map[string]*grpc.ClientConn{}}
+	c := &Client{cfg: cfg, cancel: cancel, changed: make(chan struct{}), conns: map[string]*grpc.ClientConn{}, leaders: map[int]target{}}
 	watch := func(what, prefix string, apply func(etcdwatch.Snapshot)) {
 		c.wg.Add(1)
 		go func() {
@@ -330,7 +335,12 @@ type target struct {
 
 // resolve finds the store for id from the shard map and the members. The
 // error wraps ErrUnavailable.
-func (c *Client) resolve(id string) (target, <-chan struct{}, error) {
+//
+// A Raft-replicated shard lists several stores: after failed attempts
+// (attempt > 0) the others are tried in turn, so a dead preferred store
+// (say the former leader, still named by the map) does not stall the
+// client; the store that answers names the leader in its hint.
+func (c *Client) resolve(id string, attempt int) (target, <-chan struct{}, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	ch := c.changed
@@ -345,9 +355,32 @@ func (c *Client) resolve(id string) (target, <-chan struct{}, error) {
 		return target{shard: shard}, ch, fmt.Errorf("%w: the shard map is not known yet (shard %d)", ErrUnavailable, shard)
 	}
 	sh := c.shards[shard]
+	if l, ok := c.leaders[shard]; ok {
+		if m, reg := c.stores[l.store]; reg && m.Addr == l.addr && sh.Hosts(l.store) {
+			return l, ch, nil
+		}
+		delete(c.leaders, shard)
+	}
 	store := preferred(sh)
 	if store == "" {
 		return target{shard: shard}, ch, fmt.Errorf("%w: shard %d has no store assigned in the shard map", ErrUnavailable, shard)
+	}
+	if attempt > 0 {
+		cands := []string{store}
+		for _, r := range sh.Replicas {
+			if r.Store != store && (r.Role == clusterstate.RoleVoter || r.Role == "") {
+				if m, ok := c.stores[r.Store]; ok && m.Addr != "" {
+					cands = append(cands, r.Store)
+				}
+			}
+		}
+		if alt := cands[attempt%len(cands)]; alt != store {
+			return target{shard: shard, store: alt, addr: c.stores[alt].Addr}, ch, nil
+		}
+		if m, ok := c.stores[store]; (!ok || m.Addr == "") && len(cands) > 1 {
+			alt := cands[1+attempt%(len(cands)-1)]
+			return target{shard: shard, store: alt, addr: c.stores[alt].Addr}, ch, nil
+		}
 	}
 	m, ok := c.stores[store]
 	if !ok || m.Addr == "" {
@@ -407,8 +440,8 @@ func (c *Client) doWait(ctx context.Context, what, id string, wait time.Duration
 	var hint *pb.ShardHint
 	var lastErr error
 	backoff := 5 * time.Millisecond
-	for {
-		t, changed, err := c.resolve(id)
+	for attempt := 0; ; attempt++ {
+		t, changed, err := c.resolve(id, attempt)
 		if errors.Is(err, errClosed) {
 			return fmt.Errorf("%s session %q: %w", what, id, err)
 		}
@@ -423,12 +456,16 @@ func (c *Client) doWait(ctx context.Context, what, id string, wait time.Duration
 			if err == nil {
 				return nil
 			}
+			if st, ok := status.FromError(err); !ok || st.Code() == codes.Unavailable || st.Code() == codes.FailedPrecondition || st.Code() == codes.DeadlineExceeded {
+				c.forgetLeader(t)
+			}
 			st, isStatus := status.FromError(err)
 			switch {
 			case !isStatus:
 				lastErr = err
 			case st.Code() == codes.FailedPrecondition:
 				hint = shardHint(st)
+				c.rememberLeader(hint)
 				lastErr = fmt.Errorf("%w: store %q at %s does not host shard %d: %s", ErrUnavailable, t.store, t.addr, t.shard, st.Message())
 			case (st.Code() == codes.Canceled || st.Code() == codes.DeadlineExceeded) && ctx.Err() != nil:
 				// The caller's ctx ended during the attempt.
@@ -457,6 +494,26 @@ func (c *Client) doWait(ctx context.Context, what, id string, wait time.Duration
 		}
 		backoff = min(2*backoff, maxBackoff)
 	}
+}
+
+func (c *Client) rememberLeader(h *pb.ShardHint) {
+	if h == nil || h.GetAddr() == "" || h.GetNodeId() == "" {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.leaders == nil {
+		c.leaders = map[int]target{}
+	}
+	c.leaders[int(h.GetShard())] = target{shard: int(h.GetShard()), store: h.GetNodeId(), addr: h.GetAddr()}
+}
+
+func (c *Client) forgetLeader(t target) {
+	c.mu.Lock()
+	if l, ok := c.leaders[t.shard]; ok && l == t {
+		delete(c.leaders, t.shard)
+	}
+	c.mu.Unlock()
 }
 
 func (c *Client) attempt(ctx context.Context, t target, timeout time.Duration, call func(context.Context, pb.SessionStoreServiceClient) error) error {

@@ -69,5 +69,12 @@
 // RemoveReplica use ConfChangeV2 (one change at a time, no joint
 // consensus); TransferLeader; DestroyReplica deletes a replica's data;
 // Status reports role, term, commit, applied and, on the leader, every
-// member's progress.
+// member's progress; Campaign starts an election at once (a group of one,
+// or the first election of a new group).
+//
+// # Applied notifications
+//
+// Config.OnApplied is called on the loop once a group-commit transaction
+// that applied entries (or restored a snapshot) of a shard is durable, on
+// every replica: the hook for waking readers that wait for new state.
 package multiraft

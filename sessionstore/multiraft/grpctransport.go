@@ -12,7 +12,9 @@ import (
 	pb "go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -332,10 +334,27 @@ func (p *peer) run() {
 	}
 }
 
-// Batch implements raftv1.RaftServiceServer.
+// Batch implements raftv1.RaftServiceServer. The stream ends when the
+// transport is closed, so a server's GracefulStop does not wait for peers'
+// long-lived streams.
 func (t *GRPCTransport) Batch(stream raftv1.RaftService_BatchServer) error {
+	type recv struct {
+		req *raftv1.BatchRequest
+		err error
+	}
+	ch := make(chan recv, 1)
 	for {
-		req, err := stream.Recv()
+		go func() {
+			req, err := stream.Recv()
+			ch <- recv{req, err}
+		}()
+		var r recv
+		select {
+		case r = <-ch:
+		case <-t.ctx.Done():
+			return status.Error(codes.Unavailable, "raft transport closed")
+		}
+		req, err := r.req, r.err
 		if errors.Is(err, io.EOF) {
 			return stream.SendAndClose(&raftv1.BatchResponse{})
 		}

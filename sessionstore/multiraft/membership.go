@@ -234,6 +234,26 @@ func (n *Node) TransferLeader(ctx context.Context, shard uint32, to ReplicaID) e
 	}
 }
 
+// Campaign makes this replica of shard start an election now instead of
+// waiting for its election timeout (a single-voter group elects itself at
+// once; in a larger group it only speeds up the first election, PreVote
+// keeps it from disturbing a healthy leader).
+func (n *Node) Campaign(shard uint32) error {
+	r, err := n.replica(shard)
+	if err != nil {
+		return err
+	}
+	r.mu.Lock()
+	if r.destroyed {
+		r.mu.Unlock()
+		return ErrShardNotFound
+	}
+	err = r.rn.Campaign()
+	r.mu.Unlock()
+	n.signal()
+	return err
+}
+
 // WaitLeader waits until this replica knows a leader of shard and returns it.
 func (n *Node) WaitLeader(ctx context.Context, shard uint32) (ReplicaID, error) {
 	r, err := n.replica(shard)

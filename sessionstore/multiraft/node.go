@@ -58,6 +58,13 @@ type Config struct {
 	// Logger receives raft's logs; the default drops debug and info.
 	Logger raft.Logger
 
+	// OnApplied, if set, is called on the loop goroutine once the
+	// transaction that applied entries (or restored a snapshot) of shard
+	// up to index is durable, before proposers are answered: the place to
+	// wake readers waiting for new state, on every replica. It must not
+	// block or call back into the Node.
+	OnApplied func(shard uint32, index uint64, snapshot bool)
+
 	// beforeCommit, if set, runs inside each group-commit transaction; an
 	// error fails the commit like a failed write or fsync (tests).
 	beforeCommit func() error
@@ -498,6 +505,13 @@ func (n *Node) processReady() error {
 	}
 	for _, w := range work {
 		w.r.published(w)
+	}
+	if n.cfg.OnApplied != nil {
+		for _, w := range work {
+			if len(w.rd.CommittedEntries) > 0 || w.snapIndex > 0 {
+				n.cfg.OnApplied(w.r.shard, w.applied.index, w.snapIndex > 0)
+			}
+		}
 	}
 	n.send(work)
 	for _, w := range work {
