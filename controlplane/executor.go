@@ -14,22 +14,21 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// ReplicaStatus is the value of <prefix>status/shards/<nnn>/<store>,
-// written by the store node hosting that replica, under the store's
-// membership lease (so it vanishes with the store), whenever one of the
-// fields changes and at least every few seconds while it lags:
+// ReplicaStatus is the value of <prefix>status/shards/<nnn>/<store>. The
+// shard's leader writes it for every member of the group, under the
+// leader's own membership lease (so a dead leader's reports vanish until
+// the next leader writes them), when a field changes and periodically:
 //
 //		{"role":"learner","applied_index":1042,"match_lag":17,"leader":"store-b",
-//		 "term":7,"conf_epoch":12,"updated_at":"2030-01-01T00:00:00Z"}
+//		 "term":7,"active":true,"replica_id":4294967297}
 //
-//	  - role: the replica's role in its applied Raft configuration, "voter"
-//	    or "learner" (so the control plane knows a promotion took effect).
-//	  - applied_index: the replica's applied log index.
-//	  - match_lag: log entries the replica is behind the leader as far as it
-//	    knows: 0 on the leader; on a follower commit index − applied index
-//	    (-1 when unknown, e.g. while a snapshot is being received). The
-//	    leader's own report is also used: the control plane takes
-//	    lag = max(match_lag, leader's applied_index − applied_index).
+//	  - role: the member's role in the leader's applied Raft configuration:
+//	    "leader", "voter" or "learner" ("leader" counts as a voter here).
+//	  - applied_index: the leader's own applied index for itself; for a
+//	    follower, how far its log matches the leader's (durable on it).
+//	  - match_lag: commit index − that match (0 on the leader; -1 unknown).
+//	    The control plane takes lag = max(match_lag, leader's
+//	    applied_index − applied_index).
 //	  - leader: the store id this replica believes leads the shard ("" none).
 //	  - term: the Raft term of that belief; the report with the highest term
 //	    decides who leads.
@@ -61,6 +60,11 @@ func decodeStatuses(prefix string, kvs map[string][]byte) map[int]map[string]Rep
 		var s ReplicaStatus
 		if json.Unmarshal(v, &s) != nil {
 			continue
+		}
+		// Store nodes report the shard's leader with role "leader"; in the
+		// applied configuration it is a voter.
+		if s.Role == "leader" {
+			s.Role = clusterstate.RoleVoter
 		}
 		if out[n] == nil {
 			out[n] = map[string]ReplicaStatus{}

@@ -538,3 +538,22 @@ func TestAssignReplicaIDs(t *testing.T) {
 		t.Fatalf("ids: %+v", reps)
 	}
 }
+
+// The store side writes the leader's own report with role "leader"; the
+// planner must count it as an up-to-date voter.
+func TestLeaderReportCountsAsVoter(t *testing.T) {
+	const prefix = "/p/"
+	kvs := map[string][]byte{
+		StatusKey(prefix, 3, "a"): []byte(`{"role":"leader","applied_index":10,"match_lag":0,"leader":"a","term":2}`),
+		StatusKey(prefix, 3, "b"): []byte(`{"role":"voter","applied_index":10,"match_lag":0,"leader":"a","term":2}`),
+	}
+	st := decodeStatuses(prefix, kvs)
+	doc := ShardDoc{Shard: clusterstate.Shard{Shard: 3, Replicas: []clusterstate.Replica{{Store: "a", Role: clusterstate.RoleVoter}, {Store: "b", Role: clusterstate.RoleVoter}}}}
+	sh := shardState(doc, st[3])
+	if sh.Leader != "a" {
+		t.Fatalf("leader = %q", sh.Leader)
+	}
+	if n := UpToDateVoters(sh, func(string) bool { return true }, 100); n != 2 {
+		t.Fatalf("up-to-date voters = %d, want 2 (the leader counts)", n)
+	}
+}
