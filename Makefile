@@ -10,7 +10,7 @@ LDFLAGS   := -X main.version=$(VERSION)
 # Packages with unit and in-process integration tests (everything but e2e).
 UNIT_PKGS  = $(shell $(GO) list ./... | grep -v /e2e)
 
-.PHONY: all build run test lint vet fmt-check staticcheck buf-lint proto proto-check unit e2e clean help
+.PHONY: all build run test lint vet fmt-check staticcheck buf-lint proto proto-check unit e2e conformance clean help
 
 all: build
 
@@ -59,8 +59,13 @@ proto-check:
 unit:
 	$(GO) test -race -cover -timeout 15m $(UNIT_PKGS)
 
+# e2e includes TestConformance: the official MCP conformance suite (npm,
+# cached in $(or $(ERLMCP_CACHE_DIR),.cache)) against a real `erlmcp up`.
 e2e:
 	$(GO) test -count=1 -timeout 15m ./e2e/...
+
+conformance:
+	$(GO) test -count=1 -timeout 15m -run Conformance -v ./e2e/
 
 clean:
 	rm -rf bin

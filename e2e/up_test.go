@@ -107,7 +107,7 @@ func TestUpSurvivesWorkerKill(t *testing.T) {
 	session, err := client.Connect(ctx, &mcp.StreamableClientTransport{
 		Endpoint:   c.mcpURL(),
 		HTTPClient: &http.Client{Transport: rec},
-	}, nil)
+	}, &mcp.ClientSessionOptions{ProtocolVersion: "2025-11-25"}) // a session is what this test follows
 	if err != nil {
 		t.Fatalf("connect through the front: %v", err)
 	}

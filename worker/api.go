@@ -52,6 +52,9 @@ type Tool struct {
 	// TaskSupport is "forbidden" (default), "optional" or "required":
 	// whether tools/call may run the tool as a task (2025-11-25).
 	TaskSupport string
+	// SessionOnly: the tool keeps state in the session, so sessionless
+	// (MCP 2026-07-28) requests neither list nor call it.
+	SessionOnly bool
 }
 
 // ToolHandler runs a tool with its arguments decoded into In. It returns
@@ -107,11 +110,12 @@ type ResourceContents struct {
 
 // tool is one registered tool.
 type tool struct {
-	def     toolDef
-	in      *jsonschema.Resolved
-	run     func(ctx context.Context, req *Request, args map[string]any) (*ToolResult, error)
-	hasOut  bool
-	support string
+	def         toolDef
+	in          *jsonschema.Resolved
+	run         func(ctx context.Context, req *Request, args map[string]any) (*ToolResult, error)
+	hasOut      bool
+	support     string
+	sessionOnly bool
 }
 
 type toolDef struct {
@@ -167,9 +171,10 @@ func AddTool[In, Out any](s *Server, t *Tool, h ToolHandler[In, Out]) {
 	tl := &tool{
 		def: toolDef{Name: t.Name, Title: t.Title, Description: t.Description, InputSchema: in,
 			OutputSchema: out, Annotations: t.Annotations},
-		in:      resolved,
-		hasOut:  out != nil,
-		support: support,
+		in:          resolved,
+		hasOut:      out != nil,
+		support:     support,
+		sessionOnly: t.SessionOnly,
 	}
 	if support != "forbidden" {
 		tl.def.Execution = map[string]any{"taskSupport": support}
@@ -214,6 +219,9 @@ func (e *invalidArgs) Error() string { return "invalid arguments: " + e.err.Erro
 type Resource struct {
 	URI, Name, Title, Description, MIMEType string
 	Size                                    int64
+	// SessionOnly: the resource lives in a session, so sessionless (MCP
+	// 2026-07-28) requests neither list nor read it.
+	SessionOnly bool
 }
 
 // ResourceTemplate describes resources whose URIs match an RFC 6570 URI
@@ -231,8 +239,9 @@ type ResourceHandler func(ctx context.Context, req *Request, uri string) ([]Reso
 var ErrResourceNotFound = errors.New("resource not found")
 
 type resource struct {
-	def  map[string]any
-	read ResourceHandler
+	def         map[string]any
+	read        ResourceHandler
+	sessionOnly bool
 }
 
 type resourceTemplate struct {
@@ -253,7 +262,7 @@ func (s *Server) AddResource(r *Resource, h ResourceHandler) {
 	if r.Size > 0 {
 		def["size"] = r.Size
 	}
-	res := &resource{def: def, read: h}
+	res := &resource{def: def, read: h, sessionOnly: r.SessionOnly}
 	s.resources = append(s.resources, res)
 	s.resByURI[r.URI] = res
 }

@@ -161,7 +161,9 @@ func TestGoSDKServerRequests(t *testing.T) {
 		},
 	})
 	client.AddRoots(&mcp.Root{URI: "file:///work", Name: "work"})
-	s, err := client.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: c.urls["a"] + "/mcp", HTTPClient: &http.Client{Transport: rr}, MaxRetries: -1}, nil)
+	// Server-to-client requests across workers are a session-era feature.
+	s, err := client.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: c.urls["a"] + "/mcp", HTTPClient: &http.Client{Transport: rr}, MaxRetries: -1},
+		&mcp.ClientSessionOptions{ProtocolVersion: "2025-11-25"})
 	if err != nil {
 		t.Fatalf("connect: %v", err)
 	}

@@ -83,7 +83,7 @@ func AddDemo(s *Server) {
 	by.Default = json.RawMessage("1")
 	one := 1.0
 	by.Minimum = &one
-	AddTool(s, &Tool{Name: "counter", Title: "Session counter", InputSchema: in,
+	AddTool(s, &Tool{Name: "counter", Title: "Session counter", InputSchema: in, SessionOnly: true,
 		Description: "Adds `by` (default 1) to a counter kept in the session and returns the new value. " +
 			"A retried request (same JSON-RPC id) returns the value it got the first time."},
 		func(ctx context.Context, req *Request, in counterIn) (*ToolResult, CounterOut, error) {
@@ -95,7 +95,7 @@ func AddDemo(s *Server) {
 			return &ToolResult{Content: []Content{TextContent(fmt.Sprint(v))}}, CounterOut{Value: v}, nil
 		})
 
-	s.AddResource(&Resource{URI: counterURI, Name: "counter", Title: "Session counter", MIMEType: "application/json",
+	s.AddResource(&Resource{URI: counterURI, Name: "counter", Title: "Session counter", MIMEType: "application/json", SessionOnly: true,
 		Description: "The session counter's value; subscribe to hear when the counter tool changes it."},
 		func(ctx context.Context, req *Request, uri string) ([]ResourceContents, error) {
 			st, _, err := readCounter(ctx, req)
@@ -250,6 +250,27 @@ func AddEverything(s *Server) {
 			return &ToolResult{Content: []Content{TextContent(fmt.Sprintf("User response: action=%s, content=%s", res.Action, b))}}, nil, nil
 		})
 
+	elicitSchema := func(name, message string, schema map[string]any) {
+		AddTool(s, &Tool{Name: name, Description: "Asks the user for input (elicitation/create) with " + message + "."},
+			func(ctx context.Context, req *Request, _ struct{}) (*ToolResult, any, error) {
+				res, err := req.Elicit(ctx, &ElicitParams{Mode: "form", Message: "Conformance test: " + message, RequestedSchema: schema})
+				if err != nil {
+					return nil, nil, err
+				}
+				b, _ := json.Marshal(res.Content)
+				return &ToolResult{Content: []Content{TextContent(fmt.Sprintf("Elicitation completed: action=%s, content=%s", res.Action, b))}}, nil, nil
+			})
+	}
+	elicitSchema("test_elicitation_sep1034_defaults", "default values for every primitive type (SEP-1034)", sep1034Schema())
+	elicitSchema("test_elicitation_sep1330_enums", "every enum variant (SEP-1330)", sep1330Schema())
+	addModernFixture(s)
+
+	AddTool(s, &Tool{Name: "json_schema_2020_12_tool", Description: "Tool with JSON Schema 2020-12 features", InputSchema: schema2020()},
+		func(_ context.Context, _ *Request, in map[string]any) (*ToolResult, any, error) {
+			b, _ := json.Marshal(in)
+			return &ToolResult{Content: []Content{TextContent("Received: " + string(b))}}, nil, nil
+		})
+
 	static := func(rc ResourceContents) ResourceHandler {
 		return func(context.Context, *Request, string) ([]ResourceContents, error) {
 			return []ResourceContents{rc}, nil
@@ -310,4 +331,77 @@ func AddEverything(s *Server) {
 		}
 		return out, nil
 	})
+}
+
+// sep1034Schema is an elicitation schema with a default for every
+// primitive type (SEP-1034).
+func sep1034Schema() map[string]any {
+	return map[string]any{
+		"type": "object",
+		"properties": map[string]any{
+			"name":     map[string]any{"type": "string", "description": "User name", "default": "John Doe"},
+			"age":      map[string]any{"type": "integer", "description": "User age", "default": 30},
+			"score":    map[string]any{"type": "number", "description": "User score", "default": 95.5},
+			"status":   map[string]any{"type": "string", "description": "User status", "enum": []string{"active", "inactive", "pending"}, "default": "active"},
+			"verified": map[string]any{"type": "boolean", "description": "Verification status", "default": true},
+		},
+	}
+}
+
+// sep1330Schema is an elicitation schema with each enum variant of
+// SEP-1330: untitled and titled single-select, the legacy enumNames form,
+// and untitled and titled multi-select.
+func sep1330Schema() map[string]any {
+	titled := func(pairs ...string) []map[string]any {
+		var out []map[string]any
+		for i := 0; i+1 < len(pairs); i += 2 {
+			out = append(out, map[string]any{"const": pairs[i], "title": pairs[i+1]})
+		}
+		return out
+	}
+	options := []string{"option1", "option2", "option3"}
+	return map[string]any{
+		"type": "object",
+		"properties": map[string]any{
+			"untitledSingle": map[string]any{"type": "string", "description": "Untitled single-select", "enum": options},
+			"titledSingle": map[string]any{"type": "string", "description": "Titled single-select",
+				"oneOf": titled("value1", "First Option", "value2", "Second Option", "value3", "Third Option")},
+			"legacyEnum": map[string]any{"type": "string", "description": "Legacy titled enum (enumNames, deprecated)",
+				"enum": []string{"opt1", "opt2", "opt3"}, "enumNames": []string{"Option One", "Option Two", "Option Three"}},
+			"untitledMulti": map[string]any{"type": "array", "description": "Untitled multi-select",
+				"items": map[string]any{"type": "string", "enum": options}},
+			"titledMulti": map[string]any{"type": "array", "description": "Titled multi-select",
+				"items": map[string]any{"anyOf": titled("value1", "First Choice", "value2", "Second Choice", "value3", "Third Choice")}},
+		},
+	}
+}
+
+// schema2020JSON is an input schema using JSON Schema 2020-12 keywords
+// (SEP-1613, SEP-2106): $schema, $defs with an $anchor, $ref, allOf/anyOf,
+// if/then/else and additionalProperties.
+const schema2020JSON = `{
+  "$schema": "https://json-schema.org/draft/2020-12/schema",
+  "type": "object",
+  "$defs": {"address": {"$anchor": "addressDef", "type": "object",
+    "properties": {"street": {"type": "string"}, "city": {"type": "string"}}}},
+  "properties": {
+    "name": {"type": "string"},
+    "address": {"$ref": "#/$defs/address"},
+    "contactMethod": {"type": "string", "enum": ["phone", "email"]},
+    "phone": {"type": "string"},
+    "email": {"type": "string"}
+  },
+  "allOf": [{"anyOf": [{"required": ["phone"]}, {"required": ["email"]}]}],
+  "if": {"properties": {"contactMethod": {"const": "phone"}}, "required": ["contactMethod"]},
+  "then": {"required": ["phone"]},
+  "else": {"required": ["email"]},
+  "additionalProperties": false
+}`
+
+func schema2020() *jsonschema.Schema {
+	var s jsonschema.Schema
+	if err := json.Unmarshal([]byte(schema2020JSON), &s); err != nil {
+		panic(err)
+	}
+	return &s
 }

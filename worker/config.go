@@ -9,6 +9,10 @@
 //     tools.go);
 //   - transport.go is Streamable HTTP on /mcp (headers, status codes,
 //     JSON or SSE answers) and session loading;
+//   - modern.go serves MCP 2026-07-28 (sessionless, Config.Sessionless)
+//     on the same endpoint; mrtr.go is its multi round-trip requests
+//     (input_required, HMAC-signed requestState); listen.go its
+//     subscriptions/listen streams and the Broker between workers;
 //   - handler.go assembles /mcp, /healthz, /readyz and /metrics;
 //   - run.go runs a worker process against etcd and the store.
 package worker
@@ -60,6 +64,12 @@ type Config struct {
 	SSERetry time.Duration
 	// PollWait bounds one long poll of a stream in the store.
 	PollWait time.Duration
+	// Sessionless also serves MCP 2026-07-28 (sessionless: server/discover,
+	// per-request _meta, MRTR, subscriptions/listen) on /mcp, chosen per
+	// request by MCP-Protocol-Version (on by default). Clients that prefer
+	// it (go-sdk >= 1.8) then use it instead of sessions; turning it off
+	// makes them fall back to sessions.
+	Sessionless bool
 }
 
 // Defaults.
@@ -95,6 +105,7 @@ func DefaultConfig() Config {
 		SSEStreamLifetime:    DefaultSSEStreamLifetime,
 		SSERetry:             DefaultSSERetry,
 		PollWait:             DefaultPollWait,
+		Sessionless:          true,
 	}
 }
 

@@ -16,6 +16,9 @@ type call struct {
 	storeErr error
 }
 
+// sessionless reports whether the call is a sessionless (2026-07-28) one.
+func (c *call) sessionless() bool { return c.req != nil && c.req.mrtr != nil }
+
 // methodFunc serves one MCP request method. It returns the result, or a
 // JSON-RPC error; a store failure goes to c.storeErr.
 type methodFunc func(ctx context.Context, c *call) (any, *Error)

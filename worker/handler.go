@@ -31,6 +31,10 @@ type Handler struct {
 	server   *Server
 	// alive reports whether a worker is still a member; nil: all are.
 	alive func(workerID string) bool
+	// mrtrKey signs MRTR requestState (2026-07-28); broker carries
+	// listen events between workers.
+	mrtrKey []byte
+	broker  Broker
 	// base ends the GET streams when the handler closes.
 	base      context.Context
 	closeBase context.CancelFunc
@@ -115,6 +119,12 @@ func NewHandler(store SessionStore, opts ...Option) *Handler {
 		if n, err := normalizeOrigin(o); err == nil {
 			h.origins[n] = true
 		}
+	}
+	if h.broker == nil {
+		h.broker = NewLocalBroker()
+	}
+	if len(h.mrtrKey) == 0 {
+		h.mrtrKey = newMRTRKey()
 	}
 	if h.server == nil {
 		srv, err := BuiltinServer(h.cfg.toolset())

@@ -36,9 +36,12 @@ func methodSetLevel(ctx context.Context, c *call) (any, *Error) {
 	return struct{}{}, nil
 }
 
-func (s *Server) listTools(context.Context, *call) (any, *Error) {
+func (s *Server) listTools(_ context.Context, c *call) (any, *Error) {
 	defs := make([]toolDef, 0, len(s.tools))
 	for _, t := range s.tools {
+		if t.sessionOnly && c.sessionless() {
+			continue
+		}
 		defs = append(defs, t.def)
 	}
 	return map[string]any{"tools": defs}, nil
@@ -60,7 +63,7 @@ func (s *Server) callTool(ctx context.Context, c *call) (any, *Error) {
 		return nil, errorf(CodeInvalidParams, `Invalid params: tools/call needs a string "name"`)
 	}
 	t, ok := s.toolByName[*p.Name]
-	if !ok {
+	if !ok || (t.sessionOnly && c.sessionless()) {
 		return nil, errorf(CodeInvalidParams, "Unknown tool: %q", *p.Name)
 	}
 	if len(p.Task) > 0 && !isNull(p.Task) {
@@ -119,9 +122,12 @@ func invalidToolInput(c *call, t *tool, err error) (any, *Error) {
 	return nil, errorf(CodeInvalidParams, "%s", msg)
 }
 
-func (s *Server) listResources(context.Context, *call) (any, *Error) {
+func (s *Server) listResources(_ context.Context, c *call) (any, *Error) {
 	defs := make([]map[string]any, 0, len(s.resources))
 	for _, r := range s.resources {
+		if r.sessionOnly && c.sessionless() {
+			continue
+		}
 		defs = append(defs, r.def)
 	}
 	return map[string]any{"resources": defs}, nil
@@ -149,7 +155,7 @@ func (s *Server) readResource(ctx context.Context, c *call) (any, *Error) {
 		return nil, errorf(CodeInvalidParams, `Invalid params: resources/read needs a "uri"`)
 	}
 	var read ResourceHandler
-	if r, ok := s.resByURI[p.URI]; ok {
+	if r, ok := s.resByURI[p.URI]; ok && !(r.sessionOnly && c.sessionless()) {
 		read = r.read
 	} else {
 		for _, t := range s.templates {

@@ -24,7 +24,14 @@ type Request struct {
 	method        string
 	progressToken json.RawMessage
 	out           *outbox
+	// mrtr is set on a sessionless (2026-07-28) request: server→client
+	// requests become inputRequests (mrtr.go).
+	mrtr *mrtr
 }
+
+// ErrNoSession is returned by the state calls of a sessionless
+// (2026-07-28) request: it has no session to keep state in.
+var ErrNoSession = errors.New("the request has no session (MCP 2026-07-28 is sessionless)")
 
 // SessionID is the session's id.
 func (r *Request) SessionID() string { return r.sess.id }
@@ -45,6 +52,9 @@ const stateKeyPrefix = "app/"
 // GetState reads a session-scoped key: its value and version; ErrNotFound
 // when absent.
 func (r *Request) GetState(ctx context.Context, key string) ([]byte, uint64, error) {
+	if r.mrtr != nil {
+		return nil, 0, ErrNoSession
+	}
 	e, err := r.h.store.GetState(ctx, r.sess.id, stateKeyPrefix+key)
 	return e.Value, e.Version, err
 }
@@ -53,12 +63,18 @@ func (r *Request) GetState(ctx context.Context, key string) ([]byte, uint64, err
 // expectedVersion nil writes unconditionally, &0 only when the key is
 // absent, &n only when it is at version n; ErrVersionConflict otherwise.
 func (r *Request) PutState(ctx context.Context, key string, value []byte, expectedVersion *uint64) (uint64, error) {
+	if r.mrtr != nil {
+		return 0, ErrNoSession
+	}
 	e, err := r.h.store.PutState(ctx, r.sess.id, stateKeyPrefix+key, value, expectedVersion)
 	return e.Version, err
 }
 
 // DeleteState removes a session-scoped key.
 func (r *Request) DeleteState(ctx context.Context, key string) error {
+	if r.mrtr != nil {
+		return ErrNoSession
+	}
 	return r.h.store.DeleteState(ctx, r.sess.id, stateKeyPrefix+key)
 }
 
@@ -85,6 +101,9 @@ func (r *Request) Log(ctx context.Context, level, logger string, data any) error
 		return fmt.Errorf("unknown log level %q", level)
 	}
 	min := r.sess.rec.LogLevel
+	if min == "" && r.mrtr != nil {
+		return nil // sessionless: no logLevel in _meta, no log messages
+	}
 	if min == "" {
 		min = defaultLogLevel
 	}
@@ -117,6 +136,9 @@ func (r *Request) Progress(ctx context.Context, progress, total float64, message
 // NotifyResourceUpdated sends notifications/resources/updated on the
 // session's standalone stream when the client subscribed to uri.
 func (r *Request) NotifyResourceUpdated(ctx context.Context, uri string) error {
+	if r.mrtr != nil {
+		return r.h.publish(ctx, ListenEvent{Kind: ListenResourceUpdated, URI: uri})
+	}
 	return r.h.notifyResourceUpdated(ctx, r.sess.id, uri)
 }
 
@@ -132,6 +154,13 @@ func (r *Request) notify(ctx context.Context, method string, params any) error {
 // CodeMissingClientCapability answers a server→client request the
 // client did not declare the capability for.
 const CodeMissingClientCapability = -32021
+
+// missingCapability is the -32021 error for capability; its data names
+// the capability as a ClientCapabilities object (2026-07-28).
+func missingCapability(capability, message string) *Error {
+	return &Error{Code: CodeMissingClientCapability, Message: message,
+		Data: map[string]any{"requiredCapabilities": map[string]any{capability: map[string]any{}}}}
+}
 
 // CodeClientTimeout is the error of a server→client request the client
 // did not answer in time.
@@ -161,6 +190,10 @@ func (r *Request) clientHas(path ...string) bool {
 // to any worker. The error is a *Error for a JSON-RPC error answer or a
 // timeout (CodeClientTimeout).
 func (r *Request) ServerRequest(ctx context.Context, method string, params any) (json.RawMessage, error) {
+	if r.mrtr != nil {
+		r.mrtr.auto++
+		return r.Input(ctx, fmt.Sprintf("%s#%d", method, r.mrtr.auto), method, params)
+	}
 	st := r.h.store
 	sid := r.sess.id
 	start, err := st.ReadEvents(ctx, sid, streamReplies, 0, 1, 0)
@@ -244,7 +277,7 @@ type CreateMessageResult struct {
 // CreateMessage asks the client to sample an LLM (sampling/createMessage).
 func (r *Request) CreateMessage(ctx context.Context, p *CreateMessageParams) (*CreateMessageResult, error) {
 	if !r.clientHas("sampling") {
-		return nil, &Error{Code: CodeMissingClientCapability, Message: "the client did not declare the sampling capability"}
+		return nil, missingCapability("sampling", "the client did not declare the sampling capability")
 	}
 	raw, err := r.ServerRequest(ctx, "sampling/createMessage", p)
 	if err != nil {
@@ -278,11 +311,11 @@ type ElicitResult struct {
 // Elicit asks the user for input through the client (elicitation/create).
 func (r *Request) Elicit(ctx context.Context, p *ElicitParams) (*ElicitResult, error) {
 	if !r.clientHas("elicitation") {
-		return nil, &Error{Code: CodeMissingClientCapability, Message: "the client did not declare the elicitation capability"}
+		return nil, missingCapability("elicitation", "the client did not declare the elicitation capability")
 	}
 	if p.Mode == "url" {
 		if !r.clientHas("elicitation", "url") {
-			return nil, &Error{Code: CodeMissingClientCapability, Message: "the client did not declare URL-mode elicitation"}
+			return nil, missingCapability("elicitation", "the client did not declare URL-mode elicitation")
 		}
 		if p.ElicitationID == "" {
 			p.ElicitationID = randomHex(16)
@@ -316,7 +349,7 @@ type Root struct {
 // ListRoots asks the client for its roots (roots/list).
 func (r *Request) ListRoots(ctx context.Context) ([]Root, error) {
 	if !r.clientHas("roots") {
-		return nil, &Error{Code: CodeMissingClientCapability, Message: "the client did not declare the roots capability"}
+		return nil, missingCapability("roots", "the client did not declare the roots capability")
 	}
 	raw, err := r.ServerRequest(ctx, "roots/list", struct{}{})
 	if err != nil {
@@ -353,6 +386,11 @@ type outbox struct {
 	w       http.ResponseWriter // nil: store only (another connection delivers)
 	closed  bool
 	written time.Time
+	// direct: a sessionless request's outbox, written straight to the
+	// wire without the store; lazy, when set, is the response the first
+	// message turns into an SSE stream.
+	direct bool
+	lazy   http.ResponseWriter
 }
 
 // send appends msg to the stream and then writes it to the wire.
@@ -361,6 +399,17 @@ func (o *outbox) send(ctx context.Context, msg []byte) (uint64, error) {
 	defer o.mu.Unlock()
 	if o.closed {
 		return 0, errOutboxClosed
+	}
+	if o.direct {
+		if o.w == nil && o.lazy != nil {
+			o.w, o.lazy = o.lazy, nil
+			sseHeaders(o.w)
+		}
+		if o.w != nil {
+			writeEvent(o.w, "", msg)
+			o.written = time.Now()
+		}
+		return 0, nil
 	}
 	seqs, err := o.h.store.AppendEvents(ctx, o.sid, o.stream, msg)
 	if err != nil {
@@ -381,6 +430,18 @@ func (o *outbox) writeRaw(msg []byte) {
 	if o.w != nil && !o.closed {
 		writeEvent(o.w, "", msg)
 	}
+}
+
+// finish writes a direct outbox's answer as the last SSE event when the
+// stream was started; false when it was not (answer as JSON then).
+func (o *outbox) finish(msg []byte) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.w == nil || o.closed {
+		return false
+	}
+	writeEvent(o.w, "", msg)
+	return true
 }
 
 // keepAlive writes an SSE comment when nothing was written for d.

@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -65,6 +66,18 @@ func Run(ctx context.Context, cfg Config, log *logrus.Entry, opts ...Option) (er
 	}
 	addr := advertiseAddr(ln.Addr())
 
+	var modern []Option
+	if cfg.Sessionless {
+		kctx, cancel := context.WithTimeout(ctx, etcdOpTimeout)
+		key, err := mrtrKeyFromEtcd(kctx, cli, cfg.Common.Prefix)
+		cancel()
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		modern = []Option{WithMRTRKey(key), WithBroker(NewEtcdBroker(cli, cfg.Common.Prefix))}
+	}
+	opts = append(modern, opts...)
 	h := NewHandler(StoreFromClient(sc), append([]Option{WithConfig(cfg), WithLogger(log), WithReadiness(func(ctx context.Context) error {
 		return ready(ctx, cli, cfg.Common.Prefix, sc)
 	}), WithAlive(func(id string) bool { return workerAlive(cli, cfg.Common.Prefix, id) })}, opts...)...)
@@ -181,4 +194,33 @@ func advertiseAddr(a net.Addr) string {
 		return a.String()
 	}
 	return net.JoinHostPort(host, fmt.Sprint(tcp.Port))
+}
+
+// mrtrKeyFromEtcd returns the cluster's MRTR signing key, etcd key
+// <prefix>config/mrtr-key: the stored one, or a new random one that this
+// worker creates when it is absent (create-if-absent, so concurrent
+// workers agree on the first one written).
+func mrtrKeyFromEtcd(ctx context.Context, cli *clientv3.Client, prefix string) ([]byte, error) {
+	key := prefix + "config/mrtr-key"
+	fresh := hex.EncodeToString(newMRTRKey())
+	resp, err := cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(clientv3.OpPut(key, fresh)).
+		Else(clientv3.OpGet(key)).
+		Commit()
+	if err != nil {
+		return nil, fmt.Errorf("read or create the MRTR key %s in etcd: %w", key, err)
+	}
+	if resp.Succeeded {
+		return hex.DecodeString(fresh)
+	}
+	kvs := resp.Responses[0].GetResponseRange().GetKvs()
+	if len(kvs) != 1 {
+		return nil, fmt.Errorf("the MRTR key %s vanished while read", key)
+	}
+	b, err := hex.DecodeString(string(kvs[0].Value))
+	if err != nil || len(b) < 16 {
+		return nil, fmt.Errorf("the MRTR key %s is not at least 16 hex-encoded bytes", key)
+	}
+	return b, nil
 }

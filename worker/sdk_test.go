@@ -96,3 +96,52 @@ func TestGoSDKClient(t *testing.T) {
 type roundTripFunc func(*http.Request) (*http.Response, error)
 
 func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// TestGoSDKClientSessionless: the official go-sdk client, against workers
+// that serve 2026-07-28, stays on it (server/discover, no session) and
+// calls tools, its requests alternating between two workers; a tool that
+// elicits goes through MRTR rounds the client answers.
+func TestGoSDKClientSessionless(t *testing.T) {
+	store := newMemStore()
+	key := []byte("shared-cluster-key-0123456789abc")
+	a := modernWorker(t, store, "worker-a", WithMRTRKey(key))
+	b := modernWorker(t, store, "worker-b", WithMRTRKey(key))
+	rr := &alternating{hosts: []string{a.Listener.Addr().String(), b.Listener.Addr().String()}}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c := mcp.NewClient(&mcp.Implementation{Name: "worker-test", Version: "1"}, &mcp.ClientOptions{
+		ElicitationHandler: func(context.Context, *mcp.ElicitRequest) (*mcp.ElicitResult, error) {
+			return &mcp.ElicitResult{Action: "accept", Content: map[string]any{"name": "Ada"}}, nil
+		},
+	})
+	s, err := c.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: a.URL + "/mcp", HTTPClient: &http.Client{Transport: rr}, MaxRetries: -1}, nil)
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	defer s.Close()
+	if got := s.InitializeResult().ProtocolVersion; got != ModernProtocolVersion {
+		t.Fatalf("negotiated %q, want %s", got, ModernProtocolVersion)
+	}
+	if s.ID() != "" {
+		t.Errorf("session id %q on a sessionless connection", s.ID())
+	}
+	if _, err := s.ListTools(ctx, nil); err != nil {
+		t.Fatalf("ListTools: %v", err)
+	}
+	for _, tc := range []struct {
+		tool string
+		args map[string]any
+		want string
+	}{
+		{"echo", map[string]any{"text": "one"}, "one"},
+		{"test_input_required_result_elicitation", map[string]any{}, "Hello, Ada!"},
+	} {
+		res, err := s.CallTool(ctx, &mcp.CallToolParams{Name: tc.tool, Arguments: tc.args})
+		if err != nil || res.IsError || len(res.Content) != 1 {
+			t.Fatalf("CallTool %s: %+v %v", tc.tool, res, err)
+		}
+		if tc2, ok := res.Content[0].(*mcp.TextContent); !ok || tc2.Text != tc.want {
+			t.Errorf("CallTool %s: %#v, want %q", tc.tool, res.Content[0], tc.want)
+		}
+	}
+}

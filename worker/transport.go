@@ -155,13 +155,15 @@ func (h *Handler) post(w http.ResponseWriter, r *http.Request) string {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), h.cfg.RequestTimeout)
 	defer cancel()
 
+	if e := h.headerMismatch(r, msg); e != nil {
+		h.fail(w, http.StatusBadRequest, msg.ID, e)
+		return label
+	}
 	if pv := requestedVersion(r, msg); pv != "" && !versionSupported(pv) && !(msg.Method == "initialize" && r.Header.Get(HeaderProtocolVersion) == "") {
 		if h.serveModern(w, r, msg, pv) {
 			return label
 		}
-		h.fail(w, http.StatusBadRequest, msg.ID, &Error{Code: CodeUnsupportedProtocolVersion,
-			Message: fmt.Sprintf("Unsupported protocol version %q (supported: %s)", pv, strings.Join(supportedVersions, ", ")),
-			Data:    map[string]any{"supported": supportedVersions, "requested": pv}})
+		h.fail(w, http.StatusBadRequest, msg.ID, h.errUnsupported(pv))
 		return label
 	}
 	sid := r.Header.Get(HeaderSessionID)

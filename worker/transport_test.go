@@ -22,6 +22,8 @@ func testWorker(t *testing.T, store SessionStore, id string, opts ...Option) *ht
 	cfg.MaxBodyBytes = 2048
 	cfg.AllowedOrigins = []string{"https://app.example.com"}
 	cfg.Toolset = ToolsetDemo
+	// Session-era behaviour; the 2026-07-28 tests turn it on themselves.
+	cfg.Sessionless = false
 	h := NewHandler(store, append([]Option{WithConfig(cfg)}, opts...)...)
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)

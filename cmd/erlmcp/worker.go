@@ -14,8 +14,9 @@ import (
 )
 
 const workerSummary = `Run an MCP worker: an MCP server over Streamable HTTP on /mcp (protocol
-versions 2025-03-26, 2025-06-18, 2025-11-25) that keeps every session in the
-replicated session store, so any worker serves any session. It also serves
+versions 2025-03-26, 2025-06-18, 2025-11-25, and unless --sessionless=false
+also the sessionless 2026-07-28) that keeps every session in the replicated session
+store, so any worker serves any session. It also serves
 /healthz, /readyz and /metrics, and registers itself under
 <etcd-prefix>members/worker/<id>.`
 
@@ -51,6 +52,7 @@ func cmdWorker(ctx context.Context, args []string, _, stderr io.Writer) int {
 	fs.DurationVar(&cfg.CallTimeout, "call-timeout", cfg.CallTimeout, "bound on one tools/call, resources/read or prompts/get, including waits for the client")
 	fs.DurationVar(&cfg.ServerRequestTimeout, "server-request-timeout", cfg.ServerRequestTimeout, "how long a tool waits for the client's answer to sampling, elicitation or roots")
 	fs.DurationVar(&cfg.SSEStreamLifetime, "sse-stream-lifetime", cfg.SSEStreamLifetime, "a GET SSE stream is closed after this long; the client reconnects (SSE polling)")
+	fs.BoolVar(&cfg.Sessionless, "sessionless", cfg.Sessionless, "also serve MCP 2026-07-28 (sessionless: server/discover, per-request _meta, MRTR, subscriptions/listen) on /mcp; go-sdk >= 1.8 clients then prefer it to sessions; false makes them use sessions")
 	fs.DurationVar(&cfg.SSEKeepAlive, "sse-keepalive", cfg.SSEKeepAlive, "interval of keep-alive comments on idle SSE streams")
 	if err := config.Parse(fs, args, nil); err != nil {
 		if errors.Is(err, config.ErrHelp) {
