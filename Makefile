@@ -10,7 +10,7 @@ LDFLAGS   := -X main.version=$(VERSION)
 # Packages with unit and in-process integration tests (everything but e2e).
 UNIT_PKGS  = $(shell $(GO) list ./... | grep -v /e2e)
 
-.PHONY: all build run test lint vet fmt-check staticcheck buf-lint proto proto-check unit e2e conformance clean help
+.PHONY: all build run test lint vet fmt-check staticcheck buf-lint proto proto-check unit e2e conformance chaos clean help
 
 all: build
 
@@ -19,7 +19,9 @@ help:
 	@echo "make test     lint + unit/integration tests with coverage + e2e (what CI runs)"
 	@echo "make build    build $(BIN)"
 	@echo "make proto    regenerate Go code from proto/ with buf"
-	@echo "make lint     gofmt, go vet, staticcheck, buf lint"
+	@echo "make lint     gofmt, go vet, staticcheck, buf lint, shellcheck"
+	@echo "make conformance  the official MCP conformance suite against erlmcp up"
+	@echo "make chaos    long porcupine-checked runs of the store under faults"
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/erlmcp
@@ -66,6 +68,13 @@ e2e:
 
 conformance:
 	$(GO) test -count=1 -timeout 15m -run Conformance -v ./e2e/
+
+# Long linearizability runs under injected faults (leader kills and restarts,
+# partitions, pauses), checked with porcupine. Each prints its seed; replay
+# one with ERLMCP_CHAOS_SEED=<seed> (store) or MULTIRAFT_SEED=<seed> (engine).
+chaos:
+	ERLMCP_CHAOS_LONG=1 $(GO) test -count=1 -timeout 30m -run TestSessionStoreLinearizable -v ./sessionstore/
+	$(GO) test -count=3 -timeout 30m -run TestLinearizableUnderFaults -v ./sessionstore/multiraft/
 
 clean:
 	rm -rf bin
