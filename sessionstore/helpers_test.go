@@ -83,7 +83,7 @@ func (e *env) nodeConfig(id, dataDir string) sessionstore.Config {
 	cfg.Common.LeaseTTL = 2 * time.Second
 	cfg.Listen = "127.0.0.1:0"
 	cfg.DataDir = dataDir
-	cfg.RaftTickInterval = 20 * time.Millisecond
+	cfg.RaftTickInterval = 50 * time.Millisecond
 	cfg.ReconcileInterval = 100 * time.Millisecond
 	cfg.StatusInterval = 100 * time.Millisecond
 	cfg.SweepInterval = 200 * time.Millisecond

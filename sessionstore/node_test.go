@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/erlmcp/erlmcp/internal/clusterstate"
 	"github.com/erlmcp/erlmcp/internal/logging"
 	"github.com/erlmcp/erlmcp/internal/testcluster"
 	pb "github.com/erlmcp/erlmcp/proto/erlmcp/sessionstore/v1"
@@ -97,10 +98,16 @@ func TestCRUD(t *testing.T) {
 	}
 }
 
+// TestIdleExpiry: with the leader's expiry sweep held off (SweepInterval
+// an hour), the test controls what happens to an idle-expired session: it
+// answers SESSION_EXPIRED until a read deletes it lazily, then
+// SESSION_NOT_FOUND.
 func TestIdleExpiry(t *testing.T) {
 	e := newEnv(t, 4, true)
 	e.spread("s1")
-	n := e.startNode(e.nodeConfig("s1", t.TempDir()))
+	cfg := e.nodeConfig("s1", t.TempDir())
+	cfg.SweepInterval = time.Hour // no sweep races the assertions below
+	n := e.startNode(cfg)
 	c := e.client()
 	ctx := ctxT(t)
 
@@ -142,6 +149,51 @@ func TestIdleExpiry(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestIdleExpiryWithSweep: with the leader's expiry sweep running, an
+// idle-expired session may already be swept when it is next touched, so
+// SESSION_EXPIRED and SESSION_NOT_FOUND are both right answers (both mean
+// gone; workers answer 404 for either). Eventually the sweep deletes it
+// without anyone reading it.
+func TestIdleExpiryWithSweep(t *testing.T) {
+	e := newEnv(t, 4, true)
+	e.spread("s1")
+	n := e.startNode(e.nodeConfig("s1", t.TempDir())) // sweep every 200ms
+	c := e.client()
+	ctx := ctxT(t)
+
+	for _, id := range []string{"read", "written", "untouched"} {
+		if _, err := c.Create(ctx, id, []byte("x"), 50*time.Millisecond); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := c.Create(ctx, "forever", []byte("y"), 0); err != nil {
+		t.Fatal(err)
+	}
+	gone := func(what string, err error) error {
+		if errors.Is(err, client.ErrExpired) || errors.Is(err, client.ErrNotFound) {
+			return nil
+		}
+		return fmt.Errorf("%s: %v; want ErrExpired or ErrNotFound", what, err)
+	}
+	testcluster.WaitFor(t, 3*time.Second, "sessions to expire", func() error {
+		_, err := c.Get(ctx, "read", false)
+		if err := gone("get", err); err != nil {
+			return err
+		}
+		_, err = c.CompareAndSet(ctx, "written", 1, []byte("z"))
+		return gone("cas", err)
+	})
+	testcluster.WaitFor(t, 10*time.Second, "the sweep to delete the untouched session", func() error {
+		if has, err := n.HasLocalSession(uint32(clusterstate.ShardOf("untouched", e.shardCount)), "untouched"); err != nil || has {
+			return fmt.Errorf("still there (%v)", err)
+		}
+		return nil
+	})
+	if _, err := c.Get(ctx, "forever", true); err != nil {
+		t.Fatalf("ttl 0 never expires: %v", err)
+	}
 }
 
 func TestIdempotentRetry(t *testing.T) {

@@ -46,10 +46,38 @@ const upToDateLag = 100
 // confChangeTimeout bounds one membership change.
 const confChangeTimeout = 5 * time.Second
 
+// deferLogInterval rate-limits, per shard, the info log saying why a
+// removal the map asks for is deferred.
+const deferLogInterval = 10 * time.Second
+
+// placeState is the placement loop's memory between passes (used by the
+// placeLoop goroutine only).
+type placeState struct {
+	// lastAsk: when a replica the map dropped last asked the shard's
+	// leader whether its removal is applied.
+	lastAsk map[uint32]time.Time
+	// deferLogged: when a deferred removal was last logged.
+	deferLogged map[uint32]time.Time
+}
+
+func newPlaceState() *placeState {
+	return &placeState{lastAsk: map[uint32]time.Time{}, deferLogged: map[uint32]time.Time{}}
+}
+
+// logDeferred logs at info, at most once per deferLogInterval per shard,
+// why a removal is deferred.
+func (ps *placeState) logDeferred(shard uint32, log *logrus.Entry, id multiraft.ReplicaID, why string, upToDate []multiraft.ReplicaID) {
+	if time.Since(ps.deferLogged[shard]) < deferLogInterval {
+		return
+	}
+	ps.deferLogged[shard] = time.Now()
+	log.WithFields(logrus.Fields{"replica": id, "up_to_date_voters": upToDate}).Infof("removal deferred: %s", why)
+}
+
 func (n *Node) placeLoop(ctx context.Context) {
 	t := time.NewTicker(n.cfg.ReconcileInterval)
 	defer t.Stop()
-	lastAsk := map[uint32]time.Time{}
+	ps := newPlaceState()
 	for {
 		select {
 		case <-ctx.Done():
@@ -58,13 +86,13 @@ func (n *Node) placeLoop(ctx context.Context) {
 		case <-n.placeC:
 		}
 		if r := n.route.Load(); r != nil && n.raft != nil {
-			n.reconcile(ctx, r, lastAsk)
+			n.reconcile(ctx, r, ps)
 			n.markReady(r)
 		}
 	}
 }
 
-func (n *Node) reconcile(ctx context.Context, r *routing, lastAsk map[uint32]time.Time) {
+func (n *Node) reconcile(ctx context.Context, r *routing, ps *placeState) {
 	mr := n.raft.mr
 	me := n.ID()
 	hosted := map[uint32]bool{}
@@ -78,9 +106,16 @@ func (n *Node) reconcile(ctx context.Context, r *routing, lastAsk map[uint32]tim
 		shard := uint32(sh.Shard)
 		log := n.log.WithField("shard", shard)
 		if !sh.Hosts(me) {
-			if hosted[shard] {
-				n.maybeDestroy(ctx, r, sh, lastAsk, log)
+			if !hosted[shard] {
+				continue
 			}
+			// A leader the map dropped must hand leadership to a listed
+			// voter (reconcileConf): only a leader changes the
+			// configuration, so while it leads nobody would remove it.
+			if st, err := mr.Status(shard); err == nil && st.Role == "leader" {
+				n.reconcileConf(ctx, sh, st, ps, log)
+			}
+			n.maybeDestroy(ctx, r, sh, ps.lastAsk, log)
 			continue
 		}
 		var mine clusterstate.Replica
@@ -142,13 +177,21 @@ func (n *Node) reconcile(ctx context.Context, r *routing, lastAsk map[uint32]tim
 			continue
 		}
 		if st.Role == "leader" {
-			n.reconcileConf(ctx, sh, st, log)
+			n.reconcileConf(ctx, sh, st, ps, log)
 		}
 	}
 }
 
 // reconcileConf makes at most one membership change of shard toward the map.
-func (n *Node) reconcileConf(ctx context.Context, sh clusterstate.Shard, st multiraft.ShardStatus, log *logrus.Entry) {
+//
+// It runs on the shard's leader, whether or not the map still lists the
+// leader's store. A leader the map dropped does one thing only: hand
+// leadership to an up-to-date voter the map lists (and its configuration
+// already has), so that one carries on and removes it. It adds nobody: a
+// listed replica it does not know of may have bootstrapped a group of its
+// own (a single-replica shard moved to another store), and a group of one
+// with no listed voter is kept as it is (see maybeDestroy).
+func (n *Node) reconcileConf(ctx context.Context, sh clusterstate.Shard, st multiraft.ShardStatus, ps *placeState, log *logrus.Entry) {
 	mr := n.raft.mr
 	shard := uint32(sh.Shard)
 	want := map[multiraft.ReplicaID]clusterstate.Replica{}
@@ -157,6 +200,13 @@ func (n *Node) reconcileConf(ctx context.Context, sh clusterstate.Shard, st mult
 	}
 	inVoters := func(id multiraft.ReplicaID) bool { return slices.Contains(st.Voters, id) }
 	inLearners := func(id multiraft.ReplicaID) bool { return slices.Contains(st.Learners, id) }
+	_, listed := want[st.Replica]
+	if !listed && !slices.ContainsFunc(st.Voters, func(v multiraft.ReplicaID) bool {
+		rep, ok := want[v]
+		return ok && isVoter(rep) && v != st.Replica
+	}) {
+		return
+	}
 	cctx, cancel := context.WithTimeout(ctx, confChangeTimeout)
 	defer cancel()
 	change := func(what string, id multiraft.ReplicaID, fn func() error) {
@@ -170,14 +220,14 @@ func (n *Node) reconcileConf(ctx context.Context, sh clusterstate.Shard, st mult
 	}
 	for _, rep := range sh.Replicas {
 		id := effectiveID(rep)
-		if !inVoters(id) && !inLearners(id) {
+		if listed && !inVoters(id) && !inLearners(id) {
 			change("add learner", id, func() error { return mr.AddLearner(cctx, shard, id) })
 			return
 		}
 	}
 	for _, rep := range sh.Replicas {
 		id := effectiveID(rep)
-		if isVoter(rep) && inLearners(id) {
+		if listed && isVoter(rep) && inLearners(id) {
 			change("promote", id, func() error { return mr.Promote(cctx, shard, id) })
 			return
 		}
@@ -194,23 +244,23 @@ func (n *Node) reconcileConf(ctx context.Context, sh clusterstate.Shard, st mult
 		return false
 	}
 	for _, id := range st.Learners {
-		if _, ok := want[id]; !ok {
+		if _, ok := want[id]; !ok && listed {
 			change("remove learner", id, func() error { return mr.RemoveReplica(cctx, shard, id) })
 			return
 		}
 	}
 	for _, id := range st.Voters {
-		if _, ok := want[id]; ok {
+		if _, ok := want[id]; ok || (!listed && id != st.Replica) {
 			continue
 		}
-		left := 0
+		var left []multiraft.ReplicaID
 		for _, v := range st.Voters {
 			if v != id && upToDate(v) {
-				left++
+				left = append(left, v)
 			}
 		}
-		if left < 2 {
-			log.WithField("replica", id).Debug("not removing: fewer than 2 up-to-date voters would remain")
+		if len(left) < 2 {
+			ps.logDeferred(shard, log, id, "fewer than 2 up-to-date voters would remain", left)
 			continue
 		}
 		if id == st.Replica {
@@ -221,6 +271,7 @@ func (n *Node) reconcileConf(ctx context.Context, sh clusterstate.Shard, st mult
 					return
 				}
 			}
+			ps.logDeferred(shard, log, id, "this leader is to leave and no up-to-date listed voter can take over", left)
 			continue
 		}
 		change("remove voter", id, func() error { return mr.RemoveReplica(cctx, shard, id) })

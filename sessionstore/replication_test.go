@@ -159,7 +159,7 @@ func (c *rcluster) kill(id string) {
 func (c *rcluster) leader(shard uint32) string {
 	c.t.Helper()
 	var lead string
-	testcluster.WaitFor(c.t, 10*time.Second, fmt.Sprintf("a leader of shard %d", shard), func() error {
+	testcluster.WaitFor(c.t, raftWait, fmt.Sprintf("a leader of shard %d", shard), func() error {
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		for id, n := range c.nodes {
@@ -185,7 +185,7 @@ func (c *rcluster) status(id string, shard uint32) (multiraft.ShardStatus, error
 // leader's commit index.
 func (c *rcluster) caughtUp(shard uint32, stores ...string) {
 	c.t.Helper()
-	testcluster.WaitFor(c.t, 10*time.Second, fmt.Sprintf("replicas of shard %d caught up", shard), func() error {
+	testcluster.WaitFor(c.t, raftWait, fmt.Sprintf("replicas of shard %d caught up", shard), func() error {
 		lead := c.leader(shard)
 		ls, err := c.status(lead, shard)
 		if err != nil {
@@ -368,7 +368,7 @@ func startWriter(t *testing.T, cl *client.Client, ids ...string) *writer {
 func (w *writer) more(k int64) {
 	w.t.Helper()
 	want := w.n.Load() + k
-	testcluster.WaitFor(w.t, 10*time.Second, fmt.Sprintf("%d more acknowledged writes", k), func() error {
+	testcluster.WaitFor(w.t, raftWait, fmt.Sprintf("%d more acknowledged writes", k), func() error {
 		if got := w.n.Load(); got < want {
 			return fmt.Errorf("%d of %d", got, want)
 		}
@@ -407,7 +407,7 @@ func TestRaftReplicaReplacement(t *testing.T) {
 
 	w.more(30)
 	c.place(0, 2, []string{"a", "b", "c"}, []string{"d"}, ids)
-	testcluster.WaitFor(t, 10*time.Second, "d added as a learner", func() error {
+	testcluster.WaitFor(t, raftWait, "d added as a learner", func() error {
 		st, err := c.status(c.leader(0), 0)
 		if err != nil || !slices.Contains(st.Learners, multiraft.ReplicaID(dID)) {
 			return fmt.Errorf("learners %v, %v", st.Learners, err)
@@ -416,7 +416,7 @@ func TestRaftReplicaReplacement(t *testing.T) {
 	})
 	w.more(30)
 	c.place(0, 3, []string{"a", "b", "c", "d"}, nil, ids)
-	testcluster.WaitFor(t, 10*time.Second, "d promoted", func() error {
+	testcluster.WaitFor(t, raftWait, "d promoted", func() error {
 		st, err := c.status(c.leader(0), 0)
 		if err != nil || !slices.Contains(st.Voters, multiraft.ReplicaID(dID)) {
 			return fmt.Errorf("voters %v, %v", st.Voters, err)
@@ -425,7 +425,7 @@ func TestRaftReplicaReplacement(t *testing.T) {
 	})
 	w.more(30)
 	c.place(0, 4, []string{"a", "b", "d"}, nil, ids)
-	testcluster.WaitFor(t, 10*time.Second, "c removed and its replica destroyed", func() error {
+	testcluster.WaitFor(t, raftWait, "c removed and its replica destroyed", func() error {
 		st, err := c.status(c.leader(0), 0)
 		if err != nil || len(st.Voters) != 3 || slices.Contains(st.Voters, multiraft.ReplicaID(clusterstate.ReplicaID("c", 1))) {
 			return fmt.Errorf("voters %v, %v", st.Voters, err)
@@ -450,6 +450,43 @@ func TestRaftReplicaReplacement(t *testing.T) {
 	w.finish()
 }
 
+// TestRaftDroppedLeaderRemoved: the map drops the store that leads the
+// shard. That store is the only one that can change the configuration
+// while it leads, so it must still act on the map it is no longer in:
+// hand leadership to a listed voter, which then removes it.
+func TestRaftDroppedLeaderRemoved(t *testing.T) {
+	stores := []string{"a", "b", "c", "d"}
+	c := newRCluster(t, 1, stores...)
+	c.place(0, 1, stores, nil, nil)
+	c.start(stores...)
+	cl := c.client()
+	ctx := ctxT(t)
+	if _, err := cl.Create(ctx, "g", nil, 0); err != nil {
+		t.Fatal(err)
+	}
+	c.caughtUp(0, stores...)
+	if lead := c.leader(0); lead != "c" {
+		if _, err := adminClient(t, c.node(lead).Addr()).TransferLeader(ctx, &pb.TransferLeaderRequest{Shard: 0, ToStore: "c"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cID := multiraft.ReplicaID(clusterstate.ReplicaID("c", 1))
+	c.place(0, 2, []string{"a", "b", "d"}, nil, nil)
+	testcluster.WaitFor(t, raftWait, "the leader c removed and its replica destroyed", func() error {
+		st, err := c.status(c.leader(0), 0)
+		if err != nil || len(st.Voters) != 3 || slices.Contains(st.Voters, cID) {
+			return fmt.Errorf("voters %v, %v", st.Voters, err)
+		}
+		if shards := c.node("c").RaftShards(); len(shards) != 0 {
+			return fmt.Errorf("c still hosts %v", shards)
+		}
+		return nil
+	})
+	if _, err := cl.CompareAndSet(ctx, "g", 1, []byte("after")); err != nil {
+		t.Fatalf("write after the leader left: %v", err)
+	}
+}
+
 // TestRaftRemovalGuard: a member the map drops is not removed while that
 // would leave fewer than two up-to-date voters; once enough are back, it is.
 func TestRaftRemovalGuard(t *testing.T) {
@@ -471,7 +508,7 @@ func TestRaftRemovalGuard(t *testing.T) {
 	down, drop := others[0], others[1]
 	c.kill(down)
 	downID := multiraft.ReplicaID(clusterstate.ReplicaID(down, 1))
-	testcluster.WaitFor(t, 10*time.Second, down+" seen inactive by the leader", func() error {
+	testcluster.WaitFor(t, raftWait, down+" seen inactive by the leader", func() error {
 		st, err := c.status(lead, 0)
 		if err != nil {
 			return err
@@ -498,7 +535,7 @@ func TestRaftRemovalGuard(t *testing.T) {
 		}
 	}
 	c.start(down)
-	testcluster.WaitFor(t, 10*time.Second, drop+" removed once "+down+" is back", func() error {
+	testcluster.WaitFor(t, raftWait, drop+" removed once "+down+" is back", func() error {
 		st, err := c.status(c.leader(0), 0)
 		if err != nil || slices.Contains(st.Voters, dropID) || len(st.Voters) != 2 {
 			return fmt.Errorf("voters %v, %v", st.Voters, err)
@@ -524,7 +561,7 @@ func TestRaftExpirySweepOnEveryReplica(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.caughtUp(0, stores...)
-	testcluster.WaitFor(t, 10*time.Second, "the expired session swept from every replica", func() error {
+	testcluster.WaitFor(t, raftWait, "the expired session swept from every replica", func() error {
 		for _, s := range stores {
 			if has, err := c.node(s).HasLocalSession(0, "short"); err != nil || has {
 				return fmt.Errorf("%s still has it (%v)", s, err)
@@ -541,3 +578,8 @@ func TestRaftExpirySweepOnEveryReplica(t *testing.T) {
 		t.Fatalf("get swept session: %v", err)
 	}
 }
+
+// raftWait bounds waits on replication progress. Progress needs elections
+// and heartbeats on time; under -race with other packages' tests competing
+// for two cores a step can stall for seconds, which is slow, not wrong.
+const raftWait = 30 * time.Second
