@@ -203,7 +203,7 @@ func (n *Node) shardFor(id string) (int, error) {
 		return shard, nil
 	}
 	hint := &pb.ShardHint{Shard: uint32(shard)}
-	target := preferredStore(sh)
+	target := sh.Preferred()
 	msg := fmt.Sprintf("store node %q does not host shard %d", n.ID(), shard)
 	switch {
 	case target == "":
@@ -218,18 +218,4 @@ func (n *Node) shardFor(id string) (int, error) {
 		}
 	}
 	return 0, statusWrongShard(hint, msg).Err()
-}
-
-// preferredStore is the store a request for the shard should go to: its
-// leader if known, else its first voter.
-func preferredStore(sh clusterstate.Shard) string {
-	if sh.Leader != "" && sh.Hosts(sh.Leader) {
-		return sh.Leader
-	}
-	for _, r := range sh.Replicas {
-		if r.Role == clusterstate.RoleVoter || r.Role == "" {
-			return r.Store
-		}
-	}
-	return ""
 }

@@ -361,7 +361,7 @@ func (c *Client) resolve(id string, attempt int) (target, <-chan struct{}, error
 		}
 		delete(c.leaders, shard)
 	}
-	store := preferred(sh)
+	store := sh.Preferred()
 	if store == "" {
 		return target{shard: shard}, ch, fmt.Errorf("%w: shard %d has no store assigned in the shard map", ErrUnavailable, shard)
 	}
@@ -387,19 +387,6 @@ func (c *Client) resolve(id string, attempt int) (target, <-chan struct{}, error
 		return target{shard: shard, store: store}, ch, fmt.Errorf("%w: shard %d is assigned to store %q, which is not registered (%s%s)", ErrUnavailable, shard, store, membership.RolePrefix(c.cfg.Prefix, membership.RoleStore), store)
 	}
 	return target{shard: shard, store: store, addr: m.Addr}, ch, nil
-}
-
-// preferred is the shard's leader if set, else its first voter.
-func preferred(sh clusterstate.Shard) string {
-	if sh.Leader != "" && sh.Hosts(sh.Leader) {
-		return sh.Leader
-	}
-	for _, r := range sh.Replicas {
-		if r.Role == clusterstate.RoleVoter || r.Role == "" {
-			return r.Store
-		}
-	}
-	return ""
 }
 
 func (c *Client) conn(addr string) (*grpc.ClientConn, error) {
