@@ -81,3 +81,9 @@ clean:
 
 shellcheck:
 	shellcheck scripts/*.sh .ci/run
+
+# The same loadtest against the go-sdk single process, one erlmcp worker and
+# the full HA path; see docs/benchmarks.md (knobs: BENCH_* in scripts/bench.sh).
+.PHONY: bench
+bench:
+	scripts/bench.sh
