@@ -54,17 +54,26 @@ const (
 //
 // SessionStoreService holds MCP session records.
 //
-// Error codes a caller can act on:
+// Error codes a caller can act on (google.rpc.ErrorInfo reasons in the
+// domain "sessionstore.erlmcp"):
 //
-//	NOT_FOUND           the session never existed, was deleted, or expired
-//	                    (see ErrorInfo reason SESSION_NOT_FOUND / SESSION_EXPIRED).
+//	NOT_FOUND           SESSION_NOT_FOUND: the session never existed or was
+//	                    deleted; SESSION_EXPIRED: it expired. KEY_NOT_FOUND /
+//	                    TASK_NOT_FOUND: the session lives but has no such state
+//	                    key or task (a worker answers HTTP 404 only for the first two).
 //	ALREADY_EXISTS      CreateSession for an id that is taken.
-//	ABORTED             CompareAndSetSession lost: the stored version differs
-//	                    (ErrorInfo reason VERSION_CONFLICT, metadata "current_version").
-//	FAILED_PRECONDITION this node does not serve the shard (ShardHint detail
-//	                    says which node might); re-read the shard map and retry.
-//	INVALID_ARGUMENT    a field is missing or too large; the message says which and the limit.
-//	UNAVAILABLE         the node cannot serve now (starting, disk full); retry elsewhere or later.
+//	ABORTED             VERSION_CONFLICT: a compare-and-set lost; metadata
+//	                    "current_version" holds the stored version.
+//	FAILED_PRECONDITION this node does not serve the shard or is not its Raft
+//	                    leader; the ShardHint detail names the node that is, if
+//	                    known. Retry there (same request_id).
+//	INVALID_ARGUMENT    a field is missing, malformed or too large; the message
+//	                    names the field and the limit.
+//	RESOURCE_EXHAUSTED  LIMIT_EXCEEDED: a per-session limit (state keys, tasks)
+//	                    is reached; metadata "limit" and "max" say which.
+//	UNAVAILABLE         the node cannot serve now (starting, no lease, no
+//	                    leader, storage failed) or a write's outcome is unknown;
+//	                    retry with the same request_id, here or elsewhere.
 type SessionStoreServiceClient interface {
 	// CreateSession stores a new record at version 1.
 	CreateSession(ctx context.Context, in *CreateSessionRequest, opts ...grpc.CallOption) (*CreateSessionResponse, error)
@@ -250,17 +259,26 @@ func (c *sessionStoreServiceClient) ListTasks(ctx context.Context, in *ListTasks
 //
 // SessionStoreService holds MCP session records.
 //
-// Error codes a caller can act on:
+// Error codes a caller can act on (google.rpc.ErrorInfo reasons in the
+// domain "sessionstore.erlmcp"):
 //
-//	NOT_FOUND           the session never existed, was deleted, or expired
-//	                    (see ErrorInfo reason SESSION_NOT_FOUND / SESSION_EXPIRED).
+//	NOT_FOUND           SESSION_NOT_FOUND: the session never existed or was
+//	                    deleted; SESSION_EXPIRED: it expired. KEY_NOT_FOUND /
+//	                    TASK_NOT_FOUND: the session lives but has no such state
+//	                    key or task (a worker answers HTTP 404 only for the first two).
 //	ALREADY_EXISTS      CreateSession for an id that is taken.
-//	ABORTED             CompareAndSetSession lost: the stored version differs
-//	                    (ErrorInfo reason VERSION_CONFLICT, metadata "current_version").
-//	FAILED_PRECONDITION this node does not serve the shard (ShardHint detail
-//	                    says which node might); re-read the shard map and retry.
-//	INVALID_ARGUMENT    a field is missing or too large; the message says which and the limit.
-//	UNAVAILABLE         the node cannot serve now (starting, disk full); retry elsewhere or later.
+//	ABORTED             VERSION_CONFLICT: a compare-and-set lost; metadata
+//	                    "current_version" holds the stored version.
+//	FAILED_PRECONDITION this node does not serve the shard or is not its Raft
+//	                    leader; the ShardHint detail names the node that is, if
+//	                    known. Retry there (same request_id).
+//	INVALID_ARGUMENT    a field is missing, malformed or too large; the message
+//	                    names the field and the limit.
+//	RESOURCE_EXHAUSTED  LIMIT_EXCEEDED: a per-session limit (state keys, tasks)
+//	                    is reached; metadata "limit" and "max" say which.
+//	UNAVAILABLE         the node cannot serve now (starting, no lease, no
+//	                    leader, storage failed) or a write's outcome is unknown;
+//	                    retry with the same request_id, here or elsewhere.
 type SessionStoreServiceServer interface {
 	// CreateSession stores a new record at version 1.
 	CreateSession(context.Context, *CreateSessionRequest) (*CreateSessionResponse, error)
