@@ -82,6 +82,7 @@ var ctlCommands = map[string]string{
 	"regions": "Shows the regions: role (primary, secondary, dr), state (active, standby,\nfailed) and weight.\nColumns: NAME ROLE STATE WEIGHT UPDATED.",
 	"history": "Shows region failovers and failbacks, newest first.\nColumns: START KIND FROM TO OUTCOME DURATION REASON.",
 	"ops":     "Shows the placement operators in flight (raft replication mode).\nColumns: ID SHARD KIND NEXT STEPS REASON.",
+	"dns":     "dns zone|route53 <name> [ttl]: DNS records for <name> that send clients to\nthe fronts of the active region(s), from the live region states and the\nfront members: a BIND zone fragment, or a Route 53 change batch (weighted\nrecords, one set per region; standby and failed regions get weight 0).\nNothing is sent to any DNS provider. Default ttl 60.",
 	"region":  "region failover <name>: makes another region active instead of <name>\n(the best healthy one: primary, then secondary, then dr, then weight).\nregion failback <name>: makes <name> active again; the active region becomes\nstandby. Prints the history entry written. Sent to the leader (a standby\nredirects); retried while a leader change is in progress.",
 }
 
@@ -143,7 +144,7 @@ func runCtl(ctx context.Context, args []string, stdout, stderr io.Writer, lookup
 	}
 	desc, ok := ctlCommands[name]
 	if !ok {
-		fmt.Fprintf(stderr, "erlmcp ctl: unknown command %q (want members, leader, cluster, shards, regions, history, ops or region)\n\n%s", name, ctlUsage)
+		fmt.Fprintf(stderr, "erlmcp ctl: unknown command %q (want members, leader, cluster, shards, regions, history, ops, region or dns)\n\n%s", name, ctlUsage)
 		return exitUsage
 	}
 
@@ -185,6 +186,13 @@ func runCtl(ctx context.Context, args []string, stdout, stderr io.Writer, lookup
 	if name == "region" {
 		if len(pos) != 2 || pos[0] != "failover" && pos[0] != "failback" {
 			fmt.Fprintf(stderr, "erlmcp ctl region: want `region failover <name>` or `region failback <name>`\n\n")
+			subUsage(stderr)
+			return exitUsage
+		}
+		opts.args = pos
+	} else if name == "dns" {
+		if len(pos) < 2 || len(pos) > 3 || pos[0] != "zone" && pos[0] != "route53" {
+			fmt.Fprintf(stderr, "erlmcp ctl dns: want `dns zone <name> [ttl]` or `dns route53 <name> [ttl]`\n\n")
 			subUsage(stderr)
 			return exitUsage
 		}
@@ -420,6 +428,8 @@ func ctlRun(ctx context.Context, name string, opts ctlOptions, stdout io.Writer)
 		return err
 	}
 	switch name {
+	case "dns":
+		return ctlDNS(ctx, urls, token, opts.args, stdout)
 	case "members":
 		var ms []controlplane.MemberStatus
 		if err := adminGet(ctx, urls, token, "/v1/members", &ms); err != nil {

@@ -6,7 +6,6 @@
 //	0  success
 //	1  the command ran and failed (a dependency unreachable, a process died)
 //	2  bad usage or configuration (the message says what to change)
-//	3  the command exists but is not built yet
 package main
 
 import (
@@ -21,10 +20,9 @@ import (
 
 // Exit codes.
 const (
-	exitOK          = 0
-	exitFailure     = 1
-	exitUsage       = 2
-	exitUnavailable = 3
+	exitOK      = 0
+	exitFailure = 1
+	exitUsage   = 2
 )
 
 // command is one subcommand. run blocks until the command is done or ctx
@@ -44,7 +42,7 @@ func commands() map[string]command {
 		"etcd":         {"run an embedded etcd member", cmdEtcd},
 		"ctl":          {"talk to the control plane's admin API", cmdCtl},
 		"loadtest":     {"MCP load driver: latency, errors and per-session continuity against an MCP URL", cmdLoadtest},
-		"capacity":     {"capacity planner (not built yet)", notBuilt("capacity", "the operations issue (#7)")},
+		"capacity":     {"plan workers and store nodes per region for an observed load", cmdCapacity},
 		"version":      {"print the version", cmdVersion},
 	}
 }
@@ -86,13 +84,6 @@ func usage(w io.Writer, cmds map[string]command) {
 	sort.Strings(names)
 	for _, n := range names {
 		fmt.Fprintf(w, "  %-13s %s\n", n, cmds[n].summary)
-	}
-}
-
-func notBuilt(name, where string) func(context.Context, []string, io.Writer, io.Writer) int {
-	return func(_ context.Context, _ []string, _, stderr io.Writer) int {
-		fmt.Fprintf(stderr, "erlmcp %s: not built yet; it arrives with %s. Nothing was done.\n", name, where)
-		return exitUnavailable
 	}
 }
 
