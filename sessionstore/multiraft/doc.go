@@ -23,12 +23,16 @@
 // then compaction. The commit of that transaction is the only fsync of the
 // iteration, so proposals arriving on any shard while the previous commit
 // was syncing share the next one (group commit; TestGroupCommitSharesFsyncs
-// measures ~12 proposals per commit per node with 64 clients). Only after
-// the commit are messages sent, grouped by destination store (one
-// Transport.Send per peer per iteration, whatever the number of shards, so
-// the heartbeats of all shards to a peer share one stream message), then
-// each group is Advanced and proposers and readers are answered. Readies
-// that only carry messages (heartbeats) need no transaction and no fsync.
+// measures ~12 proposals per commit per node with 64 clients). A leader's
+// messages (appends to followers) go out before that commit when its term
+// and vote are unchanged, so followers fsync while the leader does (Raft
+// thesis §10.2.1; the leader counts itself for a quorum only after its own
+// commit); all other messages only after the commit. They are grouped by
+// destination store (one Transport.Send per peer per batch, whatever the
+// number of shards, so the heartbeats of all shards to a peer share one
+// stream message), then each group is Advanced and proposers and readers
+// are answered. Readies that only carry messages (heartbeats) need no
+// transaction and no fsync.
 //
 // Defaults: TickInterval 100ms, ElectionTicks 10 (randomized by raft to
 // [1s, 2s)), HeartbeatTicks 1 (100ms); CheckQuorum and PreVote on; the
@@ -36,10 +40,19 @@
 //
 // # Durability and failure
 //
-// A proposal is answered only after its entry is committed by a quorum and
-// applied here in a durable transaction. If a commit fails (write or fsync
-// error), the node stops for good: nothing of that iteration is sent or
-// acknowledged, every pending and later call fails with ErrStorageFailed.
+// A proposal is answered only after its entry is committed by a quorum
+// (durable in their logs) and applied here, while the transaction that
+// applied it is being fsynced (its result is what a replay of the log
+// would give; linearizable reads wait for the applied index, which moves
+// only once that transaction is durable). If a commit fails (write or fsync
+// error, e.g. a full disk), nothing of that iteration is sent or
+// acknowledged and the node refuses every call with ErrStorageUnavailable
+// (Node.StorageErr reports it); it discards its in-memory Raft state,
+// probes the disk every StorageRetryInterval and, once a probe write and
+// fsync succeed, restarts its groups from disk and catches up (see
+// storagefail.go for why the page cache is not trusted). An error that is
+// not the disk's (state machine, log checks) stops the node for good with
+// ErrStorageFailed.
 // Every value carries a CRC-32C; Open verifies the whole log (checksums,
 // contiguous indexes, terms, commit ≤ last index) and fails with ErrCorrupt
 // instead of using a damaged or truncated tail.

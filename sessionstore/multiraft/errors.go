@@ -9,11 +9,23 @@ var (
 	// ErrStopped is returned by calls on a Node that was closed. For a
 	// proposal that was in flight the outcome is unknown.
 	ErrStopped = errors.New("multiraft: node stopped")
-	// ErrStorageFailed is returned once a write or fsync of the node's log
-	// failed. The node then stops: it acknowledges no write and serves no
-	// read, because it can no longer tell what is on disk. For a proposal in
-	// flight the outcome is unknown. Restart the process to recover.
+	// ErrStorageFailed is returned once the node met an error it cannot
+	// recover from by itself: its state machine failed to apply a committed
+	// entry, or the log it reloaded after a storage failure fails its
+	// checks. The node then stops: it acknowledges no write and serves no
+	// read. For a proposal in flight the outcome is unknown. (A failed write
+	// or fsync is ErrStorageUnavailable, which the node recovers from.)
 	ErrStorageFailed = errors.New("multiraft: storage failed, node stopped")
+	// ErrStorageUnavailable is returned (wrapping the cause) while the node
+	// refuses work because a write or fsync of its raft.db failed (full
+	// disk, I/O error). Nothing that depended on the failed write was
+	// acknowledged; the node discards its in-memory Raft state, probes the
+	// disk and, once a probe write and fsync succeed, restarts its groups
+	// from what is on disk and catches up. A new proposal refused with it
+	// was not committed; for one that was in flight when the disk failed the
+	// outcome is unknown (retry with the same request id). Operators: free
+	// disk space under the node's directory (named in the message).
+	ErrStorageUnavailable = errors.New("multiraft: storage unavailable, refusing writes")
 	// ErrCorrupt is returned by Open when the log on disk fails its checks
 	// (checksum, index continuity, commit beyond the log).
 	ErrCorrupt = errors.New("multiraft: corrupt raft storage")

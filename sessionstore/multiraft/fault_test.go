@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -305,43 +304,6 @@ func TestLostTailDetected(t *testing.T) {
 	if err := c.tryStart(3); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("want ErrCorrupt, got %v", err)
 	}
-}
-
-// A failed write/fsync stops the node: the proposal in flight and every
-// later one fail with ErrStorageFailed; nothing unsynced is acknowledged.
-func TestStorageFailureStopsNode(t *testing.T) {
-	var mu sync.Mutex
-	failing := map[StoreID]bool{}
-	c := newTestCluster(t, 3, func(cfg *Config) {
-		store := cfg.Store
-		cfg.beforeCommit = func() error {
-			mu.Lock()
-			defer mu.Unlock()
-			if failing[store] {
-				return errors.New("injected fsync failure: EIO")
-			}
-			return nil
-		}
-	})
-	c.bootstrap(1)
-	c.mustPut(1, "k", "ok")
-	lead := c.leader(1, 5*time.Second)
-	mu.Lock()
-	failing[lead] = true
-	mu.Unlock()
-	_, err := c.node(lead).Propose(context.Background(), 1, putCmd("k", "lost"))
-	if !errors.Is(err, ErrStorageFailed) {
-		t.Fatalf("want ErrStorageFailed, got %v", err)
-	}
-	if _, err := c.node(lead).Propose(context.Background(), 1, putCmd("k", "again")); !errors.Is(err, ErrStorageFailed) {
-		t.Fatalf("after failure: want ErrStorageFailed, got %v", err)
-	}
-	if _, err := c.node(lead).ReadIndex(context.Background(), 1); !errors.Is(err, ErrStorageFailed) {
-		t.Fatalf("read after failure: want ErrStorageFailed, got %v", err)
-	}
-	// the rest of the group takes over
-	c.isolate(lead)
-	c.mustPut(1, "k", "survivors")
 }
 
 // TransferLeader moves leadership where asked.

@@ -74,6 +74,7 @@ type testCluster struct {
 	tweak func(*Config)
 
 	mu       sync.Mutex
+	faults   map[StoreID]*diskFaults // per store, kept across restarts
 	nodes    map[StoreID]*testNode
 	blocked  map[[2]StoreID]bool
 	isolated map[StoreID]bool
@@ -92,7 +93,8 @@ type testNode struct {
 func newTestCluster(t testing.TB, n int, tweak func(*Config)) *testCluster {
 	c := &testCluster{
 		t: t, dir: t.TempDir(), tweak: tweak,
-		nodes: map[StoreID]*testNode{}, blocked: map[[2]StoreID]bool{}, isolated: map[StoreID]bool{},
+		faults: map[StoreID]*diskFaults{},
+		nodes:  map[StoreID]*testNode{}, blocked: map[[2]StoreID]bool{}, isolated: map[StoreID]bool{},
 	}
 	for i := 1; i <= n; i++ {
 		c.start(StoreID(i))
@@ -110,11 +112,26 @@ func (c *testCluster) config(store StoreID, tr Transport) Config {
 		TickInterval:   10 * time.Millisecond,
 		ElectionTicks:  15,
 		HeartbeatTicks: 1,
+
+		StorageRetryInterval: 20 * time.Millisecond,
+		faults:               c.disk(store),
 	}
 	if c.tweak != nil {
 		c.tweak(&cfg)
 	}
 	return cfg
+}
+
+// disk is store's disk fault hook (slow or failing disk).
+func (c *testCluster) disk(store StoreID) *diskFaults {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	f := c.faults[store]
+	if f == nil {
+		f = &diskFaults{}
+		c.faults[store] = f
+	}
+	return f
 }
 
 func (c *testCluster) resolve(s StoreID) (string, error) {
@@ -238,8 +255,12 @@ func (c *testCluster) pause(s StoreID) {
 	c.isolated[s] = true
 	c.mu.Unlock()
 	started := make(chan struct{})
-	go tn.node.onLoop(func() error { close(started); <-resume; return nil })
-	<-started
+	refused := make(chan error, 1)
+	go func() { refused <- tn.node.onLoop(func() error { close(started); <-resume; return nil }) }()
+	select {
+	case <-started:
+	case <-refused: // refusing work after a disk fault: as good as paused
+	}
 }
 
 func (c *testCluster) unpause(s StoreID) {
@@ -302,7 +323,8 @@ func (c *testCluster) propose(shard uint32, cmd []byte, d time.Duration) ([]byte
 	var last error
 	for time.Now().Before(deadline) {
 		s := c.leader(shard, time.Until(deadline))
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		// Generous: a commit can take seconds on this shared 2-core box.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		res, err := c.node(s).Propose(ctx, shard, cmd)
 		cancel()
 		if err == nil {
@@ -310,7 +332,8 @@ func (c *testCluster) propose(shard uint32, cmd []byte, d time.Duration) ([]byte
 		}
 		last = err
 		var nl *NotLeaderError
-		if errors.As(err, &nl) || errors.Is(err, ErrProposalDropped) || errors.Is(err, ErrStopped) || errors.Is(err, ErrShardNotFound) {
+		if errors.As(err, &nl) || errors.Is(err, ErrProposalDropped) || errors.Is(err, ErrStopped) || errors.Is(err, ErrShardNotFound) ||
+			errors.Is(err, ErrStorageUnavailable) {
 			continue
 		}
 		return nil, err

@@ -79,7 +79,8 @@ var registerModel = porcupine.Model{
 
 // Concurrent clients write, compare-and-set and read (ReadIndex, on
 // leaders and followers) three keys on three shards while a nemesis kills
-// and restarts leaders, isolates nodes and pauses them; the recorded
+// and restarts leaders, isolates nodes, pauses them and fails their disks
+// (failed writes, failed fsyncs); the recorded
 // history must be linearizable. Fault choices are seeded (the seed is
 // logged; set MULTIRAFT_SEED to replay the same fault schedule, though
 // thread timing still varies).
@@ -172,8 +173,10 @@ func TestLinearizableUnderFaults(t *testing.T) {
 				case err == nil:
 					counts[0].Add(1)
 					record(porcupine.Operation{ClientId: cl, Input: in, Call: call, Output: out, Return: ret})
-				case in.Op == "read" || errors.As(err, &nl) || errors.Is(err, ErrProposalDropped) || errors.Is(err, ErrShardNotFound):
-					// no effect: a read, or a proposal that never entered the log
+				case in.Op == "read" || errors.As(err, &nl) || errors.Is(err, ErrProposalDropped) || errors.Is(err, ErrShardNotFound) ||
+					(errors.Is(err, ErrStorageUnavailable) && !errors.Is(err, ErrResultUnknown)):
+					// no effect: a read, or a proposal that never entered the
+					// log (refused up front by a node with a failed disk)
 					counts[2].Add(1)
 					if errors.As(err, &nl) && nl.Leader != 0 {
 						guess[sh] = nl.Leader.Store()
@@ -196,7 +199,7 @@ func TestLinearizableUnderFaults(t *testing.T) {
 	deadline := time.Now().Add(6 * time.Second)
 	var faults []string
 	for time.Now().Before(deadline) {
-		switch rng.IntN(3) {
+		switch rng.IntN(4) {
 		case 0:
 			sh := shards[rng.IntN(len(shards))]
 			s := c.leader(sh, 10*time.Second)
@@ -216,6 +219,20 @@ func TestLinearizableUnderFaults(t *testing.T) {
 			c.pause(s)
 			hold(time.Duration(100+rng.IntN(300)) * time.Millisecond)
 			c.unpause(s)
+		case 3:
+			// A failing disk: the node refuses work, then restarts its
+			// groups from disk. A failed fsync leaves the data in the file
+			// (as a page cache would), the nastiest case.
+			s := StoreID(rng.IntN(3) + 1)
+			if rng.IntN(2) == 0 {
+				faults = append(faults, fmt.Sprintf("fail writes on %d", s))
+				c.disk(s).set(errInjectedENOSPC, nil, 0)
+			} else {
+				faults = append(faults, fmt.Sprintf("fail fsyncs on %d", s))
+				c.disk(s).set(nil, errInjectedEIO, 0)
+			}
+			hold(time.Duration(200+rng.IntN(400)) * time.Millisecond)
+			c.disk(s).set(nil, nil, 0)
 		}
 		hold(time.Duration(100+rng.IntN(200)) * time.Millisecond)
 	}

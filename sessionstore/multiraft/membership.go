@@ -27,7 +27,11 @@ func (n *Node) View(shard uint32, fn func(b *bolt.Bucket) error) error {
 	if _, err := n.replica(shard); err != nil {
 		return err
 	}
-	return n.db.View(func(tx *bolt.Tx) error {
+	db := n.db()
+	if db == nil {
+		return n.stoppedErr()
+	}
+	return db.View(func(tx *bolt.Tx) error {
 		b := shardBucket(tx, shard)
 		if b == nil {
 			return fmt.Errorf("%w: shard %d", ErrShardNotFound, shard)
@@ -55,7 +59,7 @@ func (n *Node) CreateReplica(shard uint32, id ReplicaID, peers []ReplicaID) erro
 		if exists {
 			return fmt.Errorf("%w: shard %d", ErrReplicaExists, shard)
 		}
-		err := n.db.Update(func(tx *bolt.Tx) error {
+		err := n.update("create replica", func(tx *bolt.Tx) error {
 			b, err := tx.Bucket(bktShards).CreateBucket(u32key(shard))
 			if err != nil {
 				return fmt.Errorf("%w: shard %d: %v", ErrReplicaExists, shard, err)
@@ -102,7 +106,7 @@ func (n *Node) CreateReplica(shard uint32, id ReplicaID, peers []ReplicaID) erro
 			st      *raftStorage
 			applied indexTerm
 		)
-		err = n.db.View(func(tx *bolt.Tx) error {
+		err = n.db().View(func(tx *bolt.Tx) error {
 			var err error
 			_, st, applied, err = loadReplica(shardBucket(tx, shard), shard)
 			return err
@@ -133,7 +137,7 @@ func (n *Node) DestroyReplica(shard uint32) error {
 		r.failAll(fmt.Errorf("%w: shard %d destroyed", ErrShardNotFound, shard))
 		r.mu.Unlock()
 		n.loopReplicas = slices.DeleteFunc(n.loopReplicas, func(x *replica) bool { return x == r })
-		return n.db.Update(func(tx *bolt.Tx) error {
+		return n.update("destroy replica", func(tx *bolt.Tx) error {
 			return tx.Bucket(bktShards).DeleteBucket(u32key(shard))
 		})
 	})
@@ -221,8 +225,11 @@ func (n *Node) TransferLeader(ctx context.Context, shard uint32, to ReplicaID) e
 	n.signal()
 	for {
 		r.mu.Lock()
-		lead, ch := r.lead, r.leaderCh
+		lead, ch, gone := r.lead, r.leaderCh, r.destroyed
 		r.mu.Unlock()
+		if gone {
+			return n.goneErr(shard)
+		}
 		if lead == to {
 			return nil
 		}
@@ -262,8 +269,11 @@ func (n *Node) WaitLeader(ctx context.Context, shard uint32) (ReplicaID, error) 
 	}
 	for {
 		r.mu.Lock()
-		lead, ch := r.lead, r.leaderCh
+		lead, ch, gone := r.lead, r.leaderCh, r.destroyed
 		r.mu.Unlock()
+		if gone {
+			return 0, n.goneErr(shard)
+		}
 		if lead != 0 {
 			return lead, nil
 		}
@@ -347,6 +357,15 @@ func (n *Node) Status(shard uint32) (ShardStatus, error) {
 	}
 	slices.SortFunc(s.Progress, func(a, b ReplicaStatus) int { return cmpID(a.ID, b.ID) })
 	return s, nil
+}
+
+// goneErr is why a replica a caller holds was dropped: the node's failure,
+// or the replica's destruction.
+func (n *Node) goneErr(shard uint32) error {
+	if err := n.err(); err != nil {
+		return err
+	}
+	return fmt.Errorf("%w: shard %d", ErrShardNotFound, shard)
 }
 
 func cmpID(a, b ReplicaID) int {

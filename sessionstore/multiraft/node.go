@@ -60,14 +60,23 @@ type Config struct {
 
 	// OnApplied, if set, is called on the loop goroutine once the
 	// transaction that applied entries (or restored a snapshot) of shard
-	// up to index is durable, before proposers are answered: the place to
-	// wake readers waiting for new state, on every replica. It must not
-	// block or call back into the Node.
+	// up to index is durable (the proposers of those entries may have been
+	// answered already: see processReady): the place to wake readers
+	// waiting for new state, on every replica. It must not block or call
+	// back into the Node.
 	OnApplied func(shard uint32, index uint64, snapshot bool)
 
-	// beforeCommit, if set, runs inside each group-commit transaction; an
-	// error fails the commit like a failed write or fsync (tests).
-	beforeCommit func() error
+	// StorageRetryInterval is how often a node that refuses work after a
+	// failed write or fsync probes its disk to recover: 1s.
+	StorageRetryInterval time.Duration
+
+	// faults injects disk faults around commits (tests).
+	faults *diskFaults
+	// legacyWritePath: leaders' messages wait for their commit too, and
+	// proposers are answered only once their entry's application is
+	// durable here (the write path before both optimizations of
+	// processReady; benchmarks compare the two).
+	legacyWritePath bool
 }
 
 func (c *Config) setDefaults() {
@@ -98,6 +107,9 @@ func (c *Config) setDefaults() {
 	if c.MaxUncommittedBytes == 0 {
 		c.MaxUncommittedBytes = 64 << 20
 	}
+	if c.StorageRetryInterval == 0 {
+		c.StorageRetryInterval = time.Second
+	}
 	if c.Logger == nil {
 		c.Logger = quietLogger{prefix: fmt.Sprintf("multiraft store %d: ", c.Store)}
 	}
@@ -109,6 +121,8 @@ type Stats struct {
 	// the loop (each is one commit with its fdatasyncs, whatever the number
 	// of shards and entries in it).
 	Syncs uint64
+	// SyncTime is the time spent in those commits.
+	SyncTime time.Duration
 	// Proposals counts commands and conf changes accepted by Propose & co.
 	Proposals uint64
 	// Applied counts log entries applied.
@@ -117,10 +131,14 @@ type Stats struct {
 	SnapshotsApplied uint64
 	// Sends counts Transport.Send calls; Messages the messages in them.
 	Sends, Messages uint64
+	// StorageFailures counts failed writes/fsyncs that made the node refuse
+	// work; StorageRecoveries the in-process restarts after them.
+	StorageFailures, StorageRecoveries uint64
 }
 
 type counters struct {
-	syncs, proposals, applied, snaps, sends, msgs atomic.Uint64
+	syncs, syncNanos, proposals, applied, snaps, sends, msgs atomic.Uint64
+	storFails, storRecoveries                                atomic.Uint64
 }
 
 // Node hosts the replicas of many shards in one process: one bbolt file,
@@ -129,7 +147,9 @@ type counters struct {
 // Transport.
 type Node struct {
 	cfg Config
-	db  *bolt.DB
+	// dbp is the open raft.db, nil while the node refuses work after a
+	// storage failure (it is closed and reopened to recover).
+	dbp atomic.Pointer[bolt.DB]
 
 	mu       sync.RWMutex
 	replicas map[uint32]*replica
@@ -142,7 +162,8 @@ type Node struct {
 	doneC  chan struct{}
 
 	failMu  sync.Mutex
-	failErr error
+	failErr error // permanent: ErrStopped or ErrStorageFailed
+	storErr error // while refusing work after a failed write/fsync
 
 	closeOnce sync.Once
 	idBase    uint64
@@ -163,17 +184,12 @@ func Open(cfg Config) (*Node, error) {
 	if err := os.MkdirAll(cfg.Dir, 0o750); err != nil {
 		return nil, err
 	}
-	db, err := bolt.Open(filepath.Join(cfg.Dir, "raft.db"), 0o600, &bolt.Options{
-		Timeout:        time.Second,
-		NoFreelistSync: true, // rebuilt at open; halves the pages each commit writes
-		FreelistType:   bolt.FreelistMapType,
-	})
+	db, err := openDB(cfg.Dir)
 	if err != nil {
-		return nil, fmt.Errorf("multiraft: open raft.db: %w", err)
+		return nil, err
 	}
 	n := &Node{
 		cfg:      cfg,
-		db:       db,
 		replicas: map[uint32]*replica{},
 		readyC:   make(chan struct{}, 1),
 		opC:      make(chan func()),
@@ -183,6 +199,7 @@ func Open(cfg Config) (*Node, error) {
 	var rb [8]byte
 	_, _ = rand.Read(rb[:])
 	n.idBase = binary.BigEndian.Uint64(rb[:])
+	n.dbp.Store(db)
 	if err := n.load(); err != nil {
 		db.Close()
 		return nil, err
@@ -195,6 +212,22 @@ func Open(cfg Config) (*Node, error) {
 	return n, nil
 }
 
+func openDB(dir string) (*bolt.DB, error) {
+	db, err := bolt.Open(filepath.Join(dir, "raft.db"), 0o600, &bolt.Options{
+		Timeout:        time.Second,
+		NoFreelistSync: true, // rebuilt at open; halves the pages each commit writes
+		FreelistType:   bolt.FreelistMapType,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("multiraft: open raft.db: %w", err)
+	}
+	return db, nil
+}
+
+// db is the open raft.db, or nil while the node recovers from a storage
+// failure.
+func (n *Node) db() *bolt.DB { return n.dbp.Load() }
+
 func (n *Node) load() error {
 	type loaded struct {
 		shard   uint32
@@ -203,7 +236,7 @@ func (n *Node) load() error {
 		applied indexTerm
 	}
 	var all []loaded
-	err := n.db.Update(func(tx *bolt.Tx) error {
+	err := n.db().Update(func(tx *bolt.Tx) error {
 		meta, err := tx.CreateBucketIfNotExists(bktMeta)
 		if err != nil {
 			return err
@@ -249,7 +282,7 @@ func (n *Node) load() error {
 }
 
 func (n *Node) startReplica(shard uint32, id ReplicaID, st *raftStorage, applied indexTerm) error {
-	st.db, st.sm = n.db, n.cfg.StateMachine
+	st.db, st.sm = n.db(), n.cfg.StateMachine
 	r := &replica{
 		n:         n,
 		shard:     shard,
@@ -308,12 +341,27 @@ func (n *Node) Store() StoreID { return n.cfg.Store }
 func (n *Node) Stats() Stats {
 	return Stats{
 		Syncs:            n.stats.syncs.Load(),
+		SyncTime:         time.Duration(n.stats.syncNanos.Load()),
 		Proposals:        n.stats.proposals.Load(),
 		Applied:          n.stats.applied.Load(),
 		SnapshotsApplied: n.stats.snaps.Load(),
 		Sends:            n.stats.sends.Load(),
 		Messages:         n.stats.msgs.Load(),
+
+		StorageFailures:   n.stats.storFails.Load(),
+		StorageRecoveries: n.stats.storRecoveries.Load(),
 	}
+}
+
+// StorageErr is nil while the node's storage works, else the error (wrapping
+// ErrStorageUnavailable and the cause) with which it refuses writes and
+// reads until a probe write and fsync succeed again. For the
+// erlmcp_store_storage_healthy gauge and readiness.
+func (n *Node) StorageErr() error {
+	if err := n.err(); err != nil && !errors.Is(err, ErrStopped) {
+		return err
+	}
+	return nil
 }
 
 // Close stops the node. Calls in flight fail with ErrStopped (for a
@@ -324,14 +372,21 @@ func (n *Node) Close() error {
 		<-n.doneC
 		n.fail(ErrStopped)
 	})
-	return n.db.Close()
+	if db := n.dbp.Swap(nil); db != nil {
+		return db.Close()
+	}
+	return nil
 }
 
-// err is nil while the node works, else why it stopped.
+// err is nil while the node works, else why it stopped or why it refuses
+// work for now.
 func (n *Node) err() error {
 	n.failMu.Lock()
 	defer n.failMu.Unlock()
-	return n.failErr
+	if n.failErr != nil {
+		return n.failErr
+	}
+	return n.storErr
 }
 
 // fail stops the node for good: every waiter is answered with err and no
@@ -381,8 +436,17 @@ func (n *Node) replica(shard uint32) (*replica, error) {
 // onLoop runs fn on the loop goroutine, between two Ready iterations.
 func (n *Node) onLoop(fn func() error) error {
 	errc := make(chan error, 1)
+	op := func() {
+		// Checked on the loop: no operation runs while the node is
+		// refusing work after a storage failure.
+		if err := n.err(); err != nil {
+			errc <- err
+			return
+		}
+		errc <- fn()
+	}
 	select {
-	case n.opC <- func() { errc <- fn() }:
+	case n.opC <- op:
 	case <-n.doneC:
 		return n.stoppedErr()
 	}
@@ -418,9 +482,23 @@ func (n *Node) run() {
 		case op := <-n.opC:
 			op()
 		}
+		if n.refusing() {
+			// An operation's commit failed.
+			if !n.recoverStorage() {
+				return
+			}
+			continue
+		}
 		if err := n.processReady(); err != nil {
-			n.fail(fmt.Errorf("%w: %v", ErrStorageFailed, err))
-			return
+			if !n.refusing() {
+				// Not the disk: the state machine or the log itself is
+				// broken; carrying on could diverge from the group.
+				n.fail(fmt.Errorf("%w: %v", ErrStorageFailed, err))
+				return
+			}
+			if !n.recoverStorage() {
+				return
+			}
 		}
 	}
 }
@@ -429,6 +507,9 @@ func (n *Node) run() {
 type readyWork struct {
 	r  *replica
 	rd raft.Ready
+	// early: the messages may go out before the transaction is durable
+	// (see processReady).
+	early bool
 
 	// results of the transaction, published after it is durable
 	first, last, truncTerm uint64
@@ -441,6 +522,9 @@ type readyWork struct {
 type applyResult struct {
 	id   uint64
 	data []byte
+	// conf: a conf change, answered only after Advance (raft refuses the
+	// next conf change until it has seen this one applied).
+	conf bool
 }
 
 // processReady handles the Ready of every group that has one, in the order
@@ -454,11 +538,13 @@ type applyResult struct {
 //     single fsync of the iteration (group commit);
 //  2. only after that commit, the new log bounds are published to
 //     raft.Storage and messages are sent (grouped per destination store:
-//     one Transport.Send per store);
+//     one Transport.Send per store), except a leader's, which go out
+//     before the commit when its term and vote did not change;
 //  3. Advance, then proposers and readers are answered.
 //
-// A failed commit returns an error and the node stops without sending or
-// acknowledging anything from this iteration.
+// A failed commit returns an error and the node refuses work (see
+// storagefail.go) without sending or acknowledging anything else from this
+// iteration.
 func (n *Node) processReady() error {
 	var work []*readyWork
 	needTxn := false
@@ -470,6 +556,8 @@ func (n *Node) processReady() error {
 		}
 		w := &readyWork{r: r, rd: r.rn.Ready()}
 		r.placeProposals(w.rd.Entries)
+		w.early = !n.cfg.legacyWritePath && r.rn.BasicStatus().RaftState == raft.StateLeader &&
+			raft.IsEmptySnap(w.rd.Snapshot) && r.st.sameTermVote(w.rd.HardState)
 		r.mu.Unlock()
 		if !raft.IsEmptySnap(w.rd.Snapshot) || len(w.rd.Entries) > 0 ||
 			!raft.IsEmptyHardState(w.rd.HardState) || len(w.rd.CommittedEntries) > 0 {
@@ -485,15 +573,35 @@ func (n *Node) processReady() error {
 		w.applied = w.r.applied
 	}
 	if needTxn {
-		err := n.db.Update(func(tx *bolt.Tx) error {
-			if n.cfg.beforeCommit != nil {
-				if err := n.cfg.beforeCommit(); err != nil {
-					return err
-				}
-			}
+		// A leader's messages go out before its own append is durable,
+		// so the followers' fsyncs overlap the leader's (Raft thesis
+		// §10.2.1; raft's Ready contract allows sending while the same
+		// batch's entries are persisted). Safe because the leader counts
+		// its own log for a quorum only after Advance, i.e. after this
+		// commit, and a follower acknowledges only what it persisted
+		// (its messages wait for the commit). Not when the term or vote
+		// changed in this batch: those must be durable before anything
+		// that depends on them leaves the node.
+		n.send(work, func(w *readyWork) bool { return w.early })
+		t0 := time.Now()
+		err := n.update("group commit", func(tx *bolt.Tx) error {
 			for _, w := range work {
 				if err := n.persist(tx, w); err != nil {
 					return fmt.Errorf("shard %d: %w", w.r.shard, err)
+				}
+			}
+			if !n.cfg.legacyWritePath {
+				// Proposers are answered before this commit's fsync:
+				// their entries are committed, i.e. durable in the logs
+				// of a quorum, so the write is durable whatever happens
+				// to this transaction, and its result is what replaying
+				// the log gives again (the state machine is
+				// deterministic and this transaction starts from the
+				// last durable one). Reads stay linearizable: they wait
+				// for the applied index, published after the commit.
+				// This takes one fsync off a write's latency.
+				for _, w := range work {
+					w.r.answer(w.results)
 				}
 			}
 			return nil
@@ -502,6 +610,7 @@ func (n *Node) processReady() error {
 			return err
 		}
 		n.stats.syncs.Add(1)
+		n.stats.syncNanos.Add(uint64(time.Since(t0)))
 	}
 	for _, w := range work {
 		w.r.published(w)
@@ -513,7 +622,7 @@ func (n *Node) processReady() error {
 			}
 		}
 	}
-	n.send(work)
+	n.send(work, func(w *readyWork) bool { return !needTxn || !w.early })
 	for _, w := range work {
 		w.r.advance(w)
 	}
@@ -567,7 +676,7 @@ func (n *Node) persist(tx *bolt.Tx, w *readyWork) error {
 			if err != nil {
 				return fmt.Errorf("state machine: entry %d: %w", e.GetIndex(), err)
 			}
-			w.results = append(w.results, applyResult{binary.BigEndian.Uint64(data), res})
+			w.results = append(w.results, applyResult{id: binary.BigEndian.Uint64(data), data: res})
 		case pb.EntryConfChange, pb.EntryConfChangeV2:
 			var cc pb.ConfChangeI
 			var ctx []byte
@@ -588,7 +697,7 @@ func (n *Node) persist(tx *bolt.Tx, w *readyWork) error {
 			w.cs = r.rn.ApplyConfChange(cc)
 			r.mu.Unlock()
 			if len(ctx) == 8 {
-				w.results = append(w.results, applyResult{binary.BigEndian.Uint64(ctx), nil})
+				w.results = append(w.results, applyResult{id: binary.BigEndian.Uint64(ctx), conf: true})
 			}
 		}
 		w.applied = indexTerm{e.GetIndex(), e.GetTerm()}
@@ -653,12 +762,15 @@ func (n *Node) restoreSnapshot(b *bolt.Bucket, w *readyWork, snap *pb.Snapshot) 
 	return nil
 }
 
-// send hands every message of the iteration to the transport, one Send per
+// send hands messages of the iteration to the transport, one Send per
 // destination store: heartbeats and appends of all shards for a peer travel
-// together.
-func (n *Node) send(work []*readyWork) {
+// together. Only the messages of the replicas for which which(w) holds.
+func (n *Node) send(work []*readyWork, which func(*readyWork) bool) {
 	var byStore map[StoreID][]ShardMessage
 	for _, w := range work {
+		if !which(w) {
+			continue
+		}
 		for _, m := range w.rd.Messages {
 			if byStore == nil {
 				byStore = map[StoreID][]ShardMessage{}

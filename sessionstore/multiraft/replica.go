@@ -132,6 +132,21 @@ func (r *replica) published(w *readyWork) {
 	}
 }
 
+// answer answers the proposers of results but conf changes (see
+// processReady).
+func (r *replica) answer(results []applyResult) {
+	if len(results) == 0 {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, res := range results {
+		if p := r.proposals[res.id]; p != nil && !res.conf {
+			r.complete(res.id, p, res.data, nil)
+		}
+	}
+}
+
 // advance hands the Ready back to raft and then answers proposers and
 // readers, so a caller that proposes again right after an answer (say a
 // second conf change) finds raft's applied index already moved.
@@ -243,11 +258,15 @@ func (r *replica) wait(ctx context.Context, id uint64, p *proposal) ([]byte, err
 }
 
 // Propose replicates cmd through shard's Raft group and returns the state
-// machine's result once the command is committed by a quorum and applied
-// (durably) on this replica. It fails with *NotLeaderError when this
-// replica does not lead the shard, ErrProposalDropped when the command is
-// definitely not committed, ErrResultUnknown/ErrStopped/ErrStorageFailed/
-// ctx.Err() when the outcome is unknown. Deduplicating retries (request
+// machine's result once the command is committed by a quorum (durable in
+// their logs) and applied on this replica (in the transaction whose fsync
+// is still under way: reads see it once that is done, see processReady).
+// It fails with *NotLeaderError when this replica does not lead the shard,
+// ErrProposalDropped when the command is definitely not committed,
+// ErrStorageUnavailable without ErrResultUnknown when the node refused it
+// (not committed), ErrResultUnknown (also wrapped by ErrStorageUnavailable
+// for a proposal in flight when the disk failed)/ErrStopped/
+// ErrStorageFailed/ctx.Err() when the outcome is unknown. Deduplicating retries (request
 // ids) is the state machine's job.
 func (n *Node) Propose(ctx context.Context, shard uint32, cmd []byte) ([]byte, error) {
 	r, err := n.replica(shard)

@@ -227,6 +227,17 @@ func (s *raftStorage) InitialState() (*pb.HardState, *pb.ConfState, error) {
 	return proto.CloneOf(s.hs), proto.CloneOf(s.cs), nil
 }
 
+// sameTermVote reports whether hs (from a Ready; empty means unchanged)
+// keeps the durable term and vote.
+func (s *raftStorage) sameTermVote(hs *pb.HardState) bool {
+	if raft.IsEmptyHardState(hs) {
+		return true
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return hs.GetTerm() == s.hs.GetTerm() && hs.GetVote() == s.hs.GetVote()
+}
+
 func (s *raftStorage) bounds() (first, last, truncTerm uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
