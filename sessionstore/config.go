@@ -43,6 +43,10 @@ type Config struct {
 	// and other nodes dial this node. Empty: the address actually bound,
 	// with an unspecified IP (0.0.0.0, ::) replaced by the hostname.
 	Advertise string
+	// HTTPListen, if set, serves /metrics, /healthz and /readyz over HTTP
+	// (port 0 picks a free port); its address is registered as the
+	// member's http_addr.
+	HTTPListen string
 	// DataDir holds raft.db (every hosted shard replica's log and state).
 	DataDir string
 	// MaxValueBytes limits a session's data, a state value, a task's
@@ -71,6 +75,10 @@ type Config struct {
 	// wrapTransport, if set, wraps the Raft transport (tests inject
 	// partitions there).
 	wrapTransport func(multiraft.Transport) multiraft.Transport
+
+	// manualMembership, if set, keeps the reconcile pass from changing
+	// Raft membership: only the admin RPCs do (tests of those RPCs).
+	manualMembership bool
 
 	// leaseHook, if set, is told when the node stops (false) and starts
 	// again (true) serving for its membership lease (tests).
@@ -107,6 +115,15 @@ func (c Config) Validate() error {
 	}
 	if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
 		return fmt.Errorf("--listen %q: port %q must be a number 0..65535", c.Listen, port)
+	}
+	if c.HTTPListen != "" {
+		_, port, err := net.SplitHostPort(c.HTTPListen)
+		if err != nil {
+			return fmt.Errorf("--http-listen %q: want host:port, e.g. 127.0.0.1:9190 (%v)", c.HTTPListen, err)
+		}
+		if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
+			return fmt.Errorf("--http-listen %q: port %q must be a number 0..65535", c.HTTPListen, port)
+		}
 	}
 	if c.Advertise != "" {
 		host, port, err := net.SplitHostPort(c.Advertise)

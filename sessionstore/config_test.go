@@ -22,6 +22,9 @@ func TestConfigValidate(t *testing.T) {
 		{"listen bad port", func(c *Config) { c.Listen = "localhost:http" }, "must be a number"},
 		{"listen port too big", func(c *Config) { c.Listen = "localhost:70000" }, "must be a number"},
 		{"empty data dir", func(c *Config) { c.DataDir = "" }, "--data-dir is empty"},
+		{"http listen", func(c *Config) { c.HTTPListen = "127.0.0.1:0" }, ""},
+		{"http listen without port", func(c *Config) { c.HTTPListen = "localhost" }, "--http-listen"},
+		{"http listen bad port", func(c *Config) { c.HTTPListen = "localhost:99999" }, "--http-listen"},
 		{"advertise", func(c *Config) { c.Advertise = "store-1.ns.svc:9090" }, ""},
 		{"advertise without port", func(c *Config) { c.Advertise = "store-1" }, "--advertise"},
 		{"advertise unspecified", func(c *Config) { c.Advertise = "0.0.0.0:9090" }, "not dialable"},
@@ -47,7 +50,7 @@ func TestConfigValidate(t *testing.T) {
 			}
 		})
 	}
-	if d := DefaultConfig(); d.Listen != "127.0.0.1:9090" || d.MaxValueBytes != 1<<20 || d.EventRetention != 1000 || d.MaxStreamsPerSession != 1000 || d.Advertise != "" {
+	if d := DefaultConfig(); d.Listen != "127.0.0.1:9090" || d.MaxValueBytes != 1<<20 || d.EventRetention != 1000 || d.MaxStreamsPerSession != 1000 || d.Advertise != "" || d.HTTPListen != "" {
 		t.Fatalf("defaults: %+v", DefaultConfig())
 	}
 }

@@ -22,6 +22,12 @@ const (
 	// ReasonLimitExceeded: RESOURCE_EXHAUSTED; metadata "limit" names the
 	// limit and "max" its value.
 	ReasonLimitExceeded = "LIMIT_EXCEEDED"
+	// ReasonStorageUnavailable: UNAVAILABLE from a store node that refuses
+	// work because a write or fsync of its disk failed (full disk, I/O
+	// error) until a probe write succeeds; the shard's other replicas keep
+	// serving, so retry (with the same request_id: a write in flight may
+	// have been committed by them).
+	ReasonStorageUnavailable = "STORAGE_UNAVAILABLE"
 	// ErrorDomain is the ErrorInfo domain of every detail this service sets.
 	ErrorDomain = "sessionstore.erlmcp"
 )
@@ -88,4 +94,11 @@ func statusLimit(id, limit string, max int, msg string) *status.Status {
 	return withInfo(codes.ResourceExhausted,
 		fmt.Sprintf("session %q: %s (limit %s = %d)", id, msg, limit, max),
 		ReasonLimitExceeded, map[string]string{"limit": limit, "max": strconv.Itoa(max)})
+}
+
+// statusStorageUnavailable is UNAVAILABLE for a node refusing work after a
+// failed write or fsync; err (multiraft.ErrStorageUnavailable) names the
+// cause and the directory to free space in.
+func statusStorageUnavailable(node string, err error) *status.Status {
+	return withInfo(codes.Unavailable, fmt.Sprintf("store node %q: %v", node, err), ReasonStorageUnavailable, nil)
 }

@@ -35,3 +35,7 @@ func (n *Node) HasLocalSession(shard uint32, id string) (bool, error) {
 	})
 	return found, err
 }
+
+// ManualMembership keeps the node built from cfg from changing Raft
+// membership on its own: only StoreAdminService's membership RPCs do.
+func ManualMembership(cfg *Config) { cfg.manualMembership = true }

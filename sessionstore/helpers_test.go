@@ -22,14 +22,14 @@ import (
 // env is one test's etcd with a cluster config written as the control
 // plane would.
 type env struct {
-	t          *testing.T
+	t          testing.TB
 	etcd       *testcluster.Etcd
 	cli        *clientv3.Client
 	prefix     string
 	shardCount int
 }
 
-func newEnv(t *testing.T, shardCount int, writeConfig bool) *env {
+func newEnv(t testing.TB, shardCount int, writeConfig bool) *env {
 	t.Helper()
 	e := testcluster.StartEtcd(t)
 	en := &env{t: t, etcd: e, cli: e.Client(), prefix: e.Prefix, shardCount: shardCount}
@@ -82,6 +82,7 @@ func (e *env) nodeConfig(id, dataDir string) sessionstore.Config {
 	cfg.Common.Prefix = e.prefix
 	cfg.Common.LeaseTTL = 2 * time.Second
 	cfg.Listen = "127.0.0.1:0"
+	cfg.HTTPListen = "127.0.0.1:0"
 	cfg.DataDir = dataDir
 	cfg.RaftTickInterval = 50 * time.Millisecond
 	cfg.ReconcileInterval = 100 * time.Millisecond

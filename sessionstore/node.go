@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -52,6 +53,12 @@ type Node struct {
 	addr   string
 	// advertise is the address registered in membership.
 	advertise string
+
+	metrics *metrics
+	// The HTTP listener (metrics and health), nil without --http-listen.
+	httpLn   net.Listener
+	httpSrv  *http.Server
+	httpDone chan struct{}
 
 	// waiters wakes ReadEvents long-polls; stopping is closed when Close
 	// starts, ending them.
@@ -138,6 +145,7 @@ func Start(ctx context.Context, cfg Config, log *logrus.Entry) (_ *Node, err err
 	n := &Node{cfg: cfg, log: log, now: time.Now, ready: make(chan struct{}),
 		waiters: newWaiters(), stopping: make(chan struct{}), storesChanged: make(chan struct{}),
 		placeC: make(chan struct{}, 1)}
+	n.metrics = newMetrics(n)
 	var cleanups []func()
 	defer func() {
 		if err != nil {
@@ -197,7 +205,7 @@ func Start(ctx context.Context, cfg Config, log *logrus.Entry) (_ *Node, err err
 		return nil, err
 	}
 
-	n.srv = grpc.NewServer(multiraft.ServerOptions()...)
+	n.srv = grpc.NewServer(append(multiraft.ServerOptions(), n.metrics.serverOptions()...)...)
 	pb.RegisterSessionStoreServiceServer(n.srv, &service{n: n})
 	pb.RegisterStoreAdminServiceServer(n.srv, &adminService{n: n})
 	n.tr.Register(n.srv)
@@ -215,10 +223,17 @@ func Start(ctx context.Context, cfg Config, log *logrus.Entry) (_ *Node, err err
 	}()
 	cleanups = append(cleanups, func() { n.srv.Stop(); <-serveDone })
 
+	httpAddr, err := n.startHTTP()
+	if err != nil {
+		return nil, err
+	}
+	cleanups = append(cleanups, func() { n.stopHTTP(context.Background()) })
+
 	wctx, cancel := context.WithCancel(context.Background())
 	n.cancel = cancel
 	cleanups = append(cleanups, func() { cancel(); n.wg.Wait() })
-	n.wg.Add(2)
+	n.wg.Add(3)
+	go func() { defer n.wg.Done(); n.observeLeaders(wctx) }()
 	go func() { defer n.wg.Done(); n.watchStores(wctx) }()
 	go func() { defer n.wg.Done(); n.watchClusterAndShards(wctx) }()
 
@@ -227,13 +242,14 @@ func Start(ctx context.Context, cfg Config, log *logrus.Entry) (_ *Node, err err
 		Role:      membership.RoleStore,
 		ID:        cfg.Common.ID,
 		Addr:      n.advertise,
+		HTTPAddr:  httpAddr,
 		Region:    cfg.Common.Region,
 		Zone:      cfg.Common.Zone,
 		Version:   buildVersion(),
 		PID:       os.Getpid(),
 		StartedAt: started,
 	}
-	log.WithFields(logrus.Fields{"addr": n.addr, "advertise": n.advertise, "etcd": cfg.Common.EtcdEndpoints}).Info("gRPC listening; registering in etcd")
+	log.WithFields(logrus.Fields{"addr": n.addr, "advertise": n.advertise, "http_addr": httpAddr, "etcd": cfg.Common.EtcdEndpoints}).Info("gRPC listening; registering in etcd")
 	n.reg, err = membership.Register(ctx, n.etcd, cfg.Common.Prefix, m, cfg.Common.LeaseTTL, log)
 	if err != nil {
 		return nil, err
@@ -324,6 +340,9 @@ func (n *Node) Close() error {
 			n.srv.Stop()
 			<-stopped
 		}
+		hctx, hcancel := context.WithTimeout(context.Background(), gracefulStopTimeout)
+		n.stopHTTP(hctx)
+		hcancel()
 		if err := n.etcd.Close(); err != nil && !errors.Is(err, context.Canceled) {
 			errs = append(errs, fmt.Errorf("close etcd client: %w", err))
 		}

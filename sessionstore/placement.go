@@ -192,6 +192,9 @@ func (n *Node) reconcile(ctx context.Context, r *routing, ps *placeState) {
 // own (a single-replica shard moved to another store), and a group of one
 // with no listed voter is kept as it is (see maybeDestroy).
 func (n *Node) reconcileConf(ctx context.Context, sh clusterstate.Shard, st multiraft.ShardStatus, ps *placeState, log *logrus.Entry) {
+	if n.cfg.manualMembership {
+		return
+	}
 	mr := n.raft.mr
 	shard := uint32(sh.Shard)
 	want := map[multiraft.ReplicaID]clusterstate.Replica{}
@@ -232,17 +235,7 @@ func (n *Node) reconcileConf(ctx context.Context, sh clusterstate.Shard, st mult
 			return
 		}
 	}
-	upToDate := func(id multiraft.ReplicaID) bool {
-		if id == st.Replica {
-			return true
-		}
-		for _, p := range st.Progress {
-			if p.ID == id {
-				return p.RecentActive && !p.Learner && p.Match+upToDateLag >= st.Commit
-			}
-		}
-		return false
-	}
+	upToDate := func(id multiraft.ReplicaID) bool { return replicaUpToDate(st, id) }
 	for _, id := range st.Learners {
 		if _, ok := want[id]; !ok && listed {
 			change("remove learner", id, func() error { return mr.RemoveReplica(cctx, shard, id) })

@@ -232,6 +232,8 @@ func (rs *raftStorage) leading(ctx context.Context, shard uint32) error {
 func (rs *raftStorage) mapErr(shard uint32, err error) error {
 	var nl *multiraft.NotLeaderError
 	switch {
+	case errors.Is(err, multiraft.ErrStorageUnavailable):
+		return statusStorageUnavailable(rs.n.ID(), err).Err()
 	case errors.As(err, &nl):
 		if nl.Leader == 0 {
 			return status.Errorf(codes.Unavailable, "store node %q: shard %d has no Raft leader right now; retry shortly", rs.n.ID(), shard)

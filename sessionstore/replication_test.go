@@ -93,7 +93,7 @@ type rcluster struct {
 	nodes map[string]*sessionstore.Node
 }
 
-func newRCluster(t *testing.T, shards int, stores ...string) *rcluster {
+func newRCluster(t testing.TB, shards int, stores ...string) *rcluster {
 	e := newEnv(t, shards, true)
 	c := &rcluster{env: e, net: &raftNet{isolated: map[multiraft.StoreID]bool{}},
 		cfgs: map[string]sessionstore.Config{}, nodes: map[string]*sessionstore.Node{}}

@@ -1,0 +1,187 @@
+package sessionstore_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/erlmcp/erlmcp/sessionstore"
+	"github.com/erlmcp/erlmcp/sessionstore/client"
+)
+
+// Store benchmarks: three store nodes in this process, every shard a Raft
+// group of three replicas (one per node), the real client over gRPC on
+// loopback, so each write is a Raft proposal acknowledged after a quorum's
+// fsync and each read a ReadIndex round. Run with
+//
+//	go test -run '^$' -bench BenchmarkStore -benchtime 3s ./sessionstore/
+//
+// (make bench runs it through scripts/bench-store.sh). Every sub-benchmark
+// reports ops/s and the p50 and p99 latency of one call in ms, measured
+// by the calling goroutine, as C concurrent clients would see them.
+
+const (
+	benchShards      = 64
+	benchPayloadSize = 256
+	benchReadSet     = 1024
+)
+
+var benchClients = []int{1, 16, 64}
+
+type benchOp struct {
+	name string
+	// setup prepares what worker w of a run needs and returns its call.
+	setup func(ctx context.Context, b *testing.B, run, w int) func(ctx context.Context, i int) error
+}
+
+func BenchmarkStore(b *testing.B) {
+	c := newRCluster(b, benchShards, "a", "b", "c")
+	// The production timings, not the tests' faster ones.
+	for id, cfg := range c.cfgs {
+		d := sessionstore.DefaultConfig()
+		cfg.RaftTickInterval, cfg.ReconcileInterval = d.RaftTickInterval, d.ReconcileInterval
+		cfg.StatusInterval, cfg.SweepInterval = d.StatusInterval, d.SweepInterval
+		cfg.Common.LeaseTTL = d.Common.LeaseTTL
+		c.cfgs[id] = cfg
+	}
+	for i := range benchShards {
+		c.place(i, 1, []string{"a", "b", "c"}, nil, nil)
+	}
+	c.start("a", "b", "c")
+	cl, err := client.New(context.Background(), client.Config{Etcd: c.cli, Prefix: c.prefix, RequestTimeout: 5 * time.Second})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = cl.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := cl.Ready(ctx); err != nil {
+		b.Fatal(err)
+	}
+	payload := bytes.Repeat([]byte("x"), benchPayloadSize)
+	// Every shard has elected a leader and serves writes.
+	for s := range benchShards {
+		id := idInShard(s, benchShards, "warm")
+		for {
+			if _, err := cl.Create(ctx, id, payload, 0); err == nil || errors.Is(err, client.ErrAlreadyExists) {
+				break
+			} else if ctx.Err() != nil {
+				b.Fatalf("shard %d never served a write: %v", s, err)
+			}
+		}
+	}
+	readIDs := make([]string, benchReadSet)
+	for i := range readIDs {
+		readIDs[i] = fmt.Sprintf("read-%d", i)
+		if _, err := cl.Create(ctx, readIDs[i], payload, 0); err != nil {
+			b.Fatal(err)
+		}
+	}
+
+	var runs atomic.Int64
+	ops := []benchOp{
+		{"create", func(_ context.Context, _ *testing.B, run, w int) func(context.Context, int) error {
+			return func(ctx context.Context, i int) error {
+				_, err := cl.Create(ctx, fmt.Sprintf("c-%d-%d-%d", run, w, i), payload, 0)
+				return err
+			}
+		}},
+		{"get", func(_ context.Context, _ *testing.B, _, _ int) func(context.Context, int) error {
+			return func(ctx context.Context, i int) error {
+				_, err := cl.Get(ctx, readIDs[i%len(readIDs)], false)
+				return err
+			}
+		}},
+		{"cas", func(ctx context.Context, b *testing.B, run, w int) func(context.Context, int) error {
+			id := fmt.Sprintf("cas-%d-%d", run, w)
+			s, err := cl.Create(ctx, id, payload, 0)
+			if err != nil {
+				b.Fatal(err)
+			}
+			ver := s.Version
+			return func(ctx context.Context, _ int) error {
+				s, err := cl.CompareAndSet(ctx, id, ver, payload)
+				if err == nil {
+					ver = s.Version
+				}
+				return err
+			}
+		}},
+		{"append", func(ctx context.Context, b *testing.B, run, w int) func(context.Context, int) error {
+			id := fmt.Sprintf("ev-%d-%d", run, w)
+			if _, err := cl.Create(ctx, id, payload, 0); err != nil {
+				b.Fatal(err)
+			}
+			return func(ctx context.Context, _ int) error {
+				_, err := cl.AppendEvents(ctx, id, "bench", payload)
+				return err
+			}
+		}},
+	}
+	for _, op := range ops {
+		for _, conc := range benchClients {
+			b.Run(fmt.Sprintf("%s/clients=%d", op.name, conc), func(b *testing.B) {
+				run := int(runs.Add(1))
+				calls := make([]func(context.Context, int) error, conc)
+				sctx, scancel := context.WithTimeout(context.Background(), time.Minute)
+				defer scancel()
+				for w := range conc {
+					calls[w] = op.setup(sctx, b, run, w)
+				}
+				runConcurrent(b, conc, calls)
+			})
+		}
+	}
+}
+
+// runConcurrent makes b.N calls from conc goroutines and reports
+// throughput and latency percentiles.
+func runConcurrent(b *testing.B, conc int, calls []func(context.Context, int) error) {
+	lat := make([]time.Duration, b.N)
+	var next atomic.Int64
+	var failed atomic.Int64
+	var firstErr atomic.Pointer[error]
+	var wg sync.WaitGroup
+	b.ResetTimer()
+	start := time.Now()
+	for w := range conc {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= b.N {
+					return
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				t0 := time.Now()
+				err := calls[w](ctx, i)
+				lat[i] = time.Since(t0)
+				cancel()
+				if err != nil {
+					failed.Add(1)
+					firstErr.CompareAndSwap(nil, &err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	b.StopTimer()
+	if f := failed.Load(); f > 0 {
+		b.Fatalf("%d of %d calls failed; first: %v", f, b.N, *firstErr.Load())
+	}
+	slices.Sort(lat)
+	pct := func(p float64) float64 {
+		return float64(lat[min(len(lat)-1, int(p*float64(len(lat))))]) / float64(time.Millisecond)
+	}
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "ops/s")
+	b.ReportMetric(pct(0.50), "p50-ms")
+	b.ReportMetric(pct(0.99), "p99-ms")
+}
