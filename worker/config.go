@@ -64,6 +64,19 @@ type Config struct {
 	SSERetry time.Duration
 	// PollWait bounds one long poll of a stream in the store.
 	PollWait time.Duration
+	// InflightDelay is how long a cancellable request (tools/call,
+	// resources/read, prompts/get, tasks/result) runs before it is
+	// recorded in flight in the store and, when the client accepts SSE,
+	// its answer turns into a resumable SSE stream; a request that sends
+	// the client a message gets both at that message. Quicker requests
+	// are plain JSON with no store write. 0 records and streams at once.
+	// A cancellation of a request that ended before then has nothing to
+	// cancel; one that lands on another worker before then takes effect
+	// at the recording (on this worker: at once). The default, 1 s, keeps
+	// calls that are slow only because the store is (an overloaded store
+	// answers writes in hundreds of ms) from adding the record's two
+	// writes to its load (docs/benchmarks.md).
+	InflightDelay time.Duration
 	// Sessionless also serves MCP 2026-07-28 (sessionless: server/discover,
 	// per-request _meta, MRTR, subscriptions/listen) on /mcp, chosen per
 	// request by MCP-Protocol-Version (on by default). Clients that prefer
@@ -86,6 +99,7 @@ const (
 	DefaultSSEStreamLifetime    = 2 * time.Minute
 	DefaultSSERetry             = time.Second
 	DefaultPollWait             = 2 * time.Second
+	DefaultInflightDelay        = time.Second
 )
 
 // DefaultConfig returns a worker config with every default set.
@@ -105,6 +119,7 @@ func DefaultConfig() Config {
 		SSEStreamLifetime:    DefaultSSEStreamLifetime,
 		SSERetry:             DefaultSSERetry,
 		PollWait:             DefaultPollWait,
+		InflightDelay:        DefaultInflightDelay,
 		Sessionless:          true,
 	}
 }
@@ -122,6 +137,9 @@ func (c Config) Validate() error {
 	}
 	if c.SessionIdleTTL < time.Second {
 		return fmt.Errorf("--session-idle-ttl %s: must be at least 1s", c.SessionIdleTTL)
+	}
+	if c.InflightDelay < 0 {
+		return fmt.Errorf("--inflight-delay %s: must not be negative (0 records requests in flight at once)", c.InflightDelay)
 	}
 	if c.RequestTimeout <= 0 {
 		return fmt.Errorf("request timeout %s: must be positive", c.RequestTimeout)

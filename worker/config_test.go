@@ -27,6 +27,8 @@ func TestConfigValidate(t *testing.T) {
 		{"tiny body", func(c *Config) { c.MaxBodyBytes = 10 }, "--max-body-bytes"},
 		{"short ttl", func(c *Config) { c.SessionIdleTTL = time.Millisecond }, "--session-idle-ttl"},
 		{"no timeout", func(c *Config) { c.RequestTimeout = 0 }, "request timeout"},
+		{"in flight at once", func(c *Config) { c.InflightDelay = 0 }, ""},
+		{"negative inflight delay", func(c *Config) { c.InflightDelay = -time.Millisecond }, "--inflight-delay"},
 		{"origin with path", func(c *Config) { c.AllowedOrigins = []string{"https://a.example.com/x"} }, "--allowed-origins"},
 		{"origin without scheme", func(c *Config) { c.AllowedOrigins = []string{"a.example.com"} }, "--allowed-origins"},
 		{"common: empty id", func(c *Config) { c.Common.ID = "" }, "--id"},

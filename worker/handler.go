@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -38,6 +39,10 @@ type Handler struct {
 	// base ends the GET streams when the handler closes.
 	base      context.Context
 	closeBase context.CancelFunc
+	// running maps runningKey(session, request id) to the *tracker of a
+	// request this worker runs, so a notifications/cancelled that lands
+	// here cancels it at once, recorded in flight or not yet.
+	running sync.Map
 }
 
 // Option changes how NewHandler builds a Handler.

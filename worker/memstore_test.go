@@ -25,6 +25,10 @@ type memStore struct {
 	changed chan struct{}
 	// appends, when set, is called (under the lock) at every append.
 	appends func(sid, stream string, data [][]byte)
+	// touches counts Get calls with touch; gets counts all Get calls.
+	touches, gets atomic.Int32
+	// inflightPuts counts PutState calls of inflight/ keys.
+	inflightPuts atomic.Int32
 }
 
 func newMemStore() *memStore { return &memStore{sessions: map[string]Session{}} }
@@ -36,7 +40,7 @@ func (m *memStore) check() error {
 	return nil
 }
 
-func (m *memStore) Create(_ context.Context, id string, data []byte, _ time.Duration) (Session, error) {
+func (m *memStore) Create(_ context.Context, id string, data []byte, ttl time.Duration) (Session, error) {
 	if err := m.check(); err != nil {
 		return Session{}, err
 	}
@@ -45,14 +49,18 @@ func (m *memStore) Create(_ context.Context, id string, data []byte, _ time.Dura
 	if _, ok := m.sessions[id]; ok {
 		return Session{}, ErrSessionExists
 	}
-	s := Session{ID: id, Version: 1, Data: append([]byte(nil), data...)}
+	s := Session{ID: id, Version: 1, Data: append([]byte(nil), data...), UpdatedAt: time.Now(), IdleTTL: ttl}
 	m.sessions[id] = s
 	return s, nil
 }
 
-func (m *memStore) Get(_ context.Context, id string, _ bool) (Session, error) {
+func (m *memStore) Get(_ context.Context, id string, touch bool) (Session, error) {
 	if err := m.check(); err != nil {
 		return Session{}, err
+	}
+	m.gets.Add(1)
+	if touch {
+		m.touches.Add(1)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -60,7 +68,20 @@ func (m *memStore) Get(_ context.Context, id string, _ bool) (Session, error) {
 	if !ok {
 		return Session{}, fmt.Errorf("memstore: %s: %w", id, ErrSessionNotFound)
 	}
+	if touch {
+		s.UpdatedAt = time.Now()
+		m.sessions[id] = s
+	}
 	return s, nil
+}
+
+// age moves a session's updated_at d into the past.
+func (m *memStore) age(id string, d time.Duration) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	s := m.sessions[id]
+	s.UpdatedAt = s.UpdatedAt.Add(-d)
+	m.sessions[id] = s
 }
 
 func (m *memStore) CompareAndSet(_ context.Context, id string, expected uint64, data []byte) (Session, error) {
@@ -84,6 +105,7 @@ func (m *memStore) CompareAndSet(_ context.Context, id string, expected uint64, 
 	}
 	s.Version++
 	s.Data = append([]byte(nil), data...)
+	s.UpdatedAt = time.Now()
 	m.sessions[id] = s
 	return s, nil
 }
@@ -236,6 +258,9 @@ func (m *memStore) GetState(_ context.Context, sid, key string) (StateEntry, err
 func (m *memStore) PutState(_ context.Context, sid, key string, value []byte, expected *uint64) (StateEntry, error) {
 	if err := m.check(); err != nil {
 		return StateEntry{}, err
+	}
+	if strings.HasPrefix(key, inflightPrefix) {
+		m.inflightPuts.Add(1)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()

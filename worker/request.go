@@ -391,6 +391,16 @@ type outbox struct {
 	// message turns into an SSE stream.
 	direct bool
 	lazy   http.ResponseWriter
+
+	// upgradeTo, when set, is a session request's response that is still
+	// undecided: the first message, or upgrade, turns it into an SSE
+	// stream (after recording tr in flight, when set); seal decides JSON.
+	upgradeTo http.ResponseWriter
+	primes    bool // write the 2025-11-25 priming event on upgrade
+	tr        *tracker
+	sealed    bool
+	stopKeep  chan struct{} // ends the keep-alive loop of an upgraded response
+	keepWG    sync.WaitGroup
 }
 
 // send appends msg to the stream and then writes it to the wire.
@@ -411,6 +421,9 @@ func (o *outbox) send(ctx context.Context, msg []byte) (uint64, error) {
 		}
 		return 0, nil
 	}
+	if o.w == nil && o.upgradeTo != nil && !o.sealed {
+		return o.upgradeLocked(ctx, msg)
+	}
 	seqs, err := o.h.store.AppendEvents(ctx, o.sid, o.stream, msg)
 	if err != nil {
 		return 0, err
@@ -420,6 +433,75 @@ func (o *outbox) send(ctx context.Context, msg []byte) (uint64, error) {
 		o.written = time.Now()
 	}
 	return seqs[0], nil
+}
+
+// upgrade turns the undecided response into an SSE stream now (the
+// request runs long); it does nothing when the response is decided.
+func (o *outbox) upgrade(ctx context.Context) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.closed || o.sealed || o.w != nil || o.upgradeTo == nil {
+		return nil
+	}
+	_, err := o.upgradeLocked(ctx, nil)
+	return err
+}
+
+// upgradeLocked records the request in flight, stores the priming event
+// and msg (if any) in one append, and only then starts the SSE response
+// with them: a client must not see an event id before a worker resuming
+// the stream can find the request's owner. On failure nothing was written
+// and a later message tries again. It returns msg's sequence number.
+func (o *outbox) upgradeLocked(ctx context.Context, msg []byte) (uint64, error) {
+	if o.tr != nil {
+		if err := o.tr.register(); err != nil {
+			return 0, err
+		}
+	}
+	data := [][]byte{nil}
+	if msg != nil {
+		data = append(data, msg)
+	}
+	seqs, err := o.h.store.AppendEvents(ctx, o.sid, o.stream, data...)
+	if err != nil {
+		return 0, err
+	}
+	w := o.upgradeTo
+	o.upgradeTo = nil
+	sseHeaders(w)
+	if o.primes {
+		writePriming(w, eventID(o.stream, seqs[0]), o.h.cfg.SSERetry)
+	}
+	if msg != nil {
+		writeEvent(w, eventID(o.stream, seqs[1]), msg)
+	}
+	o.w, o.written = w, time.Now()
+	stop := make(chan struct{})
+	o.stopKeep = stop
+	every := o.h.cfg.SSEKeepAlive
+	o.keepWG.Go(func() {
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				o.keepAlive(every)
+			}
+		}
+	})
+	return seqs[len(seqs)-1], nil
+}
+
+// seal decides the response when the handler returns: true when it is an
+// SSE stream (the answer goes through send), false when it stays plain
+// (no later upgrade).
+func (o *outbox) seal() bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.sealed = true
+	return o.w != nil
 }
 
 // writeRaw writes a message to the wire without an event id (the store
@@ -459,7 +541,14 @@ func (o *outbox) close() {
 	o.mu.Lock()
 	o.closed = true
 	o.w = nil
+	o.upgradeTo = nil
+	stop := o.stopKeep
+	o.stopKeep = nil
 	o.mu.Unlock()
+	if stop != nil {
+		close(stop)
+	}
+	o.keepWG.Wait()
 }
 
 func randomHex(n int) string {

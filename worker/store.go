@@ -15,6 +15,12 @@ type Session struct {
 	ID      string
 	Version uint64
 	Data    []byte
+	// UpdatedAt is when the store last refreshed the idle timer (the
+	// store's clock); zero when the store does not say.
+	UpdatedAt time.Time
+	// IdleTTL is the record's idle lifetime; 0 when it never expires or
+	// the store does not say.
+	IdleTTL time.Duration
 }
 
 // Errors a SessionStore returns (wrapped is fine: the worker tests them with

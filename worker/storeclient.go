@@ -36,7 +36,7 @@ func (s clientStore) Delete(ctx context.Context, id string) error {
 }
 
 func fromClient(cs client.Session) Session {
-	return Session{ID: cs.ID, Version: cs.Version, Data: cs.Data}
+	return Session{ID: cs.ID, Version: cs.Version, Data: cs.Data, UpdatedAt: cs.UpdatedAt, IdleTTL: cs.IdleTTL}
 }
 
 // mappedError is a client error that also matches a worker sentinel.

@@ -66,6 +66,16 @@ func testServer(hk *hooks) *Server {
 			}
 			return &ToolResult{Content: []Content{TextContent("done")}}, nil, nil
 		})
+	AddTool(s, &Tool{Name: "quiet", Description: "waits for the test without sending anything"},
+		func(ctx context.Context, _ *Request, _ struct{}) (*ToolResult, any, error) {
+			hk.started <- "quiet"
+			select {
+			case <-hk.release:
+			case <-ctx.Done():
+				return nil, nil, ctx.Err()
+			}
+			return &ToolResult{Content: []Content{TextContent("quiet done")}}, nil, nil
+		})
 	AddTool(s, &Tool{Name: "levels", Description: "logs once at every level"},
 		func(ctx context.Context, req *Request, _ struct{}) (*ToolResult, any, error) {
 			for _, l := range logLevels {
@@ -421,9 +431,16 @@ func TestLogLevelAcrossWorkers(t *testing.T) {
 
 // TestCancelAcrossWorkers: notifications/cancelled on B cancels a call
 // running on A; the SSE stream ends without a response, the JSON answer is
-// -32800, and the in-flight record is gone.
+// -32800, and the in-flight record is gone; with a delayed in-flight
+// record (the default) and with one written at once (InflightDelay 0).
 func TestCancelAcrossWorkers(t *testing.T) {
-	c := newCluster(t, []string{"a", "b"}, nil)
+	for _, delay := range []time.Duration{DefaultInflightDelay, 0} {
+		t.Run("delay="+delay.String(), func(t *testing.T) { testCancelAcrossWorkers(t, delay) })
+	}
+}
+
+func testCancelAcrossWorkers(t *testing.T, delay time.Duration) {
+	c := newCluster(t, []string{"a", "b"}, func(cfg *Config) { cfg.InflightDelay = delay })
 	v := "2025-11-25"
 	for _, mode := range []string{"sse", "json"} {
 		t.Run(mode, func(t *testing.T) {
@@ -441,9 +458,9 @@ func TestCancelAcrossWorkers(t *testing.T) {
 				go func() { done <- do(t, req) }()
 			}
 			waitStarted(t, c.hk, "block")
-			if _, err := c.store.GetState(context.Background(), sid, `inflight/"long"`); err != nil {
-				t.Fatalf("no in-flight record: %v", err)
-			}
+			// The call is recorded in flight once it outlives InflightDelay
+			// (JSON), or before its stream shows (SSE).
+			waitInflight(t, c.store, sid, `inflight/"long"`)
 			n := post(t, c.urls["b"], `{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"long","reason":"test"}}`, hdr(sid, v))
 			if n.status != 202 {
 				t.Fatalf("cancel: %d %s", n.status, n.body)
@@ -732,5 +749,98 @@ func TestCounter(t *testing.T) {
 		if !got[n] {
 			t.Fatalf("value %d skipped: %v", n, got)
 		}
+	}
+}
+
+// TestDelayedInflight: with InflightDelay, a quick call makes no in-flight
+// record, and a cancellation that arrives before a slow call is recorded
+// still cancels it once it is.
+func TestDelayedInflight(t *testing.T) {
+	c := newCluster(t, []string{"a", "b"}, func(cfg *Config) { cfg.InflightDelay = 300 * time.Millisecond })
+	v := "2025-11-25"
+	sid := initOn(t, c.urls["a"], v, `{}`)
+	h := hdr(sid, v)
+	h["Accept"] = "application/json"
+	r := do(t, postReq(t, c.urls["a"], `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"typed","arguments":{"name":"x"}}}`, h))
+	if r.status != 200 || r.rpc.Error != nil {
+		t.Fatalf("quick call: %d %s", r.status, r.body)
+	}
+	if n := c.store.inflightPuts.Load(); n != 0 {
+		t.Fatalf("%d in-flight writes for a quick call, want 0", n)
+	}
+
+	done := make(chan reply, 1)
+	req := postReq(t, c.urls["a"], `{"jsonrpc":"2.0","id":"long","method":"tools/call","params":{"name":"block"}}`, h)
+	go func() { done <- do(t, req) }()
+	waitStarted(t, c.hk, "block")
+	n := post(t, c.urls["b"], `{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"long","reason":"early"}}`, hdr(sid, v))
+	if n.status != 202 {
+		t.Fatalf("cancel: %d %s", n.status, n.body)
+	}
+	select {
+	case cause := <-c.hk.finished:
+		if !errors.Is(cause, errCancelled) {
+			t.Fatalf("tool context cause %v", cause)
+		}
+	case <-time.After(testDeadline):
+		t.Fatal("the call was not cancelled")
+	}
+	if r := <-done; r.rpc.Error == nil || r.rpc.Error.Code != CodeCancelled {
+		t.Fatalf("JSON answer %s", r.body)
+	}
+	if c.store.inflightPuts.Load() != 1 {
+		t.Fatalf("%d in-flight writes, want 1", c.store.inflightPuts.Load())
+	}
+	if _, err := c.store.GetState(context.Background(), sid, `inflight/"long"`); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("in-flight record left: %v", err)
+	}
+}
+
+// waitInflight waits until the session has in-flight record key.
+func waitInflight(t *testing.T, st *memStore, sid, key string) {
+	t.Helper()
+	deadline := time.Now().Add(testDeadline)
+	for {
+		_, err := st.GetState(context.Background(), sid, key)
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no in-flight record %s: %v", key, err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestCancelOnSameWorker: a notifications/cancelled that lands on the
+// worker running the request cancels it at once, before the request is
+// recorded in flight (here never: the delay is long).
+func TestCancelOnSameWorker(t *testing.T) {
+	c := newCluster(t, []string{"a"}, func(cfg *Config) { cfg.InflightDelay = time.Hour })
+	v := "2025-11-25"
+	sid := initOn(t, c.urls["a"], v, `{}`)
+	h := hdr(sid, v)
+	h["Accept"] = "application/json"
+	done := make(chan reply, 1)
+	req := postReq(t, c.urls["a"], `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"block"}}`, h)
+	go func() { done <- do(t, req) }()
+	waitStarted(t, c.hk, "block")
+	// 7.0 is the same JSON-RPC id as 7.
+	if n := post(t, c.urls["a"], `{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":7.0}}`, hdr(sid, v)); n.status != 202 {
+		t.Fatalf("cancel: %d %s", n.status, n.body)
+	}
+	select {
+	case cause := <-c.hk.finished:
+		if !errors.Is(cause, errCancelled) {
+			t.Fatalf("tool context cause %v", cause)
+		}
+	case <-time.After(testDeadline):
+		t.Fatal("the call was not cancelled")
+	}
+	if r := <-done; r.rpc.Error == nil || r.rpc.Error.Code != CodeCancelled {
+		t.Fatalf("JSON answer %s", r.body)
+	}
+	if n := c.store.inflightPuts.Load(); n != 0 {
+		t.Fatalf("%d in-flight writes, want 0", n)
 	}
 }

@@ -83,7 +83,7 @@ func startTask(ctx context.Context, c *call, t *tool, p toolCallParams) (any, *E
 	// The tool runs beyond this HTTP request, bounded by CallTimeout; its
 	// messages go to the session's standalone stream.
 	bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), h.cfg.CallTimeout)
-	tctx, done, err := h.track(bg, sid, taskCancelID(task.ID), "")
+	tctx, done, err := h.trackNow(bg, sid, taskCancelID(task.ID), "")
 	if err != nil {
 		cancel()
 		c.storeErr = err

@@ -224,8 +224,19 @@ func (h *Handler) sessionHeader(w http.ResponseWriter, r *http.Request, id json.
 // CodeCancelled answers, in JSON mode, a request the client cancelled.
 const CodeCancelled = -32800
 
-// serveRequest runs a request on a session and answers it: as JSON, or as
-// an SSE stream whose every event is first appended to the store.
+// serveRequest runs a request on a session and answers it.
+//
+// A request that may stream (the client accepts SSE and the method sends
+// notifications or requests, or the client accepts only SSE) is answered
+// as plain JSON, with no store write for it, unless it sends a message to
+// the client before it ends or runs longer than InflightDelay; then, and
+// only then, its response turns into an SSE stream: the request is first
+// recorded in flight (so a client resuming the stream on another worker
+// can tell whether its worker still runs it), then the priming event and
+// the first message are stored in one append, and every later event is
+// stored before it is written. A tracked request that cannot stream is
+// recorded in flight after InflightDelay, so a notifications/cancelled on
+// any worker reaches it. InflightDelay 0 streams and records at once.
 func (h *Handler) serveRequest(w http.ResponseWriter, r *http.Request, sess *session, msg *Message, acc acceptance) {
 	m, ok := h.disp.methods[msg.Method]
 	if !ok {
@@ -234,7 +245,7 @@ func (h *Handler) serveRequest(w http.ResponseWriter, r *http.Request, sess *ses
 		}}
 	}
 	token := requestMeta(msg.Params)
-	useSSE := (acc.sse && (m.streams || token != nil)) || !acc.json
+	mayStream := (acc.sse && (m.streams || token != nil)) || !acc.json
 	budget := h.cfg.RequestTimeout
 	if m.tracked {
 		budget = h.cfg.CallTimeout
@@ -242,67 +253,69 @@ func (h *Handler) serveRequest(w http.ResponseWriter, r *http.Request, sess *ses
 	// A client disconnect is not a cancellation (MCP).
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), budget)
 	defer cancel()
-	stream := streamGet // JSON answer: other messages go to the GET stream
-	if useSSE {
+	stream := streamGet // a JSON answer: other messages go to the GET stream
+	if mayStream {
 		stream = requestStream(msg.ID)
 	}
 	ob := &outbox{h: h, sid: sess.id, stream: stream}
 	defer ob.close()
 	runCtx := ctx
+	var tr *tracker
 	if m.tracked {
 		onStream := ""
-		if useSSE {
+		if mayStream {
 			onStream = stream
 		}
-		tctx, done, err := h.track(ctx, sess.id, msg.ID, onStream)
-		if err != nil {
-			h.storeFail(w, msg.ID, "update", err)
-			return
-		}
-		defer done()
-		runCtx = tctx
+		tr = h.newTracker(ctx, sess.id, msg.ID, onStream)
+		defer tr.done()
+		runCtx = tr.ctx
 	}
-	if useSSE {
-		seqs, err := h.store.AppendEvents(ctx, sess.id, stream, nil)
-		if err != nil {
+	if mayStream {
+		ob.upgradeTo, ob.primes, ob.tr = w, primes(sess.rec.ProtocolVersion), tr
+	}
+	switch {
+	case h.cfg.InflightDelay <= 0 && mayStream:
+		if err := ob.upgrade(ctx); err != nil {
 			h.storeFail(w, msg.ID, "append", err)
 			return
 		}
-		sseHeaders(w)
-		if primes(sess.rec.ProtocolVersion) {
-			writePriming(w, eventID(stream, seqs[0]), h.cfg.SSERetry)
+	case h.cfg.InflightDelay <= 0 && tr != nil:
+		if err := tr.register(); err != nil {
+			h.storeFail(w, msg.ID, "update", err)
+			return
 		}
-		ob.mu.Lock()
-		ob.w, ob.written = w, time.Now()
-		ob.mu.Unlock()
-		stop := make(chan struct{})
-		defer close(stop)
-		go func() {
-			t := time.NewTicker(h.cfg.SSEKeepAlive)
-			defer t.Stop()
-			for {
-				select {
-				case <-stop:
-					return
-				case <-t.C:
-					ob.keepAlive(h.cfg.SSEKeepAlive)
-				}
+	case tr != nil:
+		timer := time.AfterFunc(h.cfg.InflightDelay, func() {
+			var err error
+			if mayStream {
+				err = ob.upgrade(ctx)
+			} else {
+				err = tr.register()
 			}
-		}()
+			if err != nil {
+				h.log.WithError(err).Warn("recording a running request in flight failed; until a later try it cannot be cancelled or resumed")
+			}
+		})
+		defer timer.Stop()
 	}
 	c := &call{h: h, session: sess, msg: msg}
 	c.req = &Request{h: h, sess: sess, id: msg.ID, method: msg.Method, progressToken: token, out: ob}
 	result, rerr := m.fn(runCtx, c)
+	streaming := ob.seal()
 	if errors.Is(context.Cause(runCtx), errCancelled) {
 		// Cancelled by the client: MCP sends no response. A JSON answer
 		// must still say something.
-		if !useSSE {
+		switch {
+		case streaming:
+		case acc.json:
 			h.answer(w, msg.ID, nil, errorf(CodeCancelled, "Request cancelled"))
+		default:
+			sseHeaders(w)
 		}
 		return
 	}
 	if c.storeErr != nil {
-		if !useSSE {
+		if !streaming && acc.json {
 			h.storeFail(w, msg.ID, "update", c.storeErr)
 			return
 		}
@@ -314,8 +327,18 @@ func (h *Handler) serveRequest(w http.ResponseWriter, r *http.Request, sess *ses
 		}
 		result = nil
 	}
-	if !useSSE {
-		h.answer(w, msg.ID, result, rerr)
+	if !streaming {
+		if acc.json {
+			h.answer(w, msg.ID, result, rerr)
+		} else {
+			// The client takes only SSE: one event, not stored (it
+			// needs no resumption: it is the whole stream).
+			sseHeaders(w)
+			writeEvent(w, "", h.encodeAnswer(msg.ID, result, rerr))
+		}
+		if tr != nil && tr.registered() {
+			flush(w) // before tr.done removes the in-flight record
+		}
 		return
 	}
 	body := h.encodeAnswer(msg.ID, result, rerr)
@@ -429,17 +452,50 @@ type session struct {
 var errCorruptRecord = errors.New("session record does not decode")
 
 // loadSession reads the session from the store (no cache: any worker may
-// have changed it) and resets its idle timer.
+// have changed it) and keeps its idle timer running.
+//
+// It reads without touching, and writes a touch only when the record's
+// updated_at is older than touchInterval (min(idle TTL/10, 60 s)); every
+// write to the session's record, events, state or tasks refreshes
+// updated_at in the store too. So a session expires at the earliest
+// idle TTL − touchInterval after its last request (up to a tenth of the
+// TTL early, never late), plus any skew between this worker's clock and
+// the store's.
 func (h *Handler) loadSession(ctx context.Context, id string) (*session, error) {
-	s, err := h.store.Get(ctx, id, true)
+	s, err := h.store.Get(ctx, id, false)
 	if err != nil {
 		return nil, err
+	}
+	if h.touchDue(s, time.Now()) {
+		if s, err = h.store.Get(ctx, id, true); err != nil {
+			return nil, err
+		}
 	}
 	rec, err := decodeRecord(s.Data)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", errCorruptRecord, err)
 	}
 	return &session{id: id, version: s.Version, rec: rec}, nil
+}
+
+// maxTouchInterval bounds touchInterval for long idle TTLs.
+const maxTouchInterval = 60 * time.Second
+
+// touchInterval is how stale a record's updated_at may get before a
+// request touches it: a tenth of its idle TTL, at most maxTouchInterval.
+func touchInterval(ttl time.Duration) time.Duration { return min(ttl/10, maxTouchInterval) }
+
+// touchDue reports whether a request at now must reset s's idle timer. A
+// store that does not report updated_at gets a touch every time.
+func (h *Handler) touchDue(s Session, now time.Time) bool {
+	if s.UpdatedAt.IsZero() {
+		return true
+	}
+	ttl := s.IdleTTL
+	if ttl <= 0 {
+		ttl = h.cfg.SessionIdleTTL // not reported: assume ours
+	}
+	return now.Sub(s.UpdatedAt) >= touchInterval(ttl)
 }
 
 // maxUpdateAttempts bounds the read-modify-write loop on version conflicts.

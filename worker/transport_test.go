@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // testWorker starts a handler over store on an httptest server.
@@ -439,8 +440,12 @@ func TestInitializedRetriesOnConflict(t *testing.T) {
 	}
 }
 
+// TestSSEAnswer: a client that accepts only SSE gets a quick call's
+// answer as one SSE event (data escaped onto one line); the call sent
+// nothing else, so it is not stored and has no event id.
 func TestSSEAnswer(t *testing.T) {
-	srv := testWorker(t, newMemStore(), "w1")
+	st := newMemStore()
+	srv := testWorker(t, st, "w1")
 	sid := initSession(t, srv.URL)
 	r := post(t, srv.URL, `{"jsonrpc":"2.0","id":11,"method":"tools/call","params":{"name":"echo","arguments":{"text":"a\nb"}}}`,
 		map[string]string{HeaderSessionID: sid, "Accept": "text/event-stream"})
@@ -458,8 +463,11 @@ func TestSSEAnswer(t *testing.T) {
 			fields[k] = v
 		}
 	}
-	if fields["id"] == "" {
-		t.Fatalf("SSE event %q", r.body)
+	if _, ok := fields["id"]; ok || fields["data"] == "" {
+		t.Fatalf("SSE event %q, want data and no id", r.body)
+	}
+	if evs := st.events(sid, requestStream(json.RawMessage("11"))); len(evs) != 0 {
+		t.Fatalf("%d events stored for a quick call", len(evs))
 	}
 	var msg struct {
 		ID     int        `json:"id"`
@@ -609,4 +617,42 @@ func parseSSE(body string) []sseEvent {
 		}
 	}
 	return out
+}
+
+// TestTouchOnlyWhenStale: a request reads the session without touching it
+// while updated_at is fresh, and touches it once updated_at is older than
+// touchInterval(idle TTL).
+func TestTouchOnlyWhenStale(t *testing.T) {
+	st := newMemStore()
+	srv := testWorker(t, st, "w1")
+	sid := initSession(t, srv.URL)
+	ping := `{"jsonrpc":"2.0","id":7,"method":"ping"}`
+	st.touches.Store(0)
+	for range 3 {
+		if r := post(t, srv.URL, ping, sessionHeaders(sid)); r.status != http.StatusOK || r.rpc.Error != nil {
+			t.Fatalf("ping: %d %s", r.status, r.body)
+		}
+	}
+	if n := st.touches.Load(); n != 0 {
+		t.Fatalf("%d touches of a fresh session, want 0", n)
+	}
+	st.age(sid, touchInterval(DefaultSessionIdleTTL))
+	if r := post(t, srv.URL, ping, sessionHeaders(sid)); r.status != http.StatusOK {
+		t.Fatalf("ping: %d %s", r.status, r.body)
+	}
+	if n := st.touches.Load(); n != 1 {
+		t.Fatalf("%d touches of a stale session, want 1", n)
+	}
+	if r := post(t, srv.URL, ping, sessionHeaders(sid)); r.status != http.StatusOK {
+		t.Fatalf("ping: %d %s", r.status, r.body)
+	}
+	if n := st.touches.Load(); n != 1 {
+		t.Fatalf("%d touches after the refresh, want still 1", n)
+	}
+	if got := touchInterval(30 * time.Minute); got != 60*time.Second {
+		t.Fatalf("touchInterval(30m) = %s, want 60s", got)
+	}
+	if got := touchInterval(time.Minute); got != 6*time.Second {
+		t.Fatalf("touchInterval(1m) = %s, want 6s", got)
+	}
 }

@@ -54,6 +54,7 @@ func cmdWorker(ctx context.Context, args []string, _, stderr io.Writer) int {
 	fs.DurationVar(&cfg.SSEStreamLifetime, "sse-stream-lifetime", cfg.SSEStreamLifetime, "a GET SSE stream is closed after this long; the client reconnects (SSE polling)")
 	fs.BoolVar(&cfg.Sessionless, "sessionless", cfg.Sessionless, "also serve MCP 2026-07-28 (sessionless: server/discover, per-request _meta, MRTR, subscriptions/listen) on /mcp; go-sdk >= 1.8 clients then prefer it to sessions; false makes them use sessions")
 	fs.DurationVar(&cfg.SSEKeepAlive, "sse-keepalive", cfg.SSEKeepAlive, "interval of keep-alive comments on idle SSE streams")
+	fs.DurationVar(&cfg.InflightDelay, "inflight-delay", cfg.InflightDelay, "a tools/call, resources/read, prompts/get or tasks/result still running after this long is recorded in flight in the store (cancellable from any worker) and, when the client accepts SSE, answered as a resumable SSE stream; quicker ones are plain JSON with no store write (0: at once)")
 	if err := config.Parse(fs, args, nil); err != nil {
 		if errors.Is(err, config.ErrHelp) {
 			return exitOK
