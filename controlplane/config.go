@@ -62,6 +62,15 @@ type Config struct {
 	Detector DetectorConfig
 	// HistoryLimit is how many history entries are kept (newest).
 	HistoryLimit int
+
+	// Actuator is none, kubernetes or local:<socket> (see actuator.go).
+	Actuator string
+	// Kube configures the kubernetes actuator.
+	Kube KubeConfig
+	// Autoheal and Scale configure the autoheal loop (leader only; they act
+	// only with an actuator).
+	Autoheal AutohealConfig
+	Scale    ScaleConfig
 }
 
 // Replication modes.
@@ -85,6 +94,10 @@ func DefaultConfig() Config {
 		ProbeInterval:     2 * time.Second,
 		Detector:          DefaultDetectorConfig(),
 		HistoryLimit:      1000,
+		Actuator:          ActuatorNone,
+		Kube:              DefaultKubeConfig(),
+		Autoheal:          DefaultAutohealConfig(),
+		Scale:             DefaultScaleConfig(),
 	}
 }
 
@@ -146,6 +159,15 @@ func (c Config) Validate() error {
 	}
 	if err := c.Detector.Validate(); err != nil {
 		return fmt.Errorf("--region-fail-after/--region-probe-window/--region-recover-after: %w", err)
+	}
+	if _, _, err := parseActuator(c.Actuator); err != nil {
+		return err
+	}
+	if err := c.Autoheal.Validate(); err != nil {
+		return err
+	}
+	if err := c.Scale.Validate(); err != nil {
+		return err
 	}
 	return nil
 }

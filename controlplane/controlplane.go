@@ -41,6 +41,8 @@ type ControlPlane struct {
 	reg     *membership.Registration
 	metrics *metrics
 	prober  *prober
+	// actuator carries out autoheal and scaling (none: nothing is done).
+	actuator Actuator
 
 	leader atomic.Bool
 	// lead is the current term while leading (nil otherwise), for admin
@@ -73,6 +75,12 @@ func Run(ctx context.Context, cfg Config, log *logrus.Entry) error {
 // registered and serving the admin API. ctx bounds only the start; the
 // instance runs until Close.
 func Start(ctx context.Context, cfg Config, log *logrus.Entry) (*ControlPlane, error) {
+	return start(ctx, cfg, log, nil)
+}
+
+// start is Start with an actuator given (tests); nil builds the one cfg
+// names.
+func start(ctx context.Context, cfg Config, log *logrus.Entry, act Actuator) (*ControlPlane, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -103,6 +111,14 @@ func Start(ctx context.Context, cfg Config, log *logrus.Entry) (*ControlPlane, e
 		metrics: newMetrics(cfg.Common.ID, cfg.Common.Region, cfg.Common.Zone),
 		prober:  newProber(),
 	}
+	if act == nil {
+		if act, err = newActuator(cfg, token); err != nil {
+			ln.Close()
+			cli.Close()
+			return nil, err
+		}
+	}
+	cp.actuator = act
 	cp.srv = &http.Server{Handler: cp.handler(), ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		if err := cp.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -296,7 +312,7 @@ func (cp *ControlPlane) runLeader(ctx context.Context, lead leadership) error {
 		if err == nil {
 			lctx, cancel := context.WithCancel(ctx)
 			defer cancel()
-			errs := make(chan error, 2)
+			errs := make(chan error, 3)
 			go func() {
 				if cp.cfg.ReplicationMode == ReplicationRaft {
 					errs <- cp.raftPlacementLoop(lctx, lead, cc)
@@ -305,8 +321,10 @@ func (cp *ControlPlane) runLeader(ctx context.Context, lead leadership) error {
 				}
 			}()
 			go func() { errs <- cp.regionLoop(lctx, lead) }()
+			go func() { errs <- cp.autohealLoop(lctx, lead) }()
 			err := <-errs
 			cancel()
+			<-errs
 			<-errs
 			return err
 		}

@@ -19,6 +19,12 @@ type metrics struct {
 	opsInFlight      prometheus.Gauge
 	placementPaused  prometheus.Gauge
 	regionFailed     *prometheus.GaugeVec
+
+	healActions    *prometheus.CounterVec
+	autohealPaused prometheus.Gauge
+	desiredWorkers *prometheus.GaugeVec
+	actualWorkers  *prometheus.GaugeVec
+	scaleDecisions *prometheus.CounterVec
 }
 
 func newMetrics(node, region, zone string) *metrics {
@@ -63,6 +69,27 @@ func newMetrics(node, region, zone string) *metrics {
 		Name: "erlmcp_controlplane_region_failed", ConstLabels: labels,
 		Help: "1 while the region failure detector holds a region failed (leader only).",
 	}, []string{"monitored_region"})
+	m.healActions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "erlmcp_controlplane_heal_actions_total", ConstLabels: labels,
+		Help: "Autoheal and scaling actions carried out through the actuator while leader, by action (restart, scale_up, scale_down) and outcome (succeeded, failed, suppressed: restart attempts exhausted).",
+	}, []string{"action", "outcome"})
+	m.autohealPaused = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "erlmcp_controlplane_autoheal_paused", ConstLabels: labels,
+		Help: "1 while autoheal and scaling actions are paused through the admin API (leader only), else 0.",
+	})
+	m.desiredWorkers = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "erlmcp_controlplane_desired_workers", ConstLabels: labels,
+		Help: "Desired process count of a scaled pool (desired/<pool>; leader only).",
+	}, []string{"pool"})
+	m.actualWorkers = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "erlmcp_controlplane_actual_workers", ConstLabels: labels,
+		Help: "Processes the actuator runs for a scaled pool (leader only).",
+	}, []string{"pool"})
+	m.scaleDecisions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "erlmcp_controlplane_scale_decisions_total", ConstLabels: labels,
+		Help: "Changes of a pool's desired count written to etcd, by direction (up, down).",
+	}, []string{"pool", "direction"})
+	m.reg.MustRegister(m.healActions, m.autohealPaused, m.desiredWorkers, m.actualWorkers, m.scaleDecisions)
 	m.reg.MustRegister(m.isLeader, m.leaderChanges, m.shardsPlaced,
 		m.failovers, m.failoverDuration, m.underReplicated, m.opsInFlight, m.placementPaused, m.regionFailed,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

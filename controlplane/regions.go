@@ -50,9 +50,13 @@ type RegionDoc struct {
 // kind: region_failover (detector), manual_failover, manual_failback.
 // outcome: succeeded, noop, or failed: <why>.
 type HistoryEntry struct {
-	ID      string    `json:"id"`
-	Kind    string    `json:"kind"`
-	Reason  string    `json:"reason"`
+	ID     string `json:"id"`
+	Kind   string `json:"kind"`
+	Reason string `json:"reason"`
+	// Node and Action: what a heal or scale entry acted on and how
+	// (restart, scale_up, scale_down); Node is the pool for scale entries.
+	Node    string    `json:"node,omitempty"`
+	Action  string    `json:"action,omitempty"`
 	From    string    `json:"from,omitempty"`
 	To      string    `json:"to,omitempty"`
 	Start   time.Time `json:"start"`

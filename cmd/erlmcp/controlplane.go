@@ -23,9 +23,11 @@ them through operators (<prefix>ops/<id>), reading replica progress from
 answering health probes, and records failovers in <prefix>history/. Every
 instance serves the admin API (HTTP+JSON, bearer token): GET /v1/members,
 /v1/leader, /v1/cluster, /v1/shards, /v1/regions, /v1/history, /v1/ops,
-POST /v1/regions/<name>/failover|failback, and without a token /healthz
-and /metrics. A token is required: --admin-token
-or --admin-token-file.`
+POST /v1/regions/<name>/failover|failback, GET /v1/autoheal, POST
+/v1/autoheal/pause|resume, and without a token /healthz and /metrics. With
+an --actuator the leader restarts unhealthy members (autoheal) and, with
+--autoscale, sizes the worker pool on load (<prefix>desired/<pool>). A
+token is required: --admin-token or --admin-token-file.`
 
 // cmdControlPlane runs a control-plane instance until ctx ends.
 func cmdControlPlane(ctx context.Context, args []string, _, stderr io.Writer) int {
@@ -54,10 +56,15 @@ func cmdControlPlane(ctx context.Context, args []string, _, stderr io.Writer) in
 	fs.IntVar(&cfg.Detector.Window, "region-probe-window", cfg.Detector.Window, "probe rounds the region failure detector looks at")
 	fs.IntVar(&cfg.Detector.RecoverAfter, "region-recover-after", cfg.Detector.RecoverAfter, "good probe rounds in a row after which a failed region is standby again (failback stays manual)")
 	fs.IntVar(&cfg.HistoryLimit, "history-limit", cfg.HistoryLimit, "history entries kept (newest)")
+	kubeDeps, autohealRoles := registerAutohealFlags(fs, &cfg)
 	if err := config.Parse(fs, args, nil); err != nil {
 		if errors.Is(err, config.ErrHelp) {
 			return exitOK
 		}
+		fmt.Fprintf(stderr, "erlmcp controlplane: %v\n", err)
+		return exitUsage
+	}
+	if err := applyAutohealFlags(&cfg, *kubeDeps, *autohealRoles); err != nil {
 		fmt.Fprintf(stderr, "erlmcp controlplane: %v\n", err)
 		return exitUsage
 	}

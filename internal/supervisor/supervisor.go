@@ -147,6 +147,8 @@ type child struct {
 	cmd    *exec.Cmd // nil while not running
 	starts int
 	done   chan struct{} // closed when the restart loop returned
+	// removed is set (under mu) by Remove: the child is not restarted.
+	removed bool
 }
 
 type spawnReq struct {
@@ -218,7 +220,7 @@ func (s *Supervisor) Start(spec Spec) error {
 // (and leaves nothing running) when Stop began meanwhile.
 func (s *Supervisor) spawn(c *child) (*exec.Cmd, error) {
 	s.mu.Lock()
-	if s.stopping {
+	if s.stopping || c.removed {
 		s.mu.Unlock()
 		return nil, ErrStopped
 	}
@@ -276,7 +278,7 @@ func (s *Supervisor) run(c *child, cmd *exec.Cmd) {
 		ran := s.opts.Clock.Now().Sub(started)
 		s.mu.Lock()
 		c.cmd = nil
-		stopping := s.stopping
+		stopping := s.stopping || c.removed
 		s.mu.Unlock()
 		fields := logrus.Fields{"child": c.spec.Name, "pid": cmd.Process.Pid, "ran": ran.Round(time.Millisecond).String()}
 		status := describeExit(cmd.ProcessState, err)
