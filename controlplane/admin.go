@@ -56,6 +56,14 @@ func (cp *ControlPlane) handler() http.Handler {
 		"/v1/ops":     {true, cp.handleOps},
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v1/autoheal" || strings.HasPrefix(r.URL.Path, "/v1/autoheal/") {
+			cp.handleAutohealAction(w, r)
+			return
+		}
+		if p := r.URL.Path; p == "/v1/placement" || strings.HasPrefix(p, "/v1/placement/") || strings.HasPrefix(p, "/v1/nodes/") || strings.HasPrefix(p, "/v1/shards/") {
+			cp.handleAdminAction(w, r) // admin_actions.go
+			return
+		}
 		if rest, ok := strings.CutPrefix(r.URL.Path, "/v1/regions/"); ok {
 			name, action, _ := strings.Cut(rest, "/")
 			if action != "failover" && action != "failback" || name == "" {
@@ -75,7 +83,7 @@ func (cp *ControlPlane) handler() http.Handler {
 		}
 		rt, ok := routes[r.URL.Path]
 		if !ok {
-			writeError(w, http.StatusNotFound, "no such endpoint "+r.URL.Path+": the admin API has GET /v1/members, /v1/leader, /v1/cluster, /v1/shards, /v1/regions, /v1/history, /v1/ops, POST /v1/regions/<name>/failover|failback, /healthz, /metrics")
+			writeError(w, http.StatusNotFound, "no such endpoint "+r.URL.Path+": the admin API has GET /v1/members, /v1/leader, /v1/cluster, /v1/shards, /v1/regions, /v1/history, /v1/ops, POST /v1/regions/<name>/failover|failback, GET /v1/placement, POST /v1/placement/pause|resume, /v1/nodes/<store>/drain|undrain, /v1/shards/<n>/leader?store=, /healthz, /metrics")
 			return
 		}
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {

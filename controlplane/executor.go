@@ -223,11 +223,12 @@ func (cp *ControlPlane) raftPlacementLoop(ctx context.Context, lead leadership, 
 		wOps
 		wStatus
 		wRegions
+		wAdmin
 		nWatch
 	)
 	prefixes := [nWatch]string{
 		membership.RolePrefix(prefix, membership.RoleStore), clusterstate.ShardsPrefix(prefix),
-		OpsPrefix(prefix), StatusPrefix(prefix), RegionsPrefix(prefix),
+		OpsPrefix(prefix), StatusPrefix(prefix), RegionsPrefix(prefix), AdminPrefix(prefix),
 	}
 	var chans [nWatch]chan etcdwatch.Snapshot
 	wctx, cancel := context.WithCancel(ctx)
@@ -271,6 +272,8 @@ func (cp *ControlPlane) raftPlacementLoop(ctx context.Context, lead leadership, 
 			snaps[wStatus] = &s
 		case s := <-chans[wRegions]:
 			snaps[wRegions] = &s
+		case s := <-chans[wAdmin]:
+			snaps[wAdmin] = &s
 		case <-tick.C:
 		}
 		ready := true
@@ -314,7 +317,13 @@ func (cp *ControlPlane) raftPlacementLoop(ctx context.Context, lead leadership, 
 		for _, o := range ops {
 			state.InFlight = append(state.InFlight, o)
 		}
+		admin := decodeAdmin(prefix, snaps[wAdmin].KVs)
+		applyDrains(state.Stores, admin.drained)
 		res := PlanDetailed(state, pcfg, now)
+		if admin.placement.Paused && !res.Paused {
+			// An operator's pause: plan and report, act on nothing.
+			res.Paused, res.PauseReason, res.Ops = true, "paused by an operator: "+admin.placement.Reason, nil
+		}
 		cp.metrics.underReplicated.Set(float64(res.UnderReplicated))
 		cp.metrics.opsInFlight.Set(float64(len(ops)))
 		cp.metrics.placementPaused.Set(float64(b2i(res.Paused)))
