@@ -5,7 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,6 +18,7 @@ import (
 
 	"github.com/erlmcp/erlmcp/internal/clusterstate"
 	"github.com/erlmcp/erlmcp/internal/localcluster"
+	"github.com/erlmcp/erlmcp/internal/membership"
 	"github.com/erlmcp/erlmcp/sessionstore/client"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
@@ -76,6 +80,35 @@ func TestUpStoreKillLosesNoAcknowledgedWrite(t *testing.T) {
 		return nil
 	})
 
+	// Every store serves /readyz and /metrics on the HTTP address it
+	// registered (erlmcp up gives each one a port).
+	waitFor(t, 30*time.Second, "every store ready on its registered http_addr, with metrics", func() error {
+		resp, err := cli.Get(ctx, membership.RolePrefix(prefix, membership.RoleStore), clientv3.WithPrefix())
+		if err != nil {
+			return err
+		}
+		kvs := map[string][]byte{}
+		for _, kv := range resp.Kvs {
+			kvs[string(kv.Key)] = kv.Value
+		}
+		ms := membership.FromKVs(kvs)
+		if len(ms) != 3 {
+			return fmt.Errorf("%d stores registered", len(ms))
+		}
+		for _, m := range ms {
+			if m.HTTPAddr == "" {
+				return fmt.Errorf("store %s registered no http_addr", m.ID)
+			}
+			for path, want := range map[string]string{"/readyz": "ready", "/metrics": "erlmcp_store_shard_replicas"} {
+				code, body, err := httpGetBody(ctx, "http://"+m.HTTPAddr+path)
+				if err != nil || code != http.StatusOK || !strings.Contains(body, want) {
+					return fmt.Errorf("store %s GET %s: %d %.200q %v", m.ID, path, code, body, err)
+				}
+			}
+		}
+		return nil
+	})
+
 	sc, err := client.New(ctx, client.Config{Etcd: cli, Prefix: prefix, RequestTimeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
@@ -92,6 +125,11 @@ func TestUpStoreKillLosesNoAcknowledgedWrite(t *testing.T) {
 		n     atomic.Int64
 		stop  atomic.Bool
 		wg    sync.WaitGroup
+		// killedAt is the SIGKILL's time (unix ns; 0 before it);
+		// firstAfter[i] is how long after it session i's first write was
+		// acknowledged.
+		killedAt   atomic.Int64
+		firstAfter = make([]time.Duration, sessions)
 	)
 	ids := make([]string, sessions)
 	for i := range ids {
@@ -101,11 +139,12 @@ func TestUpStoreKillLosesNoAcknowledgedWrite(t *testing.T) {
 		}
 		acked[ids[i]] = 1
 	}
-	for _, id := range ids {
+	for i, id := range ids {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			ver := uint64(1)
+			seen := false
 			for !stop.Load() {
 				wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
 				s, err := sc.CompareAndSet(wctx, id, ver, fmt.Appendf(nil, "%d", ver+1))
@@ -117,6 +156,10 @@ func TestUpStoreKillLosesNoAcknowledgedWrite(t *testing.T) {
 					mu.Lock()
 					acked[id] = max(acked[id], ver)
 					mu.Unlock()
+					if k := killedAt.Load(); k != 0 && !seen {
+						seen = true
+						firstAfter[i] = time.Since(time.Unix(0, k))
+					}
 				case errors.Is(err, client.ErrVersionConflict):
 					if g, gerr := sc.Get(ctx, id, false); gerr == nil {
 						ver = g.Version
@@ -157,11 +200,18 @@ func TestUpStoreKillLosesNoAcknowledgedWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	killed := time.Now()
+	killedAt.Store(killed.UnixNano())
 	waitN("writes after the kill", before+int64(sessions))
 	t.Logf("first %d writes after the kill within %v", sessions, time.Since(killed))
 	waitN("more writes after the kill", before+400)
 	stop.Store(true)
 	wg.Wait()
+	// Failover time: SIGKILL to the first acknowledged write of the session
+	// that waited longest (its shard was led by the killed store; sessions
+	// on other shards go on at once).
+	slices.Sort(firstAfter)
+	t.Logf("STORE_FAILOVER SIGKILL of the leader of %d shards to first acknowledged write: max %v, median %v over %d sessions",
+		lead[victim], firstAfter[len(firstAfter)-1].Round(time.Millisecond), firstAfter[len(firstAfter)/2].Round(time.Millisecond), sessions)
 
 	for _, id := range ids {
 		g, err := sc.Get(ctx, id, false)
@@ -203,4 +253,20 @@ func total(m map[string]int) int {
 		s += v
 	}
 	return s
+}
+
+func httpGetBody(ctx context.Context, url string) (int, string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return 0, "", err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), err
 }

@@ -4,11 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/erlmcp/erlmcp/internal/config"
 	"github.com/erlmcp/erlmcp/internal/loadgen"
@@ -32,6 +34,28 @@ by itself after --duration (or --max-requests); requests in flight then
 finish within --timeout. A progress line goes to stderr every second; the
 report goes to stdout as a table, or as JSON with --json, and as JSON to
 --report-file.
+
+Faults (--fault, repeatable) are injected while the load runs into the
+erlmcp up cluster of --data-dir, each ACTION:TARGET@AT[?hold=D&max=D&errors=N]:
+  actions  kill (SIGKILL), term (SIGTERM), stop (SIGSTOP, SIGCONT after
+           hold, default 3s), partition (cut one store node off from every
+           process for hold, default 3s; needs up --store-fault-proxies),
+           rolling-restart@AT (every worker, then every store node, one at
+           a time, each waited for)
+  targets  worker, front, store, store-leader (leads the most shards),
+           store-follower (leads the fewest), controlplane-leader,
+           controlplane-standby, etcd (up --etcd-members 3),
+           region=<name> or region=active (every process of it), id=<member id>
+  max      failover-time budget (default: worker and front 1s, store and
+           store-leader 2s, store-follower, controlplane and etcd 0,
+           region 10s; a rolling restart has none: its budget is 0 errors)
+  errors   failed client requests the fault may cause (default
+           --concurrency times the processes hit: one in flight per client
+           on each; rolling restart 0)
+Each fault's failover time (the longest window a session went unserved that
+overlaps it) and errors are reported beside its budget; --max-errors-pct
+then bounds only the errors no fault explains. With --data-dir and no --url
+the load goes to the cluster's fronts.
 
 Exit codes: 0 the run completed and met every budget; 1 a budget was missed,
 the run was interrupted, or the server could not be reached at the start;
@@ -81,9 +105,16 @@ func runLoadtest(ctx context.Context, args []string, stdout, stderr io.Writer, l
 		asJSON     bool
 		reportFile string
 		headers    = &headerFlag{h: http.Header{}}
+		faults     faultFlag
+		dataDir    string
+		settle     time.Duration
 	)
 	fs := config.NewFlagSet("loadtest", loadtestSummary, stderr)
-	fs.StringVar(&cfg.URL, "url", cfg.URL, "MCP endpoint (Streamable HTTP); the only URL requested")
+	fs.StringVar(&cfg.URL, "url", cfg.URL, "MCP endpoint (Streamable HTTP); a comma-separated list names endpoints of the same cluster (several fronts) to fail over between, first one first")
+	fs.Var(&faults, "fault", "fault to inject while the load runs, ACTION:TARGET@AT[?hold=D&max=D&errors=N]; repeatable (see above; needs --data-dir)")
+	fs.StringVar(&dataDir, "data-dir", "", "data dir of the erlmcp up cluster faults are injected into (its fronts are the default --url)")
+	fs.DurationVar(&cfg.FaultTail, "fault-tail", 0, "with --fault: keep the load running until the last fault is over and this long after, beyond --duration if need be (0: stop at --duration)")
+	fs.DurationVar(&settle, "settle", 0, "with --data-dir: first wait up to this long for the cluster to be steady (a control-plane leader, every member healthy, every shard led and caught up); 0: do not wait")
 	fs.IntVar(&cfg.Sessions, "sessions", cfg.Sessions, "session slots (logical clients); each carries one request at a time")
 	fs.IntVar(&cfg.Concurrency, "concurrency", cfg.Concurrency, "requests in flight at most, and connections in the keep-alive pool (at most --sessions)")
 	fs.Float64Var(&cfg.Rate, "rate", cfg.Rate, "operations per second over all sessions; 0 runs a closed loop as fast as the server answers")
@@ -130,11 +161,45 @@ func runLoadtest(ctx context.Context, args []string, stdout, stderr io.Writer, l
 	if len(headers.h) > 0 {
 		cfg.Headers = headers.h
 	}
+	urlSet := false
+	fs.Visit(func(f *flag.Flag) { urlSet = urlSet || f.Name == "url" })
+	if _, ok := lookup(config.EnvName("url")); ok {
+		urlSet = true
+	}
+	if dataDir != "" {
+		up, err := loadgen.OpenUpCluster(dataDir)
+		if err != nil {
+			fmt.Fprintf(stderr, "erlmcp loadtest: %v\n", err)
+			return exitUsage
+		}
+		cfg.Injector = up
+		if !urlSet {
+			fronts, err := loadgen.FrontURLs(dataDir)
+			if err != nil {
+				fmt.Fprintf(stderr, "erlmcp loadtest: %v\n", err)
+				return exitUsage
+			}
+			cfg.URL = strings.Join(fronts, ",")
+		}
+	}
+	if urls := strings.Split(cfg.URL, ","); len(urls) > 1 {
+		cfg.URL = strings.TrimSpace(urls[0])
+		for _, u := range urls[1:] {
+			cfg.Fallbacks = append(cfg.Fallbacks, strings.TrimSpace(u))
+		}
+	}
+	cfg.Faults = faults.f
 	if err := cfg.Validate(); err != nil {
 		fmt.Fprintf(stderr, "erlmcp loadtest: %v\n", err)
 		return exitUsage
 	}
 
+	if up, ok := cfg.Injector.(*loadgen.UpCluster); ok && settle > 0 {
+		if err := up.WaitHealthy(ctx, settle); err != nil {
+			fmt.Fprintf(stderr, "erlmcp loadtest: --settle: %v\n", err)
+			return exitFailure
+		}
+	}
 	rep, err := loadgen.Run(ctx, cfg, stderr)
 	if err != nil {
 		fmt.Fprintf(stderr, "erlmcp loadtest: %v\n", err)
@@ -160,6 +225,35 @@ func runLoadtest(ctx context.Context, args []string, stdout, stderr io.Writer, l
 		return exitFailure
 	}
 	return code
+}
+
+// faultFlag collects repeated --fault flags; from the environment
+// (ERLMCP_FAULT) it takes one fault per line.
+type faultFlag struct{ f []loadgen.Fault }
+
+func (f *faultFlag) String() string {
+	if f == nil {
+		return ""
+	}
+	var parts []string
+	for _, x := range f.f {
+		parts = append(parts, x.Spec)
+	}
+	return strings.Join(parts, " ")
+}
+
+func (f *faultFlag) Set(s string) error {
+	for _, line := range strings.Split(s, "\n") {
+		if strings.TrimSpace(line) == "" {
+			continue
+		}
+		x, err := loadgen.ParseFault(line)
+		if err != nil {
+			return err
+		}
+		f.f = append(f.f, x)
+	}
+	return nil
 }
 
 func writeReportFile(path string, rep loadgen.Report) error {

@@ -35,6 +35,10 @@ func TestLoadtestUsage(t *testing.T) {
 		{"sessionless counter", nil, []string{"--protocol", "2026-07-28", "--mix", "counter=1"}, "needs sessions"},
 		{"sse args", nil, []string{"--sse-args", "{"}, "--sse-args"},
 		{"stray argument", nil, []string{"http://x/mcp"}, "unexpected argument"},
+		{"bad fault", nil, []string{"--fault", "nuke:worker@1s"}, "unknown action"},
+		{"fault without a cluster", nil, []string{"--fault", "kill:worker@1s"}, "--data-dir"},
+		{"no cluster in the data dir", nil, []string{"--data-dir", "/nonexistent/erlmcp"}, "no erlmcp up cluster"},
+		{"bad second url", nil, []string{"--url", "http://a/mcp,ftp://b/mcp"}, "another http(s)"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			code, _, stderr := loadtest(t, tc.env, tc.args...)

@@ -29,6 +29,7 @@ func cmdStore(ctx context.Context, args []string, _, stderr io.Writer) int {
 	cfg.Common.Register(fs)
 	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "gRPC listen address host:port (port 0 picks a free port)")
 	fs.StringVar(&cfg.Advertise, "advertise", "", "gRPC address host:port registered in etcd for workers and other nodes to dial (empty: the bound listen address, with 0.0.0.0 or :: replaced by the hostname)")
+	fs.StringVar(&cfg.HTTPListen, "http-listen", "", "HTTP listen address host:port serving /metrics, /healthz (process up) and /readyz (etcd reachable, lease held, shards hosted with a leader), registered as http_addr (empty: no HTTP listener; port 0 picks a free port)")
 	fs.StringVar(&cfg.DataDir, "data-dir", "", "directory for the store's data file (empty: ./.erlmcp/store-<id>)")
 	fs.IntVar(&cfg.MaxValueBytes, "max-value-bytes", cfg.MaxValueBytes, "largest session data, state value, task result+data, or one append's event data accepted, in bytes")
 	fs.IntVar(&cfg.EventRetention, "event-retention", cfg.EventRetention, "events kept per session stream (the newest; older ones are dropped)")

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -77,12 +78,18 @@ func classify(opCtx context.Context, err error) *Failure {
 // maxBodyBytes bounds a JSON response body.
 const maxBodyBytes = 16 << 20
 
-// Client speaks MCP over Streamable HTTP to one URL.
+// Client speaks MCP over Streamable HTTP to one URL, or with Fallbacks to
+// the first of several that answers.
 type Client struct {
-	URL      string
-	HTTP     *http.Client
-	Headers  http.Header
-	Protocol string
+	URL string
+	// Fallbacks are further endpoints of the same service. A request that
+	// could not be delivered or was cut off (refused, reset, closed, timed
+	// out) moves every later request to the next endpoint, round robin.
+	Fallbacks []string
+	cur       atomic.Int64
+	HTTP      *http.Client
+	Headers   http.Header
+	Protocol  string
 	// ClientName goes into clientInfo.
 	ClientName, ClientVersion string
 	// OnHTTP, when set, is called once per HTTP request sent.
@@ -263,7 +270,7 @@ func (s *Session) newRequest(ctx context.Context, httpMethod string, body []byte
 	if body != nil {
 		rd = bytes.NewReader(body)
 	}
-	req, err := http.NewRequestWithContext(ctx, httpMethod, s.c.URL, rd)
+	req, err := http.NewRequestWithContext(ctx, httpMethod, s.c.endpoint(), rd)
 	if err != nil {
 		return nil, failure("conn_error", "%v", err)
 	}
@@ -285,9 +292,41 @@ func (s *Session) send(req *http.Request) (*http.Response, error) {
 	}
 	resp, err := s.c.HTTP.Do(req)
 	if err != nil {
-		return nil, classify(req.Context(), err)
+		f := classify(req.Context(), err)
+		s.c.moveOn(req.URL.String(), f.Kind)
+		return nil, f
 	}
 	return resp, nil
+}
+
+// endpoint is the URL requests go to now.
+func (c *Client) endpoint() string {
+	if len(c.Fallbacks) == 0 {
+		return c.URL
+	}
+	i := c.cur.Load() % int64(len(c.Fallbacks)+1)
+	if i == 0 {
+		return c.URL
+	}
+	return c.Fallbacks[i-1]
+}
+
+// moveOn switches to the next endpoint after a request to used failed with
+// a transport failure of kind; concurrent failures against the same
+// endpoint move on once.
+func (c *Client) moveOn(used, kind string) {
+	if len(c.Fallbacks) == 0 {
+		return
+	}
+	switch kind {
+	case "conn_refused", "conn_reset", "conn_closed", "conn_error", "timeout":
+	default:
+		return
+	}
+	cur := c.cur.Load()
+	if c.endpoint() == used {
+		c.cur.CompareAndSwap(cur, cur+1)
+	}
 }
 
 // statusFailure reads a non-2xx answer into a Failure, keeping a JSON-RPC

@@ -156,6 +156,8 @@ func ParseHeader(s string) (name, value string, err error) {
 // Budgets are the limits a run must stay within for exit code 0.
 type Budgets struct {
 	// MaxErrorsPct is the largest share of failed operations, in percent.
+	// With faults it bounds only the errors no fault explains (those
+	// outside every fault's window); each fault bounds its own.
 	MaxErrorsPct float64 `json:"max_errors_pct"`
 	// MaxSessionsLost is the most sessions that may be lost (404, counter reset).
 	MaxSessionsLost int64 `json:"max_sessions_lost"`
@@ -207,6 +209,16 @@ type Config struct {
 	// CounterBy is the increment sent to the counter tool.
 	CounterBy int64
 	Budgets   Budgets
+	// Fallbacks are further endpoints serving the same cluster (a second
+	// front): a slot whose request is refused or reset before an answer
+	// moves to the next one, as a client behind DNS or a VIP would.
+	Fallbacks []string
+	// Faults are injected by Injector while the load runs.
+	Faults   []Fault
+	Injector Injector
+	// FaultTail, when positive, keeps the load running until the last
+	// fault is over and this long after, beyond Duration if need be.
+	FaultTail time.Duration
 }
 
 // DefaultConfig returns the defaults of `erlmcp loadtest`.
@@ -270,6 +282,19 @@ func (c Config) Validate() error {
 	for op, w := range c.Mix {
 		if w < 0 {
 			return fmt.Errorf("--mix: weight of %s is negative", op)
+		}
+	}
+	for _, f := range c.Fallbacks {
+		if u, err := url.Parse(f); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("--url %q: want another http(s)://host:port/path endpoint", f)
+		}
+	}
+	if len(c.Faults) > 0 && c.Injector == nil {
+		return errors.New("--fault needs a cluster to inject into: give --data-dir of an erlmcp up cluster")
+	}
+	for _, f := range c.Faults {
+		if f.At >= c.Duration {
+			return fmt.Errorf("--fault %s: at %s is not before the end of --duration %s", f.Spec, f.At, c.Duration)
 		}
 	}
 	known := false

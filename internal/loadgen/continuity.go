@@ -41,6 +41,7 @@ type Continuity struct {
 	failStart time.Time
 	maxGap    time.Duration
 	gaps      int
+	gapLog    []gapRec // every closed gap, for attributing them to faults
 
 	// tallies
 	Acks             int64 // acknowledged increments
@@ -172,6 +173,7 @@ func (c *Continuity) closeGap(now time.Time) {
 	if g := now.Sub(c.failStart); g > c.maxGap {
 		c.maxGap = g
 	}
+	c.gapLog = append(c.gapLog, gapRec{start: c.failStart, end: now})
 	c.gaps++
 	c.failing = false
 }

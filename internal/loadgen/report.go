@@ -44,6 +44,10 @@ type ErrorsReport struct {
 	ByKind map[string]int64 `json:"by_kind"`
 	// Samples holds the first message seen of each kind.
 	Samples map[string]string `json:"samples,omitempty"`
+	// OutsideFaults counts the failed operations no fault explains (all of
+	// them when the run injected none); OutsidePct is their share.
+	OutsideFaults int64   `json:"outside_faults"`
+	OutsidePct    float64 `json:"outside_faults_pct"`
 }
 
 // ContinuityReport is per-session continuity over the run.
@@ -136,12 +140,13 @@ type Report struct {
 	Uptime       UptimeReport     `json:"uptime"`
 	Streams      StreamsReport    `json:"streams"`
 	ToolsMissing []string         `json:"tools_missing"`
+	Faults       []FaultReport    `json:"faults"`
 	Budgets      BudgetsReport    `json:"budgets"`
 	Violations   []string         `json:"violations"`
 	Passed       bool             `json:"passed"`
 }
 
-func buildReport(cfg Config, mix Mix, missing []string, col *collector, slots []*slot, start, end time.Time, interrupted bool) Report {
+func buildReport(cfg Config, mix Mix, missing []string, col *collector, slots []*slot, runs []*faultRun, start, end time.Time, interrupted bool) Report {
 	col.mu.Lock()
 	defer col.mu.Unlock()
 	elapsed := end.Sub(start).Seconds()
@@ -212,6 +217,14 @@ func buildReport(cfg Config, mix Mix, missing []string, col *collector, slots []
 	if r.Uptime.Windows > 0 {
 		r.Uptime.Pct = 100 * float64(r.Uptime.UpWindows) / float64(r.Uptime.Windows)
 	}
+	var gaps []gapRec
+	for _, s := range slots {
+		gaps = append(gaps, s.cont.gapLog...)
+	}
+	r.Faults, r.Errors.OutsideFaults = faultReports(runs, start, end, cfg.Timeout, cfg.Concurrency, col.fails, gaps, col.oks)
+	if col.requests > 0 {
+		r.Errors.OutsidePct = 100 * float64(r.Errors.OutsideFaults) / float64(col.requests)
+	}
 	r.Violations = r.check(cfg.Budgets)
 	r.Passed = len(r.Violations) == 0
 	return r
@@ -229,8 +242,16 @@ func (r *Report) check(b Budgets) []string {
 	for _, t := range r.ToolsMissing {
 		v = append(v, fmt.Sprintf("the server has no tool %q, so its operations did not run (add the tool or set its weight to 0 in --mix)", t))
 	}
-	if r.Errors.Pct > b.MaxErrorsPct {
+	if len(r.Faults) == 0 && r.Errors.Pct > b.MaxErrorsPct {
 		v = append(v, fmt.Sprintf("errors %.3f%% above --max-errors-pct %g", r.Errors.Pct, b.MaxErrorsPct))
+	}
+	if len(r.Faults) > 0 && r.Errors.OutsidePct > b.MaxErrorsPct {
+		v = append(v, fmt.Sprintf("errors no fault explains %d (%.3f%%) above --max-errors-pct %g", r.Errors.OutsideFaults, r.Errors.OutsidePct, b.MaxErrorsPct))
+	}
+	for _, f := range r.Faults {
+		for _, fv := range f.Violations {
+			v = append(v, fmt.Sprintf("fault %s: %s", f.Spec, fv))
+		}
 	}
 	c := r.Continuity
 	if c.SessionsLost > b.MaxSessionsLost {
@@ -282,6 +303,30 @@ func (r Report) WriteTable(w io.Writer) error {
 	p("sessions\t%d slots, %d initialized, %d deleted, %d lost %s", r.Sessions.Slots, r.Sessions.Initialized, r.Sessions.Deleted, r.Sessions.Lost, reasons(c.SessionsLostByReason))
 	p("failover\tmax %.3fms  p99 %.3fms over sessions (%d sessions had a gap)", c.FailoverMaxMS, c.FailoverP99MS, c.SlotsWithGaps)
 	p("uptime\t%.2f%% of %d one-second windows", r.Uptime.Pct, r.Uptime.Windows)
+	for _, f := range r.Faults {
+		budget := "no budget"
+		if f.HasMaxFailover {
+			budget = fmt.Sprintf("budget %.0fms", f.MaxFailoverMS)
+		}
+		verdict := "PASS"
+		if !f.Passed {
+			verdict = "FAIL"
+		}
+		var hit []string
+		for _, vi := range f.Victims {
+			h := fmt.Sprintf("%s pid %d", vi.ID, vi.PID)
+			if vi.Note != "" {
+				h += " (" + vi.Note + ")"
+			}
+			hit = append(hit, h)
+		}
+		p("fault\t%s %s at %.1fs–%.1fs on %s: failover %.0fms (%s; error gap %.0fms, slowest answer %.0fms vs %.0fms outside faults), errors %d (allowed %d) %s",
+			verdict, f.Spec, f.InjectedAtS, f.DoneAtS, dash(strings.Join(hit, ", ")), f.FailoverMS, budget, f.ErrorGapMS, f.StallMS, f.BaselineMaxMS,
+			f.Errors, f.MaxErrors, reasons(f.ErrorsByKind))
+	}
+	if len(r.Faults) > 0 {
+		p("errors outside faults\t%d (%.3f%%)", r.Errors.OutsideFaults, r.Errors.OutsidePct)
+	}
 	if s := r.Streams; s.ProgressNotifications+s.Resumes+s.ResumeNotExercised+s.AutoResumes+s.ResumeConflicts > 0 {
 		p("streams\t%d progress notifications, %d resumes (%d retried after 409), %d resumes not exercised, %d automatic resumes",
 			s.ProgressNotifications, s.Resumes, s.ResumeConflicts, s.ResumeNotExercised, s.AutoResumes)
@@ -344,4 +389,11 @@ func fmtDur(d time.Duration) string {
 		return d.Round(10 * time.Microsecond).String()
 	}
 	return d.Round(time.Microsecond).String()
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }

@@ -58,6 +58,8 @@ type collector struct {
 	autoResumed  int64
 	notExercised int64
 	conflicts    int64
+	fails        []failureRec
+	oks          []gapRec // start and end of every successful operation, for stalls during faults
 
 	httpRequests atomic.Int64
 	sessionsLost atomic.Int64
@@ -116,6 +118,7 @@ func (c *collector) record(op Op, start, end time.Time, res CallResult, err erro
 		c.notExercised++
 	}
 	if err != nil {
+		c.fails = append(c.fails, failureRec{start: start, end: end, kind: kind})
 		c.failures++
 		st.errors++
 		c.errs[kind]++
@@ -123,6 +126,7 @@ func (c *collector) record(op Op, start, end time.Time, res CallResult, err erro
 			c.errSample[kind] = fmt.Sprintf("%s: %v", op, err)
 		}
 	} else {
+		c.oks = append(c.oks, gapRec{start: start, end: end})
 		switch op {
 		case OpInit:
 			c.initialized++
@@ -176,10 +180,12 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (Report, error) {
 	if progress == nil {
 		progress = io.Discard
 	}
+	// The progress line and the fault log write from their own goroutines.
+	progress = &lockedWriter{w: progress}
 	hc := NewHTTPClient(cfg.Concurrency, cfg.Timeout)
 	defer hc.CloseIdleConnections()
 	newClient := func() *Client {
-		return &Client{URL: cfg.URL, HTTP: hc, Headers: cfg.Headers, Protocol: cfg.Protocol, ClientName: "erlmcp-loadtest"}
+		return &Client{URL: cfg.URL, Fallbacks: cfg.Fallbacks, HTTP: hc, Headers: cfg.Headers, Protocol: cfg.Protocol, ClientName: "erlmcp-loadtest"}
 	}
 
 	mix, missing, err := probe(ctx, cfg, newClient())
@@ -197,7 +203,16 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (Report, error) {
 	start := time.Now()
 	col := newCollector(start)
 	client.OnHTTP = func() { col.httpRequests.Add(1) }
-	deadline := start.Add(cfg.Duration)
+	// The load ends at the deadline, which a fault schedule with a tail
+	// holds open until its last fault is over and moves to that plus the
+	// tail.
+	var deadline atomic.Int64
+	deadline.Store(start.Add(cfg.Duration).UnixNano())
+	var faultsPending atomic.Bool
+	faultsPending.Store(len(cfg.Faults) > 0 && cfg.FaultTail > 0)
+	over := func(now time.Time) bool {
+		return now.UnixNano() >= deadline.Load() && !faultsPending.Load()
+	}
 
 	slots := make([]*slot, cfg.Sessions)
 	free := make(chan *slot, cfg.Sessions)
@@ -221,8 +236,24 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (Report, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			dispatch(runCtx, cfg, start, tokens, col)
+			dispatch(runCtx, cfg, start, over, tokens, col)
 		}()
+	}
+
+	// Faults run beside the load, each at its offset from start.
+	faultsDone := make(chan []*faultRun, 1)
+	if len(cfg.Faults) > 0 {
+		logf := func(format string, a ...any) { fmt.Fprintf(progress, format+"\n", a...) }
+		go func() {
+			runs := runFaults(ctx, cfg.Injector, cfg.Faults, start, logf)
+			if cfg.FaultTail > 0 {
+				deadline.Store(max(deadline.Load(), time.Now().Add(cfg.FaultTail).UnixNano()))
+				faultsPending.Store(false)
+			}
+			faultsDone <- runs
+		}()
+	} else {
+		faultsDone <- nil
 	}
 
 	var workers sync.WaitGroup
@@ -253,7 +284,7 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (Report, error) {
 						}
 					}
 				} else {
-					if runCtx.Err() != nil || !time.Now().Before(deadline) {
+					if runCtx.Err() != nil || over(time.Now()) {
 						return
 					}
 					if cfg.MaxRequests > 0 && issued.Add(1) > cfg.MaxRequests {
@@ -299,11 +330,13 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (Report, error) {
 	stop()
 	close(done)
 	wg.Wait()
+	// A fault still holding (a stop) ends by its own hold.
+	runs := <-faultsDone
 
 	for _, s := range slots {
 		s.cont.Finish(end)
 	}
-	return buildReport(cfg, mix, missing, col, slots, start, end, ctx.Err() != nil), nil
+	return buildReport(cfg, mix, missing, col, slots, runs, start, end, ctx.Err() != nil), nil
 }
 
 // refusedBackoff keeps a closed loop from spinning on a target that
@@ -332,14 +365,14 @@ func refusedBackoff(ctx context.Context, kind string, backoff *time.Duration) bo
 // tokens. A token that finds every worker busy and the queue full is
 // counted as a missed send: the server could not keep up at this
 // concurrency.
-func dispatch(ctx context.Context, cfg Config, start time.Time, tokens chan<- struct{}, col *collector) {
+func dispatch(ctx context.Context, cfg Config, start time.Time, over func(time.Time) bool, tokens chan<- struct{}, col *collector) {
 	defer close(tokens)
 	tick := time.NewTicker(time.Millisecond)
 	defer tick.Stop()
 	var sent int64
 	for {
 		el := time.Since(start)
-		if el >= cfg.Duration {
+		if over(time.Now()) {
 			return
 		}
 		due := int64(expectedOps(cfg.Rate, cfg.Ramp, el))
@@ -559,4 +592,16 @@ func probe(ctx context.Context, cfg Config, c *Client) (Mix, []string, error) {
 	}
 	sort.Strings(missing)
 	return mix, missing, nil
+}
+
+// lockedWriter serializes writes to w.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }

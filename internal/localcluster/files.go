@@ -90,6 +90,8 @@ type ClusterFile struct {
 	AdminURLs     []string `json:"admin_urls"`
 	EtcdEndpoints []string `json:"etcd_endpoints"`
 	AdminToken    string   `json:"admin_token"`
+	// FrontURLs is every front's MCP endpoint (MCPURL first).
+	FrontURLs []string `json:"front_urls,omitempty"`
 }
 
 // WriteClusterFile writes f to path (mode 0600: it holds the admin token).

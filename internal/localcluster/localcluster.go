@@ -19,7 +19,6 @@ import (
 	"time"
 
 	"github.com/erlmcp/erlmcp/internal/config"
-	"github.com/erlmcp/erlmcp/internal/embedetcd"
 	"github.com/erlmcp/erlmcp/internal/membership"
 	"github.com/erlmcp/erlmcp/internal/supervisor"
 	"github.com/sirupsen/logrus"
@@ -53,6 +52,23 @@ type Config struct {
 	Stores         int
 	ControlPlanes  int
 	LogLevel       string
+	// Fronts is the number of fronts; front i >= 2 listens on
+	// 127.0.0.1:FrontPortBase+i-2 (topology.go).
+	Fronts        int
+	FrontPortBase int
+	// EtcdMembers is 1 (etcd inside up) or 3 or 5 supervised `erlmcp etcd`
+	// member processes (topology.go).
+	EtcdMembers int
+	// StoreFaultProxies puts a partition-injecting TCP proxy in front of
+	// every store (partition.go), on StoreProxyPortBase+i.
+	StoreFaultProxies  bool
+	StoreProxyPortBase int
+
+	// StoreHTTPPortBase: store i serves /metrics, /healthz and /readyz on
+	// 127.0.0.1:StoreHTTPPortBase+i; 0 means right after the stores' gRPC
+	// ports (StorePortBase+Stores+i).
+	StoreHTTPPortBase int
+
 	// LeaseTTL is every child's membership lease: a dead process leaves
 	// membership within about LeaseTTL + 0.5 s.
 	LeaseTTL time.Duration
@@ -81,6 +97,9 @@ func DefaultConfig() Config {
 		Workers:        3,
 		Stores:         3,
 		ControlPlanes:  2,
+		Fronts:         1,
+		FrontPortBase:  8090,
+		EtcdMembers:    1,
 		LogLevel:       "info",
 		LeaseTTL:       5 * time.Second,
 		ReadyTimeout:   60 * time.Second,
@@ -117,6 +136,9 @@ func (c Config) Validate() error {
 	default:
 		return fmt.Errorf("--log-level %q: want debug, info, warn or error", c.LogLevel)
 	}
+	if err := c.validateTopology(); err != nil {
+		return err
+	}
 	_, err := c.Plan()
 	return err
 }
@@ -140,10 +162,16 @@ type PortUse struct {
 type Plan struct {
 	DataDir       string // absolute
 	EtcdClientURL string
+	// EtcdEndpoints is each etcd member's client URL (EtcdClientURL joins
+	// them with commas); FrontURLs every front's MCP endpoint, MCPURL first.
+	EtcdEndpoints []string
+	FrontURLs     []string
+	StoreProxies  []storeProxy // with --store-fault-proxies
 	EtcdPeerURL   string
 	MCPURL        string
 	FrontHealth   string // URL of the front's /healthz
 	AdminURLs     []string
+	StoreHTTPURLs []string // each store's /metrics, /healthz, /readyz
 	Children      []Child
 	Ports         []PortUse
 }
@@ -191,6 +219,9 @@ func (c Config) Plan() (Plan, error) {
 		return Plan{}, err
 	}
 	p.EtcdClientURL, p.EtcdPeerURL = "http://"+clientAddr, "http://"+peerAddr
+	if err := c.planEtcdMembers(&p, usePort); err != nil {
+		return Plan{}, err
+	}
 
 	// The front may listen on any host; it is reached on loopback.
 	fhost, fportStr, err := net.SplitHostPort(c.Listen)
@@ -238,6 +269,9 @@ func (c Config) Plan() (Plan, error) {
 		// places min(3, stores) replicas per shard.
 		args = append(args, "--admin-listen="+addr, "--admin-token-file="+p.TokenPath(),
 			"--replication-mode=raft", fmt.Sprintf("--replication-factor=%d", min(3, c.Stores)))
+		if p.actuatorUsable() {
+			args = append(args, "--actuator=local:"+p.ActuatorSocketPath())
+		}
 		p.Children = append(p.Children, Child{Name: id, Role: membership.RoleControlPlane, Addr: addr, Args: args})
 	}
 	for i := range c.Stores {
@@ -247,7 +281,19 @@ func (c Config) Plan() (Plan, error) {
 			return Plan{}, err
 		}
 		args := append([]string{"store"}, common(id, i)...)
-		args = append(args, "--listen="+addr, "--data-dir="+p.path(id))
+		httpBase := c.StoreHTTPPortBase
+		if httpBase == 0 {
+			httpBase = c.StorePortBase + c.Stores
+		}
+		httpAddr, err := usePort(httpBase+i, id+" HTTP (metrics, health)", "--store-http-port-base")
+		if err != nil {
+			return Plan{}, err
+		}
+		p.StoreHTTPURLs = append(p.StoreHTTPURLs, "http://"+httpAddr)
+		args = append(args, "--listen="+addr, "--http-listen="+httpAddr, "--data-dir="+p.path(id))
+		if args, err = c.planStoreProxy(&p, usePort, i, id, addr, args); err != nil {
+			return Plan{}, err
+		}
 		p.Children = append(p.Children, Child{Name: id, Role: membership.RoleStore, Addr: addr, Args: args})
 	}
 	for i := range c.Workers {
@@ -263,6 +309,9 @@ func (c Config) Plan() (Plan, error) {
 	args := append([]string{"front"}, common("front-1", 0)...)
 	args = append(args, "--listen="+c.Listen)
 	p.Children = append(p.Children, Child{Name: "front-1", Role: membership.RoleFront, Addr: c.Listen, Args: args})
+	if err := c.planExtraFronts(&p, usePort, common); err != nil {
+		return Plan{}, err
+	}
 	return p, nil
 }
 
@@ -357,27 +406,14 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *logrus.Entry) (err
 		return err
 	}
 
-	fmt.Fprintf(out, "erlmcp up: starting embedded etcd on %s (data %s)\n", plan.EtcdClientURL, plan.path("etcd"))
-	etcd, err := embedetcd.Start(ctx, embedetcd.Config{
-		Name:         "erlmcp-up",
-		DataDir:      plan.path("etcd"),
-		ClientURL:    plan.EtcdClientURL,
-		PeerURL:      plan.EtcdPeerURL,
-		ClusterState: "new", // ignored by etcd once the data dir holds a member
-		TickMs:       cfg.EtcdTickMs,
-		ElectionMs:   cfg.EtcdElectionMs,
-		StartTimeout: 30 * time.Second,
-	})
+	etcdErr, stopEtcd, err := startEtcd(ctx, cfg, plan, out, log)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
 		return fmt.Errorf("embedded etcd: %w", err)
 	}
-	undo = append(undo, func() {
-		etcd.Close()
-		log.Info("embedded etcd stopped")
-	})
+	undo = append(undo, stopEtcd)
 
 	sup := supervisor.New(log.WithField("component", "supervisor"), supervisor.Options{StopTimeout: cfg.StopTimeout})
 	undo = append(undo, func() {
@@ -388,7 +424,13 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *logrus.Entry) (err
 			log.WithError(err).Warn("stopping children")
 		}
 	})
+	if err := startStoreProxies(ctx, plan, sup.PID, log); err != nil {
+		return err
+	}
 	env := childEnv(os.Environ())
+	if stopActuator := serveActuator(plan, cfg, exe, env, token, sup, log); stopActuator != nil {
+		undo = append(undo, stopActuator)
+	}
 	for _, c := range plan.Children {
 		spec := supervisor.Spec{
 			Name:    c.Name,
@@ -405,29 +447,31 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *logrus.Entry) (err
 	if err := WriteClusterFile(plan.ClusterFilePath(), ClusterFile{
 		MCPURL:        plan.MCPURL,
 		AdminURLs:     plan.AdminURLs,
-		EtcdEndpoints: []string{plan.EtcdClientURL},
+		EtcdEndpoints: plan.EtcdEndpoints,
+		FrontURLs:     plan.FrontURLs,
 		AdminToken:    token,
 	}); err != nil {
 		return err
 	}
 
-	fmt.Fprintf(out, `erlmcp up: cluster starting (%d control planes, %d store nodes, %d workers, 1 front)
+	fmt.Fprintf(out, `erlmcp up: cluster starting (%d control planes, %d store nodes, %d workers, %d fronts)
   MCP endpoint:  %s
   admin API:     %s  (bearer token in %s)
+  store metrics: %s  (/metrics, /healthz, /readyz)
   etcd:          %s  (key prefix %s)
   data dir:      %s  (logs in %s, endpoints in %s)
   membership lease TTL: %s
   stop:          Ctrl-C or kill -TERM %d; running erlmcp up again on this data dir restarts the same cluster
-`, cfg.ControlPlanes, cfg.Stores, cfg.Workers, plan.MCPURL, strings.Join(plan.AdminURLs, " "), plan.TokenPath(),
+`, cfg.ControlPlanes, cfg.Stores, cfg.Workers, cfg.Fronts, strings.Join(plan.FrontURLs, " "), strings.Join(plan.AdminURLs, " "), plan.TokenPath(), strings.Join(plan.StoreHTTPURLs, " "),
 		plan.EtcdClientURL, Prefix, plan.DataDir, plan.LogDir(), plan.ClusterFilePath(), cfg.LeaseTTL, os.Getpid())
 
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{plan.EtcdClientURL}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	cli, err := clientv3.New(clientv3.Config{Endpoints: plan.EtcdEndpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
 		return fmt.Errorf("etcd client: %w", err)
 	}
 	undo = append(undo, func() { _ = cli.Close() })
 
-	ready, err := waitReady(ctx, plan, cfg, cli, sup, etcd, out)
+	ready, err := waitReady(ctx, plan, cfg, cli, sup, etcdErr, out)
 	if err != nil {
 		return err
 	}
@@ -440,7 +484,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *logrus.Entry) (err
 	case <-ctx.Done():
 		fmt.Fprintln(out, "erlmcp up: shutting down")
 		return nil
-	case err := <-etcd.Err():
+	case err := <-etcdErr:
 		return fmt.Errorf("embedded etcd failed: %w", err)
 	}
 }
@@ -448,7 +492,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *logrus.Entry) (err
 // waitReady polls until the front answers /healthz and at least one
 // worker is registered, printing progress when it changes. It returns
 // false (no error) when ctx ends first.
-func waitReady(ctx context.Context, plan Plan, cfg Config, cli *clientv3.Client, sup *supervisor.Supervisor, etcd *embedetcd.Server, out io.Writer) (bool, error) {
+func waitReady(ctx context.Context, plan Plan, cfg Config, cli *clientv3.Client, sup *supervisor.Supervisor, etcdErr <-chan error, out io.Writer) (bool, error) {
 	hc := &http.Client{Timeout: time.Second}
 	deadline := time.NewTimer(cfg.ReadyTimeout)
 	defer deadline.Stop()
@@ -492,7 +536,7 @@ func waitReady(ctx context.Context, plan Plan, cfg Config, cli *clientv3.Client,
 		select {
 		case <-ctx.Done():
 			return false, nil
-		case err := <-etcd.Err():
+		case err := <-etcdErr:
 			return false, fmt.Errorf("embedded etcd failed: %w", err)
 		case <-deadline.C:
 			return false, fmt.Errorf("cluster not ready after %s (%s); the children's logs are in %s", cfg.ReadyTimeout, status, plan.LogDir())
@@ -505,7 +549,7 @@ func waitReady(ctx context.Context, plan Plan, cfg Config, cli *clientv3.Client,
 // children do not inherit them, so none of them can leak into a child
 // flag of the same name (--listen, --data-dir).
 var upEnvVars = []string{"data-dir", "listen", "admin-port-base", "worker-port-base", "store-port-base",
-	"etcd-client-port", "etcd-peer-port", "workers", "stores", "controlplanes", "log-level", "lease-ttl", "ready-timeout", "stop-timeout"}
+	"store-http-port-base", "fronts", "front-port-base", "etcd-members", "store-fault-proxies", "store-proxy-port-base", "etcd-client-port", "etcd-peer-port", "workers", "stores", "controlplanes", "log-level", "lease-ttl", "ready-timeout", "stop-timeout"}
 
 func childEnv(env []string) []string {
 	drop := map[string]bool{}

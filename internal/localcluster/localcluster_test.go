@@ -237,16 +237,20 @@ func TestPlanDefaults(t *testing.T) {
 			t.Fatalf("%s args\n got %q\nwant %q", name, byName[name], w)
 		}
 	}
-	check("cp-1", "controlplane", "us-east-1", "--admin-listen=127.0.0.1:7070", "--admin-token-file=/tmp/x/admin.token", "--replication-mode=raft", "--replication-factor=3")
-	check("cp-2", "controlplane", "eu-west-1", "--admin-listen=127.0.0.1:7071", "--admin-token-file=/tmp/x/admin.token", "--replication-mode=raft", "--replication-factor=3")
-	check("store-3", "store", "ap-southeast-1", "--listen=127.0.0.1:9093", "--data-dir=/tmp/x/store-3")
+	check("cp-1", "controlplane", "us-east-1", "--admin-listen=127.0.0.1:7070", "--admin-token-file=/tmp/x/admin.token", "--replication-mode=raft", "--replication-factor=3", "--actuator=local:/tmp/x/actuator.sock")
+	check("cp-2", "controlplane", "eu-west-1", "--admin-listen=127.0.0.1:7071", "--admin-token-file=/tmp/x/admin.token", "--replication-mode=raft", "--replication-factor=3", "--actuator=local:/tmp/x/actuator.sock")
+	check("store-3", "store", "ap-southeast-1", "--listen=127.0.0.1:9093", "--http-listen=127.0.0.1:9096", "--data-dir=/tmp/x/store-3")
 	check("worker-1", "worker", "us-east-1", "--listen=127.0.0.1:8081")
 	check("front-1", "front", "us-east-1", "--listen=127.0.0.1:8080")
 	if p.MCPURL != "http://127.0.0.1:8080/mcp" || !slices.Equal(p.AdminURLs, []string{"http://127.0.0.1:7070", "http://127.0.0.1:7071"}) || p.EtcdClientURL != "http://127.0.0.1:2379" {
 		t.Fatalf("plan urls %+v", p)
 	}
-	if len(p.Ports) != 11 {
+	if len(p.Ports) != 14 {
 		t.Fatalf("ports %v", p.Ports)
+	}
+	// Store HTTP listeners follow the stores' gRPC ports.
+	if want := []string{"http://127.0.0.1:9094", "http://127.0.0.1:9095", "http://127.0.0.1:9096"}; !slices.Equal(p.StoreHTTPURLs, want) {
+		t.Fatalf("store HTTP URLs %v, want %v", p.StoreHTTPURLs, want)
 	}
 }
 

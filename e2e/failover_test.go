@@ -1,0 +1,427 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/erlmcp/erlmcp/internal/clusterstate"
+	"github.com/erlmcp/erlmcp/internal/loadgen"
+	"github.com/erlmcp/erlmcp/internal/localcluster"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+// electionTTL is the control plane's default election TTL (erlmcp up does
+// not change it): a dead leader is replaced within it plus 1 s.
+const electionTTL = 5 * time.Second
+
+// TestStoreLossAndLeaderKillUnderLoad is issue #5 item 9 with real
+// processes under `erlmcp up --stores 4` and a 3 s placement grace, while
+// MCP load runs through the front:
+//   - once placement has settled on the 4 stores, a store node holding
+//     replicas, in the region that has two stores, is stopped (SIGSTOP: the supervisor
+//     would restart a killed one at once, and a stopped node is as gone as
+//     a dead one once its lease expires); after the grace its replicas are
+//     re-created on the fourth store and every shard has 3 voters again
+//     (how long is logged);
+//   - while those repairs are in flight the control-plane leader is
+//     SIGKILLed: a standby leads within the election TTL + 1 s, and no
+//     placement operation is done twice (from a watch of ops/ and shards/:
+//     an operator created once, its steps only ever advance, never
+//     recreated after it ends; each shard gains one new replica per
+//     replica lost, a removed replica never comes back, conf epochs only
+//     grow);
+//   - the load loses no session and no acknowledged write.
+func TestStoreLossAndLeaderKillUnderLoad(t *testing.T) {
+	// A 15 s operator timeout: an operator that was moving a replica onto
+	// or off the stopped store cannot finish, and the default (10 min)
+	// would hold the repairs of its shard that long.
+	c := startHAUp(t, append(haEnv, "ERLMCP_STORE_DOWN_GRACE=3s", "ERLMCP_OPERATOR_TIMEOUT=15s"), "--stores", "4")
+	settled := time.Now()
+	cf, err := localcluster.ReadClusterFile(c.dataDir + "/cluster.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: cf.EtcdEndpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+
+	// Record every change to ops/ and shards/ from now on.
+	rec := watchPlacement(ctx, t, cli, localcluster.Prefix)
+
+	// Load through the front for the whole test.
+	lcfg := loadgen.DefaultConfig()
+	lcfg.URL = cf.MCPURL
+	lcfg.Sessions, lcfg.Concurrency = 8, 4
+	lcfg.Duration = 6 * time.Minute
+	lcfg.Mix = loadgen.DefaultMix(lcfg.Protocol)
+	lcfg.Budgets.MaxErrorsPct = 100 // judged below, by what was lost
+	loadCtx, stopLoad := context.WithCancel(ctx)
+	loadDone := make(chan loadgen.Report, 1)
+	go func() {
+		r, err := loadgen.Run(loadCtx, lcfg, io.Discard)
+		if err != nil {
+			t.Errorf("load: %v", err)
+		}
+		loadDone <- r
+	}()
+
+	// Wait for the fourth store to have its share (the cluster was placed
+	// on the first three) and nothing in flight, so the repairs below are
+	// the only operations.
+	var shards []loadgen.ShardInfo
+	held := map[string]int{}
+	quiet := 0
+	waitFor(t, 4*time.Minute, "placement settled on all 4 stores", func() error {
+		var ops []json.RawMessage
+		if err := c.up.Get(ctx, "/v1/ops", &ops); err != nil {
+			return err
+		}
+		if len(ops) > 0 {
+			quiet = 0
+			return fmt.Errorf("%d operations in flight", len(ops))
+		}
+		var err error
+		if shards, err = c.up.Shards(ctx); err != nil {
+			return err
+		}
+		clear(held)
+		for _, s := range shards {
+			for _, r := range s.Replicas {
+				held[r.Store]++
+			}
+		}
+		if len(held) < 4 {
+			quiet = 0
+			return fmt.Errorf("replicas per store %v", held)
+		}
+		// Between two moves the list is empty for a moment: settled is
+		// quiet for 20 polls in a row (a second or more).
+		if quiet++; quiet < 20 {
+			return fmt.Errorf("quiet for %d polls", quiet)
+		}
+		return nil
+	})
+	// The victim: of the stores that share their region with another (up
+	// puts stores 1 and 4 in us-east-1), the one holding the most
+	// replicas, so the placement can re-create them elsewhere without
+	// putting two replicas of a shard in one region.
+	ms, err := c.up.Members(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	perRegion := map[string]int{}
+	regionOf := map[string]string{}
+	for _, m := range ms {
+		if m.Role == "store" {
+			perRegion[m.Region]++
+			regionOf[m.ID] = m.Region
+		}
+	}
+	victim := ""
+	for s, n := range held {
+		if perRegion[regionOf[s]] < 2 {
+			continue
+		}
+		if victim == "" || n > held[victim] || n == held[victim] && s < victim {
+			victim = s
+		}
+	}
+	if victim == "" {
+		t.Fatalf("no store shares its region with another: %v", regionOf)
+	}
+	pid := memberPID(ctx, t, c.up, "store", victim)
+	t.Logf("stopping %s (pid %d), which holds %d of %d shards' replicas", victim, pid, held[victim], len(shards))
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	stopped := time.Now()
+	defer func() { _ = syscall.Kill(pid, syscall.SIGCONT) }()
+
+	t.Logf("placement settled on 4 stores %s after the cluster was ready: %v", stopped.Sub(settled).Round(time.Millisecond), held)
+
+	// Repairs start after the lease expires and the grace passes; then the
+	// control-plane leader dies mid-repair.
+	var ops []json.RawMessage
+	waitFor(t, 90*time.Second, "placement operations in flight", func() error {
+		if err := c.up.Get(ctx, "/v1/ops", &ops); err != nil {
+			return err
+		}
+		if len(ops) == 0 {
+			return fmt.Errorf("no operation yet")
+		}
+		return nil
+	})
+	t.Logf("repairs started %s after the stop (%d operations in flight)", time.Since(stopped).Round(time.Millisecond), len(ops))
+	leader, err := c.up.Leader(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lpid := memberPID(ctx, t, c.up, "controlplane", leader)
+	if err := syscall.Kill(lpid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	var newLeader string
+	waitFor(t, 60*time.Second, "a new control-plane leader", func() error {
+		l, err := c.up.Leader(ctx)
+		if err != nil {
+			return err
+		}
+		if l == leader {
+			return fmt.Errorf("%s still leads", l)
+		}
+		newLeader = l
+		return nil
+	})
+	took := time.Since(killed)
+	t.Logf("control-plane leader %s SIGKILLed; %s leads after %s (election TTL %s)", leader, newLeader, took.Round(time.Millisecond), electionTTL)
+	if took > electionTTL+time.Second+500*time.Millisecond { // 0.5 s: the poll period and the admin call
+		t.Errorf("standby took over after %s, want within TTL + 1 s = %s", took, electionTTL+time.Second)
+	}
+
+	// Replication factor restored: every shard has 3 voters, none on the
+	// victim, a leader, and nothing in flight.
+	waitFor(t, 4*time.Minute, "every shard back to 3 voters without "+victim, func() error {
+		ss, err := c.up.Shards(ctx)
+		if err != nil {
+			return err
+		}
+		for _, s := range ss {
+			voters := 0
+			for _, r := range s.Replicas {
+				if r.Store == victim {
+					return fmt.Errorf("shard %d still has a replica on %s", s.Shard, victim)
+				}
+				if r.Role == "voter" {
+					voters++
+				}
+			}
+			if voters != 3 || s.Leader == "" {
+				return fmt.Errorf("shard %d: %d voters, leader %q", s.Shard, voters, s.Leader)
+			}
+		}
+		if err := c.up.Get(ctx, "/v1/ops", &ops); err != nil {
+			return err
+		}
+		if len(ops) > 0 {
+			return fmt.Errorf("%d operations still in flight", len(ops))
+		}
+		return nil
+	})
+	t.Logf("replication factor restored %s after %s was stopped (grace 3s, lease TTL 5s; %d replicas moved)", time.Since(stopped).Round(time.Millisecond), victim, held[victim])
+
+	stopLoad()
+	rep := <-loadDone
+	t.Logf("load: %d operations, errors %d %v, sessions lost %d, writes lost %d, longest unserved %.0fms, p95 %.0fms",
+		rep.Requests, rep.Errors.Total, rep.Errors.ByKind, rep.Continuity.SessionsLost, rep.Continuity.WritesLost, rep.Continuity.FailoverMaxMS, rep.Latency.P95)
+	if rep.Continuity.SessionsLost != 0 || rep.Continuity.WritesLost != 0 || rep.Continuity.Skipped != 0 {
+		t.Errorf("continuity broken: %+v", rep.Continuity)
+	}
+	if rep.Requests == 0 {
+		t.Errorf("no load completed")
+	}
+	cancel()
+	for _, v := range rec.check() {
+		t.Errorf("placement history: %s", v)
+	}
+	t.Logf("watched %d operators and %d shard map changes", len(rec.ops), rec.shardPuts)
+}
+
+func memberPID(ctx context.Context, t *testing.T, up *loadgen.UpCluster, role, id string) int {
+	t.Helper()
+	ms, err := up.Members(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range ms {
+		if m.Role == role && m.ID == id && m.PID > 0 {
+			return m.PID
+		}
+	}
+	t.Fatalf("no %s %s in %+v", role, id, ms)
+	return 0
+}
+
+// placementRecord is what a watch of ops/ and shards/ saw.
+type placementRecord struct {
+	mu        sync.Mutex
+	ops       map[string]*opTrace
+	replicaIn map[int]map[uint64]bool // replica ids ever seen per shard
+	removed   map[int]map[uint64]bool // replica ids removed per shard
+	added     map[int]int             // replica ids added per shard
+	lost      map[int]int             // replica ids removed per shard
+	epoch     map[int]uint64
+	shardPuts int
+	problems  []string
+	done      chan struct{}
+}
+
+type opTrace struct {
+	created, deleted int
+	doneSteps        int
+	putAfterDelete   bool
+}
+
+func (p *placementRecord) problem(format string, a ...any) {
+	p.problems = append(p.problems, fmt.Sprintf(format, a...))
+}
+
+// watchPlacement watches ops/ and shards/ from the current revision until
+// ctx ends, taking the current shard map as the starting point.
+func watchPlacement(ctx context.Context, t *testing.T, cli *clientv3.Client, prefix string) *placementRecord {
+	t.Helper()
+	p := &placementRecord{ops: map[string]*opTrace{}, replicaIn: map[int]map[uint64]bool{}, removed: map[int]map[uint64]bool{},
+		added: map[int]int{}, lost: map[int]int{}, epoch: map[int]uint64{}, done: make(chan struct{})}
+	resp, err := cli.Get(ctx, prefix+"shards/", clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kv := range resp.Kvs {
+		var s clusterstate.Shard
+		if json.Unmarshal(kv.Value, &s) != nil {
+			continue
+		}
+		p.replicaIn[s.Shard] = map[uint64]bool{}
+		p.removed[s.Shard] = map[uint64]bool{}
+		for _, r := range s.Replicas {
+			p.replicaIn[s.Shard][r.ID] = true
+		}
+		p.epoch[s.Shard] = s.ConfEpoch
+	}
+	wc := cli.Watch(ctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1), clientv3.WithPrevKV())
+	go func() {
+		defer close(p.done)
+		for wr := range wc {
+			p.mu.Lock()
+			for _, ev := range wr.Events {
+				key := strings.TrimPrefix(string(ev.Kv.Key), prefix)
+				switch {
+				case strings.HasPrefix(key, "ops/"):
+					p.opEvent(strings.TrimPrefix(key, "ops/"), ev)
+				case strings.HasPrefix(key, "shards/"):
+					p.shardEvent(ev)
+				}
+			}
+			p.mu.Unlock()
+		}
+	}()
+	return p
+}
+
+func (p *placementRecord) opEvent(id string, ev *clientv3.Event) {
+	o := p.ops[id]
+	if o == nil {
+		o = &opTrace{}
+		p.ops[id] = o
+	}
+	if ev.Type == clientv3.EventTypeDelete {
+		o.deleted++
+		return
+	}
+	if o.deleted > 0 {
+		o.putAfterDelete = true
+	}
+	if ev.PrevKv == nil {
+		o.created++
+	}
+	var op struct {
+		Steps []struct {
+			Done bool `json:"done"`
+		} `json:"steps"`
+	}
+	if json.Unmarshal(ev.Kv.Value, &op) != nil {
+		p.problem("ops/%s: unreadable value", id)
+		return
+	}
+	n := 0
+	for _, s := range op.Steps {
+		if s.Done {
+			n++
+		}
+	}
+	if n < o.doneSteps {
+		p.problem("ops/%s: done steps went back from %d to %d", id, o.doneSteps, n)
+	}
+	o.doneSteps = n
+}
+
+func (p *placementRecord) shardEvent(ev *clientv3.Event) {
+	if ev.Type == clientv3.EventTypeDelete {
+		p.problem("%s deleted", ev.Kv.Key)
+		return
+	}
+	p.shardPuts++
+	var s clusterstate.Shard
+	if err := json.Unmarshal(ev.Kv.Value, &s); err != nil {
+		p.problem("%s: %v", ev.Kv.Key, err)
+		return
+	}
+	if s.ConfEpoch < p.epoch[s.Shard] {
+		p.problem("shard %d: conf epoch went back from %d to %d", s.Shard, p.epoch[s.Shard], s.ConfEpoch)
+	}
+	p.epoch[s.Shard] = s.ConfEpoch
+	if p.replicaIn[s.Shard] == nil {
+		p.replicaIn[s.Shard], p.removed[s.Shard] = map[uint64]bool{}, map[uint64]bool{}
+	}
+	now := map[uint64]bool{}
+	stores := map[string]bool{}
+	for _, r := range s.Replicas {
+		if stores[r.Store] {
+			p.problem("shard %d: store %s holds two replicas %+v", s.Shard, r.Store, s.Replicas)
+		}
+		stores[r.Store] = true
+		now[r.ID] = true
+		if p.removed[s.Shard][r.ID] {
+			p.problem("shard %d: replica %d on %s came back after its removal", s.Shard, r.ID, r.Store)
+		}
+		if !p.replicaIn[s.Shard][r.ID] {
+			p.added[s.Shard]++
+		}
+	}
+	for id := range p.replicaIn[s.Shard] {
+		if !now[id] {
+			p.removed[s.Shard][id] = true
+			p.lost[s.Shard]++
+		}
+	}
+	p.replicaIn[s.Shard] = now
+}
+
+// check waits for the watch to end and lists what looks like an operation
+// done twice.
+func (p *placementRecord) check() []string {
+	<-p.done
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := append([]string{}, p.problems...)
+	ids := make([]string, 0, len(p.ops))
+	for id := range p.ops {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	for _, id := range ids {
+		o := p.ops[id]
+		if o.created > 1 || o.deleted > 1 || o.putAfterDelete {
+			out = append(out, fmt.Sprintf("operator %s created %d times, ended %d times, written after its end %v", id, o.created, o.deleted, o.putAfterDelete))
+		}
+	}
+	for shard, n := range p.added {
+		if n > p.lost[shard] {
+			out = append(out, fmt.Sprintf("shard %d gained %d replicas but lost only %d: a step applied twice?", shard, n, p.lost[shard]))
+		}
+	}
+	return out
+}

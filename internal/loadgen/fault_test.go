@@ -1,0 +1,228 @@
+package loadgen
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/erlmcp/erlmcp/internal/loadgen/loadgentest"
+)
+
+func TestParseFault(t *testing.T) {
+	cases := []struct {
+		in      string
+		want    Fault
+		wantErr string
+	}{
+		{in: "kill:worker@3s", want: Fault{Action: ActionKill, Target: TargetWorker, At: 3 * time.Second, MaxFailover: time.Second, HasMax: true, MaxErrors: -1}},
+		{in: "stop:store-leader@2s?hold=4s", want: Fault{Action: ActionStop, Target: TargetStoreLeader, At: 2 * time.Second, Hold: 4 * time.Second, MaxFailover: 2 * time.Second, HasMax: true, MaxErrors: -1}},
+		{in: "stop:region=us-east-1@1500ms?hold=15s&max=12s&errors=40", want: Fault{Action: ActionStop, Target: "region=us-east-1", At: 1500 * time.Millisecond, Hold: 15 * time.Second, MaxFailover: 12 * time.Second, HasMax: true, MaxErrors: 40}},
+		{in: "kill:controlplane-leader@1s", want: Fault{Action: ActionKill, Target: TargetCPLeader, At: time.Second, HasMax: true, MaxErrors: -1}},
+		{in: "rolling-restart@2s", want: Fault{Action: ActionRollingRestart, At: 2 * time.Second, HasMax: false, MaxErrors: 0}},
+		{in: "term:id=worker-2@0s", want: Fault{Action: ActionTerm, Target: "id=worker-2", MaxErrors: -1}},
+		{in: "kill:worker", wantErr: "want ACTION:TARGET@AT"},
+		{in: "kill:worker@soon", wantErr: "not a duration"},
+		{in: "nuke:worker@1s", wantErr: "unknown action"},
+		{in: "kill:printer@1s", wantErr: "unknown target"},
+		{in: "kill:region=@1s", wantErr: "unknown target"},
+		{in: "kill:worker@1s?hold=2s", wantErr: "hold applies only to stop"},
+		{in: "partition:store-leader@1s?hold=5s", want: Fault{Action: ActionPartition, Target: TargetStoreLeader, At: time.Second, Hold: 5 * time.Second, MaxFailover: 2 * time.Second, HasMax: true, MaxErrors: -1}},
+		{in: "partition:worker@1s", wantErr: "partition cuts off one store node"},
+		{in: "stop:worker@1s?color=red", wantErr: "unknown option"},
+		{in: "stop:worker@1s?errors=-1", wantErr: "errors="},
+	}
+	for _, c := range cases {
+		got, err := ParseFault(c.in)
+		if c.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), c.wantErr) {
+				t.Errorf("ParseFault(%q) error %v, want one containing %q", c.in, err, c.wantErr)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("ParseFault(%q): %v", c.in, err)
+			continue
+		}
+		c.want.Spec = c.in
+		if got != c.want {
+			t.Errorf("ParseFault(%q) = %+v, want %+v", c.in, got, c.want)
+		}
+	}
+}
+
+// TestFaultReportsAttribution: failures and unserved windows count against
+// the fault whose window they overlap; others are outside every fault.
+func TestFaultReportsAttribution(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	at := func(s float64) time.Time { return t0.Add(time.Duration(s * float64(time.Second))) }
+	runs := []*faultRun{
+		{f: Fault{Spec: "a", MaxFailover: time.Second, HasMax: true, MaxErrors: -1}, started: true, injected: at(2), done: at(2)},
+		{f: Fault{Spec: "b", MaxFailover: 500 * time.Millisecond, HasMax: true, MaxErrors: 1}, started: true, injected: at(10), done: at(12)},
+		{f: Fault{Spec: "c", MaxErrors: 0}}, // never injected
+	}
+	fails := []failureRec{
+		{start: at(1.9), end: at(2.1), kind: "conn_reset"}, // a
+		{start: at(2.5), end: at(3.5), kind: "timeout"},    // a (within settle 2s)
+		{start: at(7), end: at(7.1), kind: "http_500"},     // outside
+		{start: at(11), end: at(11.5), kind: "timeout"},    // b
+		{start: at(13), end: at(13.2), kind: "timeout"},    // b (settle)
+	}
+	gaps := []gapRec{
+		{start: at(1.8), end: at(2.6)}, // a: 800ms
+		{start: at(6.9), end: at(7.2)}, // outside
+		{start: at(10.5), end: at(12)}, // b: 1.5s
+	}
+	oks := []gapRec{
+		{start: at(0), end: at(0.5)},   // baseline: 500ms
+		{start: at(2.0), end: at(2.2)}, // a: shorter than baseline
+		{start: at(9), end: at(9.5)},   // outside
+		{start: at(12), end: at(14)},   // b: 2s stall
+	}
+	reps, outside := faultReports(runs, t0, at(20), 2*time.Second, 4, fails, gaps, oks)
+	if outside != 1 {
+		t.Errorf("outside = %d, want 1", outside)
+	}
+	a, b, c := reps[0], reps[1], reps[2]
+	if a.Errors != 2 || a.MaxErrors != 4 || a.FailoverMS != 800 || a.BaselineMaxMS != 500 || !a.Passed {
+		t.Errorf("fault a: %+v", a)
+	}
+	if b.Errors != 2 || b.ErrorGapMS != 1500 || b.StallMS != 2000 || b.FailoverMS != 1500 || b.Passed || len(b.Violations) != 2 {
+		t.Errorf("fault b: want 2 errors, gap 1500ms, stall 2000ms (1500 over baseline), two violations; got %+v", b)
+	}
+	if c.Passed || len(c.Violations) != 1 || !strings.Contains(c.Violations[0], "not injected") {
+		t.Errorf("fault c: %+v", c)
+	}
+}
+
+// gateInjector makes a server answer 503 while a stop fault holds.
+type gateInjector struct {
+	down atomic.Bool
+}
+
+func (g *gateInjector) Inject(ctx context.Context, f Fault, log func(string, ...any)) ([]Victim, error) {
+	g.down.Store(true)
+	defer g.down.Store(false)
+	select {
+	case <-ctx.Done():
+	case <-time.After(f.Hold):
+	}
+	return []Victim{{ID: "gate", Role: "worker", PID: 1}}, nil
+}
+
+func (g *gateInjector) wrap(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if g.down.Load() {
+			http.Error(w, "paused", http.StatusServiceUnavailable)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// TestRunWithFault: a 600 ms outage injected 1 s into a 3 s run is
+// measured as a failover of about that long, its errors are the fault's,
+// none are outside it, and its budget decides the verdict both ways.
+func TestRunWithFault(t *testing.T) {
+	for _, tc := range []struct {
+		max  string
+		pass bool
+	}{{"5s", true}, {"100ms", false}} {
+		t.Run("max="+tc.max, func(t *testing.T) {
+			backend := loadgentest.NewFaulty(t, loadgentest.Fault{})
+			g := &gateInjector{}
+			srv := httptest.NewServer(g.wrap(backend.Config.Handler))
+			defer srv.Close()
+			cfg := testConfig(srv.URL)
+			cfg.Duration = 3 * time.Second
+			cfg.Sessions, cfg.Concurrency = 4, 4
+			cfg.Budgets.MaxErrorsPct = 0
+			f, err := ParseFault("stop:worker@1s?hold=600ms&max=" + tc.max + "&errors=100000")
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg.Faults, cfg.Injector = []Fault{f}, g
+			r, progress := mustRun(t, cfg)
+			if !strings.Contains(progress, "fault stop:worker@1s") {
+				t.Errorf("progress does not log the fault:\n%s", progress)
+			}
+			if len(r.Faults) != 1 {
+				t.Fatalf("faults %+v", r.Faults)
+			}
+			fr := r.Faults[0]
+			if fr.Errors == 0 || fr.ErrorsByKind["http_503"] != fr.Errors || r.Errors.OutsideFaults != 0 {
+				t.Errorf("fault errors %d by kind %v, outside %d", fr.Errors, fr.ErrorsByKind, r.Errors.OutsideFaults)
+			}
+			if fr.FailoverMS < 500 || fr.FailoverMS > 2000 {
+				t.Errorf("failover %.0fms, want about 600ms", fr.FailoverMS)
+			}
+			if fr.Passed != tc.pass || r.Passed != tc.pass {
+				t.Errorf("fault passed %v, run passed %v, want %v; violations %v", fr.Passed, r.Passed, tc.pass, r.Violations)
+			}
+			if r.Continuity.SessionsLost != 0 || r.Continuity.WritesLost != 0 {
+				t.Errorf("continuity %+v", r.Continuity)
+			}
+		})
+	}
+}
+
+// TestRunFailsOverToFallbackURL: when the first endpoint goes away the
+// clients move to the second, which serves the same sessions.
+func TestRunFailsOverToFallbackURL(t *testing.T) {
+	backend := loadgentest.NewFaulty(t, loadgentest.Fault{})
+	first := httptest.NewServer(backend.Config.Handler)
+	second := httptest.NewServer(backend.Config.Handler)
+	defer second.Close()
+	cfg := testConfig(first.URL)
+	cfg.Fallbacks = []string{second.URL + "/mcp"}
+	cfg.Duration = 2 * time.Second
+	cfg.Sessions, cfg.Concurrency = 4, 4
+	cfg.Budgets.MaxErrorsPct = 100
+	timer := time.AfterFunc(700*time.Millisecond, func() {
+		first.CloseClientConnections()
+		first.Close()
+	})
+	defer timer.Stop()
+	r, _ := mustRun(t, cfg)
+	if r.Continuity.SessionsLost != 0 || r.Continuity.WritesLost != 0 {
+		t.Errorf("continuity %+v", r.Continuity)
+	}
+	if r.Errors.Total > int64(cfg.Concurrency)*2 {
+		t.Errorf("errors %d: want at most the requests in flight when the first endpoint closed", r.Errors.Total)
+	}
+	if r.Continuity.FailoverMax > time.Second {
+		t.Errorf("failover %s: want the fallback taken at once", r.Continuity.FailoverMax)
+	}
+	if r.Requests < 20 {
+		t.Errorf("only %d requests", r.Requests)
+	}
+}
+
+// TestRunFaultTail: the load outlasts --duration until the last fault is
+// over plus the tail, so a slow fault (a rolling restart) is loaded
+// throughout.
+func TestRunFaultTail(t *testing.T) {
+	backend := loadgentest.NewFaulty(t, loadgentest.Fault{})
+	g := &gateInjector{}
+	srv := httptest.NewServer(g.wrap(backend.Config.Handler))
+	defer srv.Close()
+	cfg := testConfig(srv.URL)
+	cfg.Duration = time.Second
+	cfg.Sessions, cfg.Concurrency = 2, 2
+	cfg.Budgets.MaxErrorsPct = 0
+	f, err := ParseFault("stop:worker@500ms?hold=1500ms&max=10s&errors=100000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Faults, cfg.Injector, cfg.FaultTail = []Fault{f}, g, 700*time.Millisecond
+	r, _ := mustRun(t, cfg)
+	if r.Elapsed < 2.6 || r.Elapsed > 6 {
+		t.Errorf("run lasted %.2fs, want about 0.5+1.5+0.7 s", r.Elapsed)
+	}
+	if len(r.Faults) != 1 || r.Faults[0].DoneAtS < 1.9 {
+		t.Errorf("faults %+v", r.Faults)
+	}
+}
