@@ -10,7 +10,7 @@ LDFLAGS   := -X main.version=$(VERSION)
 # Packages with unit and in-process integration tests (everything but e2e).
 UNIT_PKGS  = $(shell $(GO) list ./... | grep -v /e2e)
 
-.PHONY: all build run test lint vet fmt-check staticcheck buf-lint proto proto-check unit e2e conformance chaos clean help
+.PHONY: all build run test lint vet fmt-check staticcheck buf-lint proto proto-check unit k8s-test e2e conformance chaos ha-load-test clean help
 
 all: build
 
@@ -21,7 +21,9 @@ help:
 	@echo "make proto    regenerate Go code from proto/ with buf"
 	@echo "make lint     gofmt, go vet, staticcheck, buf lint, shellcheck"
 	@echo "make conformance  the official MCP conformance suite against erlmcp up"
-	@echo "make chaos    long porcupine-checked runs of the store under faults"
+	@echo "make chaos    long porcupine-checked runs of the store under faults, long HA scenarios"
+	@echo "make ha-load-test [SCENARIO=...]  fault scenarios under MCP load with budgets"
+	@echo "make bench    benchmarks: erlmcp vs the official go-sdk server, the store"
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/erlmcp
@@ -29,7 +31,7 @@ build:
 run: build
 	./$(BIN) up
 
-test: lint unit e2e
+test: lint unit k8s-test e2e
 
 lint: fmt-check vet staticcheck buf-lint proto-check shellcheck
 
@@ -39,9 +41,11 @@ fmt-check:
 
 vet:
 	$(GO) vet ./...
+	cd deploy/k8s && $(GO) vet ./...
 
 staticcheck:
 	$(TOOL) staticcheck ./...
+	cd deploy/k8s && $(GO) tool -modfile=../../tools/go.mod staticcheck ./...
 
 buf-lint:
 	$(TOOL) buf lint
@@ -61,6 +65,11 @@ proto-check:
 unit:
 	$(GO) test -race -cover -timeout 15m $(UNIT_PKGS)
 
+# Kubernetes manifests and the Dockerfile, rendered and checked by a test in
+# their own module (deploy/k8s keeps kustomize and k8s.io/api out of go.mod).
+k8s-test: build
+	cd deploy/k8s && ERLMCP_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 15m ./...
+
 # e2e includes TestConformance: the official MCP conformance suite (npm,
 # cached in $(or $(ERLMCP_CACHE_DIR),.cache)) against a real `erlmcp up`.
 e2e:
@@ -75,6 +84,12 @@ conformance:
 chaos:
 	ERLMCP_CHAOS_LONG=1 $(GO) test -count=1 -timeout 30m -run TestSessionStoreLinearizable -v ./sessionstore/
 	$(GO) test -count=3 -timeout 30m -run TestLinearizableUnderFaults -v ./sessionstore/multiraft/
+	ERLMCP_HA_LONG=1 ERLMCP_HA_STRICT=1 $(GO) test -count=1 -timeout 60m -run 'TestHALoadScenarios|TestStoreLossAndLeaderKillUnderLoad' -v ./e2e/
+
+# Fault scenarios under load against a cluster the script starts
+# (SCENARIO=worker_failure etc.; default all), each judged against its budget.
+ha-load-test: build
+	ERLMCP_BIN=$(CURDIR)/$(BIN) scripts/ha-load-test.sh $(or $(SCENARIO),all)
 
 clean:
 	rm -rf bin

@@ -130,7 +130,8 @@ func startUp(t *testing.T, dataDir string, p ports) *cluster {
 			c.mu.Lock()
 			c.out.WriteString(line + "\n")
 			c.mu.Unlock()
-			if strings.Contains(strings.ToLower(line), "ready") {
+			// The ready line itself: other lines mention /readyz.
+			if strings.HasPrefix(strings.ToLower(strings.TrimSpace(line)), "ready") {
 				once.Do(func() { close(ready) })
 			}
 		}

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net/http"
@@ -151,6 +152,20 @@ func TestUpSurvivesWorkerKill(t *testing.T) {
 	if err := syscall.Kill(victimPID, syscall.SIGKILL); err != nil {
 		t.Fatalf("kill %s (pid %d): %v", victim, victimPID, err)
 	}
+	// Kill returns before the kernel has torn the process down; a request
+	// the front writes meanwhile to its open socket is one in flight on
+	// the killed worker. Wait until it is dead (gone, or a zombie not yet
+	// reaped by the supervisor): from then on no request may fail.
+	waitFor(t, 10*time.Second, "killed worker to exit", func() error {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", victimPID))
+		if err != nil {
+			return nil // reaped
+		}
+		if f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:])); len(f) > 0 && f[0] == "Z" {
+			return nil
+		}
+		return fmt.Errorf("pid %d still running", victimPID)
+	})
 	// The same session keeps answering, with no error, right away.
 	for i := range 10 {
 		echo(ctx, t, session, fmt.Sprintf("after kill %d", i))

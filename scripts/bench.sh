@@ -12,7 +12,8 @@
 # Knobs (environment): BENCH_DURATION (10s), BENCH_WARMUP (3s),
 # BENCH_CONCURRENCY ("16 64"), BENCH_MIXES ("echo=1 default"),
 # BENCH_TARGETS ("gosdk worker1 ha3"), BENCH_RESULTS (bench/results/<date>),
-# BENCH_PORT_BASE (18000), BENCH_GOSDK_JSON (true).
+# BENCH_PORT_BASE (18000), BENCH_GOSDK_JSON (true); BENCH_STORE (1: then run
+# scripts/bench-store.sh, the session store's own benchmarks; 0 skips).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -192,6 +193,10 @@ for t, mix, c, rps, p50, p99, errs, rc in rows:
     flag = "" if rc == "0" else " (FAILED)"
     print(f"| {t}{flag} | {mix} | {c} | {rps} | {float(p50):.2f} | {float(p99):.2f} | {errs} | {rr} | {pr} |")
 PY
+# The session store's own benchmarks (BENCH_STORE=0 skips them).
+if [[ ${BENCH_STORE:-1} != 0 ]]; then
+	BENCH_RESULTS=$RESULTS scripts/bench-store.sh || FAILED=1
+fi
 log "reports in $RESULTS"
 if [[ $FAILED -ne 0 ]]; then
 	log "at least one run failed"

@@ -56,6 +56,20 @@ Commands:
             make another region active instead of <name> (POST)
   region failback <name>
             make <name> the active region again (POST)
+  autoheal [status|pause|resume]
+            autoheal and scaling: paused or not, actuator, desired
+            workers; pause/resume stop and restart their actions (POST)
+  placement [status|pause|resume]
+            whether placement acts; pause/resume its actions (POST)
+  drain <store> / undrain <store>
+            move every replica off a store node, or cancel (POST)
+  move-leader <shard> <store>
+            make <store> the preferred leader of <shard> (POST)
+  dns zone|route53 <name> [ttl]
+            DNS records for the active region's fronts (stdout)
+  prometheus-targets
+            file_sd targets for Prometheus from etcd membership
+            (see erlmcp ctl prometheus-targets --help)
 
 Global flags (also accepted after the command):
   --admin-url URLS  (env ERLMCP_ADMIN_URL)
@@ -75,15 +89,20 @@ See ` + "`erlmcp ctl <command> --help`" + `.
 `
 
 var ctlCommands = map[string]string{
-	"members": "Lists every member of every role (worker, store, controlplane, front) from\netcd membership, each probed for health within 1 s: HTTP roles by\nGET /healthz, store nodes by the gRPC health service.\nColumns: ROLE ID ADDR REGION ZONE PID HEALTHY.",
-	"leader":  "Shows the elected control-plane leader and its admin address.\nColumns: ID ADMIN_ADDR.",
-	"cluster": "Shows the cluster's fixed settings (shard count, replication factor,\ncreation time) and the shard map.\nColumns: SHARD REPLICAS LEADER EPOCH.",
-	"shards":  "Shows every shard's replicas (store:role:lag; lag ? when the store has not\nreported it), its leader as reported by the stores, its preferred leader and\nconf epoch.\nColumns: SHARD LEADER TARGET EPOCH REPLICAS.",
-	"regions": "Shows the regions: role (primary, secondary, dr), state (active, standby,\nfailed) and weight.\nColumns: NAME ROLE STATE WEIGHT UPDATED.",
-	"history": "Shows region failovers and failbacks, newest first.\nColumns: START KIND FROM TO OUTCOME DURATION REASON.",
-	"ops":     "Shows the placement operators in flight (raft replication mode).\nColumns: ID SHARD KIND NEXT STEPS REASON.",
-	"dns":     "dns zone|route53 <name> [ttl]: DNS records for <name> that send clients to\nthe fronts of the active region(s), from the live region states and the\nfront members: a BIND zone fragment, or a Route 53 change batch (weighted\nrecords, one set per region; standby and failed regions get weight 0).\nNothing is sent to any DNS provider. Default ttl 60.",
-	"region":  "region failover <name>: makes another region active instead of <name>\n(the best healthy one: primary, then secondary, then dr, then weight).\nregion failback <name>: makes <name> active again; the active region becomes\nstandby. Prints the history entry written. Sent to the leader (a standby\nredirects); retried while a leader change is in progress.",
+	"members":     "Lists every member of every role (worker, store, controlplane, front) from\netcd membership, each probed for health within 1 s: HTTP roles by\nGET /healthz, store nodes by the gRPC health service.\nColumns: ROLE ID ADDR REGION ZONE PID HEALTHY.",
+	"leader":      "Shows the elected control-plane leader and its admin address.\nColumns: ID ADMIN_ADDR.",
+	"cluster":     "Shows the cluster's fixed settings (shard count, replication factor,\ncreation time) and the shard map.\nColumns: SHARD REPLICAS LEADER EPOCH.",
+	"shards":      "Shows every shard's replicas (store:role:lag; lag ? when the store has not\nreported it), its leader as reported by the stores, its preferred leader and\nconf epoch.\nColumns: SHARD LEADER TARGET EPOCH REPLICAS.",
+	"regions":     "Shows the regions: role (primary, secondary, dr), state (active, standby,\nfailed) and weight.\nColumns: NAME ROLE STATE WEIGHT UPDATED.",
+	"history":     "Shows region failovers and failbacks, newest first.\nColumns: START KIND FROM TO OUTCOME DURATION REASON.",
+	"ops":         "Shows the placement operators in flight (raft replication mode).\nColumns: ID SHARD KIND NEXT STEPS REASON.",
+	"dns":         "dns zone|route53 <name> [ttl]: DNS records for <name> that send clients to\nthe fronts of the active region(s), from the live region states and the\nfront members: a BIND zone fragment, or a Route 53 change batch (weighted\nrecords, one set per region; standby and failed regions get weight 0).\nNothing is sent to any DNS provider. Default ttl 60.",
+	"autoheal":    "autoheal [status]: whether autoheal and scaling act (paused or not, since\nwhen and why), the actuator, and the worker pool's desired count and why.\nautoheal pause|resume: stop or restart their actions (the leader still\njudges health and computes decisions). Sent to the leader.",
+	"placement":   "placement [status]: whether placement acts (paused by an operator or by the\nmass-expiry guard). placement pause|resume: stop or restart placement's\nactions (the leader still plans and reports under-replicated shards).",
+	"drain":       "drain <store>: move every replica off a store node (add elsewhere, catch up,\npromote, remove) and its shards' leadership with them; undrain <store>\ncancels. Only store nodes: a worker drains itself on SIGTERM.",
+	"undrain":     "undrain <store>: cancel a drain; placement may use the store again.",
+	"move-leader": "move-leader <shard> <store>: make <store> the preferred leader of <shard>;\nthe shard's Raft leader hands over once it is a caught-up voter. Only a\nvoter in the active region can be asked for.",
+	"region":      "region failover <name>: makes another region active instead of <name>\n(the best healthy one: primary, then secondary, then dr, then weight).\nregion failback <name>: makes <name> active again; the active region becomes\nstandby. Prints the history entry written. Sent to the leader (a standby\nredirects); retried while a leader change is in progress.",
 }
 
 // ctlOptions are the global flags.
@@ -142,9 +161,12 @@ func runCtl(ctx context.Context, args []string, stdout, stderr io.Writer, lookup
 		fmt.Fprint(stdout, ctlUsage)
 		return exitOK
 	}
+	if name == "prometheus-targets" { // ctl_targets.go: reads etcd, not the admin API
+		return runCtlTargets(ctx, rest[1:], opts.dataDir, set["data-dir"], stdout, stderr, lookup)
+	}
 	desc, ok := ctlCommands[name]
 	if !ok {
-		fmt.Fprintf(stderr, "erlmcp ctl: unknown command %q (want members, leader, cluster, shards, regions, history, ops, region or dns)\n\n%s", name, ctlUsage)
+		fmt.Fprintf(stderr, "erlmcp ctl: unknown command %q (want members, leader, cluster, shards, regions, history, ops, region, dns, autoheal, placement, drain, undrain or move-leader)\n\n%s", name, ctlUsage)
 		return exitUsage
 	}
 
@@ -193,6 +215,24 @@ func runCtl(ctx context.Context, args []string, stdout, stderr io.Writer, lookup
 	} else if name == "dns" {
 		if len(pos) < 2 || len(pos) > 3 || pos[0] != "zone" && pos[0] != "route53" {
 			fmt.Fprintf(stderr, "erlmcp ctl dns: want `dns zone <name> [ttl]` or `dns route53 <name> [ttl]`\n\n")
+			subUsage(stderr)
+			return exitUsage
+		}
+		opts.args = pos
+	} else if n, ok := map[string]int{"placement": -1, "drain": 1, "undrain": 1, "move-leader": 2}[name]; ok {
+		bad := len(pos) != n
+		if n < 0 {
+			bad = len(pos) > 1 || len(pos) == 1 && pos[0] != "status" && pos[0] != "pause" && pos[0] != "resume"
+		}
+		if bad {
+			fmt.Fprintf(stderr, "erlmcp ctl %s: wrong arguments; see the usage below\n\n", name)
+			subUsage(stderr)
+			return exitUsage
+		}
+		opts.args = pos
+	} else if name == "autoheal" {
+		if len(pos) > 1 || len(pos) == 1 && pos[0] != "status" && pos[0] != "pause" && pos[0] != "resume" {
+			fmt.Fprintf(stderr, "erlmcp ctl autoheal: want `autoheal [status]`, `autoheal pause` or `autoheal resume`\n\n")
 			subUsage(stderr)
 			return exitUsage
 		}
@@ -542,6 +582,10 @@ func ctlRun(ctx context.Context, name string, opts ctlOptions, stdout io.Writer)
 			fmt.Fprintf(tw, "%s\t%03d\t%s\t%d\t%s\t%s\n", o.ID, o.Shard, o.Kind, o.Next(), strings.Join(steps, " "), o.Reason)
 		}
 		return tw.Flush()
+	case "autoheal":
+		return ctlAutoheal(ctx, urls, token, opts, stdout)
+	case "placement", "drain", "undrain", "move-leader":
+		return ctlPlacementAction(ctx, urls, token, name, opts, stdout)
 	case "region":
 		var h controlplane.HistoryEntry
 		path := "/v1/regions/" + url.PathEscape(opts.args[1]) + "/" + opts.args[0]
