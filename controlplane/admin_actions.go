@@ -250,6 +250,20 @@ func (cp *ControlPlane) drainStore(ctx context.Context, lead leadership, id stri
 // the active region, so only an up-to-date voter there can be asked for;
 // the shard's Raft leader then transfers leadership to it.
 func (cp *ControlPlane) moveLeader(ctx context.Context, lead leadership, shard int, store string) (any, int, error) {
+	// The entry is read, changed and written back guarded on its revision;
+	// placement writes the same entry, so a lost race is retried a few
+	// times before the operator is told to retry.
+	for attempt := 0; ; attempt++ {
+		v, code, err := cp.moveLeaderOnce(ctx, lead, shard, store)
+		if !errors.Is(err, errShardChanged) || attempt == 4 || ctx.Err() != nil {
+			return v, code, err
+		}
+	}
+}
+
+var errShardChanged = errors.New("the shard entry changed while the move was written")
+
+func (cp *ControlPlane) moveLeaderOnce(ctx context.Context, lead leadership, shard int, store string) (any, int, error) {
 	prefix := cp.cfg.Common.Prefix
 	key := clusterstate.ShardKey(prefix, shard)
 	resp, err := cp.cli.Txn(ctx).Then(clientv3.OpGet(key), clientv3.OpGet(RegionsPrefix(prefix), clientv3.WithPrefix()),
@@ -305,7 +319,7 @@ func (cp *ControlPlane) moveLeader(ctx context.Context, lead leadership, shard i
 		return nil, 0, fmt.Errorf("moving shard %d's leader failed: %w", shard, err)
 	}
 	if !ok {
-		return nil, http.StatusConflict, fmt.Errorf("shard %d changed while the move was written (placement is at work on it); nothing was written; retry", shard)
+		return nil, http.StatusConflict, fmt.Errorf("shard %d: %w (placement is at work on it); nothing was written; retry", shard, errShardChanged)
 	}
 	cp.log.WithFields(map[string]any{"shard": shard, "store": store}).Info("shard leader move requested by an operator")
 	return doc, 0, nil
