@@ -70,12 +70,7 @@ func (cp *ControlPlane) handler() http.Handler {
 				writeError(w, http.StatusNotFound, "no such endpoint "+r.URL.Path+": want POST /v1/regions/<name>/failover or /v1/regions/<name>/failback")
 				return
 			}
-			if r.Method != http.MethodPost {
-				w.Header().Set("Allow", "POST")
-				writeError(w, http.StatusMethodNotAllowed, r.Method+" "+r.URL.Path+": only POST is allowed")
-				return
-			}
-			if !cp.authorized(w, r) {
+			if !cp.postAuthorized(w, r) {
 				return
 			}
 			cp.handleRegionAction(w, r, name, action)

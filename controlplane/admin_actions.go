@@ -143,12 +143,7 @@ func (cp *ControlPlane) handleAdminAction(w http.ResponseWriter, r *http.Request
 		writeError(w, http.StatusNotFound, "no such endpoint "+path)
 		return
 	}
-	if r.Method != http.MethodPost {
-		w.Header().Set("Allow", "POST")
-		writeError(w, http.StatusMethodNotAllowed, r.Method+" "+path+": only POST is allowed")
-		return
-	}
-	if !cp.authorized(w, r) {
+	if !cp.postAuthorized(w, r) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 2*etcdTimeout)

@@ -75,12 +75,7 @@ func (cp *ControlPlane) handleAutohealAction(w http.ResponseWriter, r *http.Requ
 		writeError(w, http.StatusNotFound, "no such endpoint "+r.URL.Path+": want POST /v1/autoheal/pause or /v1/autoheal/resume")
 		return
 	}
-	if r.Method != http.MethodPost {
-		w.Header().Set("Allow", "POST")
-		writeError(w, http.StatusMethodNotAllowed, r.Method+" "+r.URL.Path+": only POST is allowed")
-		return
-	}
-	if !cp.authorized(w, r) {
+	if !cp.postAuthorized(w, r) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 2*etcdTimeout)
@@ -112,6 +107,17 @@ func (cp *ControlPlane) handleAutohealAction(w http.ResponseWriter, r *http.Requ
 		return
 	}
 	writeJSON(w, http.StatusOK, v)
+}
+
+// postAuthorized answers 405 to anything but POST and 401 to a missing or
+// wrong token; it reports whether the request may go on.
+func (cp *ControlPlane) postAuthorized(w http.ResponseWriter, r *http.Request) bool {
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", "POST")
+		writeError(w, http.StatusMethodNotAllowed, r.Method+" "+r.URL.Path+": only POST is allowed")
+		return false
+	}
+	return cp.authorized(w, r)
 }
 
 // leaderOrRedirect returns the leadership when this instance leads;

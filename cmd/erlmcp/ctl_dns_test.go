@@ -107,15 +107,7 @@ func TestPlanDNS(t *testing.T) {
 // region and asks ctl for records through the admin API.
 func TestCtlDNSAgainstControlPlane(t *testing.T) {
 	cp, e := startTestControlPlane(t)
-	env := func(k string) (string, bool) {
-		switch k {
-		case envAdminURL:
-			return cp.AdminURL(), true
-		case envAdminToken:
-			return "tok", true
-		}
-		return "", false
-	}
+	env := adminEnv(cp)
 	// A front that answers /healthz, registered in the leader's region.
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) }))
 	t.Cleanup(srv.Close)

@@ -10,15 +10,7 @@ import (
 
 func TestCtlPlacementActions(t *testing.T) {
 	cp, _ := startTestControlPlane(t)
-	env := func(k string) (string, bool) {
-		switch k {
-		case envAdminURL:
-			return cp.AdminURL(), true
-		case envAdminToken:
-			return "tok", true
-		}
-		return "", false
-	}
+	env := adminEnv(cp)
 	code, out, errs := ctl(t, env, "placement", "pause", "--json")
 	var st controlplane.PlacementState
 	if code != exitOK || json.Unmarshal([]byte(out), &st) != nil || !st.Paused {

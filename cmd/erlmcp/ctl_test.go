@@ -189,9 +189,9 @@ func TestCmdControlPlaneUsage(t *testing.T) {
 	}
 }
 
-func TestCtlRegionsShardsHistoryOps(t *testing.T) {
-	cp, _ := startTestControlPlane(t)
-	env := func(k string) (string, bool) {
+// adminEnv is the environment of a ctl that talks to cp with its token.
+func adminEnv(cp *controlplane.ControlPlane) func(string) (string, bool) {
+	return func(k string) (string, bool) {
 		switch k {
 		case envAdminURL:
 			return cp.AdminURL(), true
@@ -200,6 +200,11 @@ func TestCtlRegionsShardsHistoryOps(t *testing.T) {
 		}
 		return "", false
 	}
+}
+
+func TestCtlRegionsShardsHistoryOps(t *testing.T) {
+	cp, _ := startTestControlPlane(t)
+	env := adminEnv(cp)
 	// The leader registers its own region ("local") as primary and active.
 	var out, errs string
 	var code int
