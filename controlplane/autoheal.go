@@ -475,16 +475,18 @@ func (h *healer) scrape(ctx context.Context, members []membership.Member, now ti
 	for _, m := range members {
 		k := sampleKey(m)
 		live[k] = true
-		s, ok := fresh[k]
-		if !ok {
-			continue
+		// A scrape that failed this round leaves the worker's last known
+		// rate in place: one slow answer must not make a busy worker look
+		// idle (it would be drained first on a scale-down).
+		list := h.samples[k]
+		if s, ok := fresh[k]; ok {
+			list = append(list, s)
+			// Keep the newest sample at least a window old as the base.
+			for len(list) > 2 && now.Sub(list[1].at) >= window {
+				list = list[1:]
+			}
+			h.samples[k] = list
 		}
-		list := append(h.samples[k], s)
-		// Keep the newest sample at least a window old as the base.
-		for len(list) > 2 && now.Sub(list[1].at) >= window {
-			list = list[1:]
-		}
-		h.samples[k] = list
 		if len(list) >= 2 {
 			if r, ok := rateOf(list[0], list[len(list)-1]); ok {
 				rates[m.ID] = r

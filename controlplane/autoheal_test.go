@@ -357,6 +357,12 @@ func TestScaleUpAndDownThroughActuator(t *testing.T) {
 		if d := readDesired(); d.Count != 1 {
 			return fmt.Errorf("desired %+v", d)
 		}
+		// desired/<pool> is written before the actuator is called.
+		act.mu.Lock()
+		defer act.mu.Unlock()
+		if n := len(act.scales); n == 0 || act.scales[n-1] != 1 {
+			return fmt.Errorf("actuator scaled to %v", act.scales)
+		}
 		return nil
 	})
 	if d := time.Since(changed); d < cfg.Scale.DownCooldown-200*time.Millisecond {
