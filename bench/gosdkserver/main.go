@@ -10,19 +10,12 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
-	"fmt"
-	"log"
-	"net"
 	"net/http"
-	"os"
-	"os/signal"
 	"strconv"
 	"sync"
-	"syscall"
-	"time"
 
+	"github.com/erlmcp/erlmcp/bench/internal/benchserve"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
@@ -77,37 +70,7 @@ func main() {
 	jsonResp := flag.Bool("json", true, "answer POSTs with application/json instead of text/event-stream")
 	flag.Parse()
 
-	host, _, err := net.SplitHostPort(*addr)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "gosdkserver: --addr:", err)
-		os.Exit(2)
-	}
-	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
-		fmt.Fprintln(os.Stderr, "gosdkserver: --addr must be a loopback address")
-		os.Exit(2)
-	}
-
 	srv := newServer()
-	h := mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return srv },
-		&mcp.StreamableHTTPOptions{JSONResponse: *jsonResp})
-	mux := http.NewServeMux()
-	mux.Handle("/mcp", h)
-
-	ln, err := net.Listen("tcp", *addr)
-	if err != nil {
-		log.Fatalf("gosdkserver: %v", err)
-	}
-	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	go func() {
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = hs.Shutdown(sctx)
-	}()
-	log.Printf("gosdkserver: serving http://%s/mcp (json=%v)", ln.Addr(), *jsonResp)
-	if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		log.Fatalf("gosdkserver: %v", err)
-	}
+	benchserve.Main("gosdkserver", *addr, mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return srv },
+		&mcp.StreamableHTTPOptions{JSONResponse: *jsonResp}))
 }
