@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 
 	autoscalingv1 "k8s.io/api/autoscaling/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	appsv1client "k8s.io/client-go/kubernetes/typed/apps/v1"
 	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
@@ -50,8 +52,8 @@ const serviceAccountNamespace = "/var/run/secrets/kubernetes.io/serviceaccount/n
 
 // kubeActuator deletes pods (their ReplicaSet or StatefulSet makes new
 // ones) and scales Deployments through the scale subresource. It needs the
-// RBAC of deploy/: pods get/list/delete, deployments get, deployments/scale
-// get/update.
+// RBAC of deploy/: pods get/list/delete/patch, deployments get,
+// deployments/scale get/update.
 //
 // Only the apps/v1 and core/v1 clients are used (not the whole clientset),
 // which keeps the binary and its build much smaller.
@@ -100,8 +102,9 @@ func (a *kubeActuator) deployment(pool string) (string, error) {
 	return d, nil
 }
 
-// Processes lists the pods the pool's Deployment selects.
-func (a *kubeActuator) Processes(ctx context.Context, pool string) ([]Process, error) {
+// pods lists the live pods (not being deleted) the pool's Deployment
+// selects.
+func (a *kubeActuator) pods(ctx context.Context, pool string) ([]corev1.Pod, error) {
 	name, err := a.deployment(pool)
 	if err != nil {
 		return nil, err
@@ -114,15 +117,27 @@ func (a *kubeActuator) Processes(ctx context.Context, pool string) ([]Process, e
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes actuator: deployment %s selector: %w", name, err)
 	}
-	pods, err := a.core.Pods(a.namespace).List(ctx, metav1.ListOptions{LabelSelector: sel.String()})
+	list, err := a.core.Pods(a.namespace).List(ctx, metav1.ListOptions{LabelSelector: sel.String()})
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes actuator: list pods of %s: %w", name, err)
 	}
-	var out []Process
-	for _, p := range pods.Items {
-		if p.DeletionTimestamp != nil {
-			continue // already going away
+	var out []corev1.Pod
+	for _, p := range list.Items {
+		if p.DeletionTimestamp == nil {
+			out = append(out, p)
 		}
+	}
+	return out, nil
+}
+
+// Processes lists the pods the pool's Deployment selects.
+func (a *kubeActuator) Processes(ctx context.Context, pool string) ([]Process, error) {
+	pods, err := a.pods(ctx, pool)
+	if err != nil {
+		return nil, err
+	}
+	var out []Process
+	for _, p := range pods {
 		out = append(out, Process{Name: p.Name, Pool: pool, Running: p.Status.Phase == corev1.PodRunning})
 	}
 	return out, nil
@@ -137,11 +152,18 @@ func (a *kubeActuator) Restart(ctx context.Context, name string) error {
 	return nil
 }
 
+// deletionCost is the annotation the ReplicaSet controller reads to choose
+// which pods to remove when it scales down: lowest cost first (Kubernetes
+// 1.22+, on by default).
+const deletionCost = "controller.kubernetes.io/pod-deletion-cost"
+
 // Scale writes the Deployment's replicas through the scale subresource.
-// The ReplicaSet controller picks the pods to remove; each gets SIGTERM
-// and drains within its termination grace period. removeFirst is not used:
-// steering the choice would need pod patch rights the RBAC does not grant.
-func (a *kubeActuator) Scale(ctx context.Context, pool string, n int, _ []string) error {
+// Going down, the first pods of removeFirst (the least loaded, chosen by the
+// scaler) are annotated with a negative pod-deletion-cost first, so the
+// ReplicaSet controller removes them and not busy ones; a cost left on
+// another pod by an earlier scale-down is cleared. Each removed pod gets
+// SIGTERM and drains within its termination grace period.
+func (a *kubeActuator) Scale(ctx context.Context, pool string, n int, removeFirst []string) error {
 	name, err := a.deployment(pool)
 	if err != nil {
 		return err
@@ -157,9 +179,46 @@ func (a *kubeActuator) Scale(ctx context.Context, pool string, n int, _ []string
 	if sc.Spec.Replicas == int32(n) {
 		return nil
 	}
+	if down := int(sc.Spec.Replicas) - n; down > 0 {
+		if err := a.steerRemoval(ctx, pool, removeFirst[:min(down, len(removeFirst))]); err != nil {
+			return err
+		}
+	}
 	upd := &autoscalingv1.Scale{ObjectMeta: sc.ObjectMeta, Spec: autoscalingv1.ScaleSpec{Replicas: int32(n)}}
 	if _, err := deps.UpdateScale(ctx, name, upd, metav1.UpdateOptions{}); err != nil {
 		return fmt.Errorf("kubernetes actuator: scale %s/%s to %d: %w", a.namespace, name, n, err)
+	}
+	return nil
+}
+
+// steerRemoval gives victims[0] the lowest deletion cost, victims[1] the
+// next, and clears the cost of every other pod of the pool that has one.
+func (a *kubeActuator) steerRemoval(ctx context.Context, pool string, victims []string) error {
+	pods, err := a.pods(ctx, pool)
+	if err != nil {
+		return err
+	}
+	want := map[string]string{}
+	for i, v := range victims {
+		want[v] = strconv.Itoa(i - len(victims)) // -len .. -1
+	}
+	for _, p := range pods {
+		cost, has := want[p.Name]
+		old, had := p.Annotations[deletionCost]
+		var patch string
+		switch {
+		case has && old != cost:
+			patch = fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, deletionCost, cost)
+		case !has && had:
+			patch = fmt.Sprintf(`{"metadata":{"annotations":{%q:null}}}`, deletionCost)
+		default:
+			continue
+		}
+		_, err := a.core.Pods(a.namespace).Patch(ctx, p.Name, types.MergePatchType, []byte(patch), metav1.PatchOptions{})
+		if err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("kubernetes actuator: set %s on pod %s/%s (needs pods patch, see deploy/k8s/base/rbac.yaml): %w",
+				deletionCost, a.namespace, p.Name, err)
+		}
 	}
 	return nil
 }

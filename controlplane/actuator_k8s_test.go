@@ -2,12 +2,14 @@ package controlplane
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 
 	appsv1 "k8s.io/api/apps/v1"
 	autoscalingv1 "k8s.io/api/autoscaling/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
@@ -129,5 +131,57 @@ func TestParseActuatorAndDeployments(t *testing.T) {
 	}
 	if _, err := ParseDeployments("worker"); err == nil {
 		t.Fatal("ParseDeployments accepted a pair without =")
+	}
+}
+
+func TestKubeActuatorScaleDownSteersVictims(t *testing.T) {
+	ctx := context.Background()
+	cs, a := newFakeKube(t)
+	// A cost left on worker-a by an earlier scale-down that never happened.
+	pa, err := cs.CoreV1().Pods("erlmcp").Get(ctx, "erlmcp-worker-a", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pa.Annotations = map[string]string{deletionCost: "-1", "keep": "me"}
+	if _, err := cs.CoreV1().Pods("erlmcp").Update(ctx, pa, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	// 2 -> 1: only the first of removeFirst is marked.
+	if err := a.Scale(ctx, "worker", 1, []string{"erlmcp-worker-b", "erlmcp-worker-a"}); err != nil {
+		t.Fatal(err)
+	}
+	ann := func(name string) map[string]string {
+		p, err := cs.CoreV1().Pods("erlmcp").Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p.Annotations
+	}
+	if got := ann("erlmcp-worker-b")[deletionCost]; got != "-1" {
+		t.Fatalf("worker-b deletion cost %q, want -1 (removed first)", got)
+	}
+	if got, ok := ann("erlmcp-worker-a")[deletionCost]; ok || ann("erlmcp-worker-a")["keep"] != "me" {
+		t.Fatalf("worker-a annotations %v: the stale cost %q must go and other annotations stay", ann("erlmcp-worker-a"), got)
+	}
+	if _, ok := ann("erlmcp-store-0")[deletionCost]; ok {
+		t.Fatal("a pod of another pool was marked")
+	}
+	sc, err := cs.AppsV1().Deployments("erlmcp").GetScale(ctx, "erlmcp-worker", metav1.GetOptions{})
+	if err != nil || sc.Spec.Replicas != 1 {
+		t.Fatalf("replicas %v, %v: want 1", sc, err)
+	}
+
+	// Without pods patch rights the scale-down is not done blind: a clear
+	// error naming the permission, and the replicas stay.
+	cs.PrependReactor("patch", "pods", func(k8stesting.Action) (bool, runtime.Object, error) {
+		return true, nil, apierrors.NewForbidden(corev1.Resource("pods"), "erlmcp-worker-a", errors.New("no patch"))
+	})
+	err = a.Scale(ctx, "worker", 0, []string{"erlmcp-worker-a"})
+	if err == nil || !strings.Contains(err.Error(), "needs pods patch") {
+		t.Fatalf("scale without patch rights: %v", err)
+	}
+	if sc, _ := cs.AppsV1().Deployments("erlmcp").GetScale(ctx, "erlmcp-worker", metav1.GetOptions{}); sc.Spec.Replicas != 1 {
+		t.Fatalf("replicas %d after a refused steer, want 1", sc.Spec.Replicas)
 	}
 }

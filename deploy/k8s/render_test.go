@@ -844,7 +844,7 @@ func checkPDBs(t *testing.T, r rendering, ws []workload) {
 // actuatorRules is what the control plane's Kubernetes actuator needs
 // (notes/metrics-contract.md): group/resource -> verbs.
 var actuatorRules = map[string][]string{
-	"/pods":                  {"get", "list", "watch", "delete"},
+	"/pods":                  {"get", "list", "watch", "delete", "patch"},
 	"apps/deployments":       {"get", "list", "watch", "patch", "update"},
 	"apps/deployments/scale": {"get", "update", "patch"},
 }
