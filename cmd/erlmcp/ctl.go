@@ -70,6 +70,9 @@ Commands:
   prometheus-targets
             file_sd targets for Prometheus from etcd membership
             (see erlmcp ctl prometheus-targets --help)
+  deploy status|start|stop|traffic|release|gate
+            the steps of a zero-downtime worker deploy on erlmcp up
+            (see erlmcp ctl deploy help; scripts/zero-downtime-deploy.sh)
 
 Global flags (also accepted after the command):
   --admin-url URLS  (env ERLMCP_ADMIN_URL)
@@ -160,6 +163,9 @@ func runCtl(ctx context.Context, args []string, stdout, stderr io.Writer, lookup
 	if name == "help" {
 		fmt.Fprint(stdout, ctlUsage)
 		return exitOK
+	}
+	if name == "deploy" { // ctl_deploy.go: etcd and up's local actuator
+		return runCtlDeploy(ctx, rest[1:], opts.dataDir, set["data-dir"], stdout, stderr, lookup)
 	}
 	if name == "prometheus-targets" { // ctl_targets.go: reads etcd, not the admin API
 		return runCtlTargets(ctx, rest[1:], opts.dataDir, set["data-dir"], stdout, stderr, lookup)

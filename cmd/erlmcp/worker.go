@@ -43,6 +43,7 @@ func cmdWorker(ctx context.Context, args []string, _, stderr io.Writer) int {
 	cfg.Version = version
 	fs := config.NewFlagSet("worker", workerSummary, stderr)
 	cfg.Common.Register(fs)
+	fs.StringVar(&cfg.Version, "version-label", cfg.Version, "version recorded in membership and serverInfo (default: the build's version); a deploy's traffic split selects workers by it")
 	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "HTTP listen address host:port for /mcp, /healthz, /readyz, /metrics (port 0 picks a free port; the bound address is registered)")
 	fs.Int64Var(&cfg.MaxBodyBytes, "max-body-bytes", cfg.MaxBodyBytes, "largest POST body accepted on /mcp, in bytes (larger: 413)")
 	fs.DurationVar(&cfg.SessionIdleTTL, "session-idle-ttl", cfg.SessionIdleTTL, "a session unused this long expires in the store")

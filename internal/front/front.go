@@ -162,8 +162,8 @@ func Start(ctx context.Context, cfg Config, cli *clientv3.Client, log *logrus.En
 		}
 	}()
 
-	loops := 1
-	finished := make(chan struct{}, 2)
+	loops := 2
+	finished := make(chan struct{}, 3)
 	go func() {
 		defer func() { finished <- struct{}{} }()
 		_ = etcdwatch.Run(bctx, cli, membership.RolePrefix(cfg.Common.Prefix, membership.RoleWorker), etcdwatch.Options{
@@ -171,6 +171,10 @@ func Start(ctx context.Context, cfg Config, cli *clientv3.Client, log *logrus.En
 		}, func(s etcdwatch.Snapshot) {
 			f.pool.set(membership.FromKVs(s.KVs))
 		})
+	}()
+	go func() {
+		defer func() { finished <- struct{}{} }()
+		f.watchTraffic(bctx, cli)
 	}()
 	if cfg.ProbeInterval > 0 {
 		loops++
@@ -246,7 +250,7 @@ func (f *Front) Close(ctx context.Context) error {
 func (f *Front) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "workers": len(f.pool.list())})
+		writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "workers": len(f.pool.list()), "traffic": f.pool.currentTraffic()})
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		n := len(f.pool.list())

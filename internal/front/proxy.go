@@ -33,6 +33,8 @@ type backend struct {
 	url  *url.URL // scheme and host to dial
 	// health is the URL of its /healthz (on HTTPAddr when it has one).
 	health string
+	// version is its membership version, which a traffic split selects on.
+	version string
 }
 
 // pool holds the routable workers and their recent connect failures.
@@ -44,6 +46,9 @@ type pool struct {
 	backends  []*backend // sorted by id
 	downUntil map[string]time.Time
 	next      uint64
+	// traffic is the deploy split (traffic.go); splitAcc its accumulator.
+	traffic  Traffic
+	splitAcc int
 }
 
 func newPool(cooldown time.Duration) *pool {
@@ -65,7 +70,7 @@ func (p *pool) set(ms []membership.Member) {
 		if m.HTTPAddr != "" {
 			health = workerURL(m.HTTPAddr) + "/healthz"
 		}
-		bs = append(bs, &backend{id: m.ID, addr: m.Addr, url: u, health: health})
+		bs = append(bs, &backend{id: m.ID, addr: m.Addr, url: u, health: health, version: m.Version})
 	}
 	sort.Slice(bs, func(i, j int) bool { return bs[i].id < bs[j].id })
 	p.mu.Lock()
@@ -110,6 +115,7 @@ func (p *pool) pick(tried map[string]bool) *backend {
 		// refuse the client.
 		cands = cooling
 	}
+	cands = p.splitByTraffic(cands)
 	if len(cands) == 0 {
 		return nil
 	}

@@ -10,6 +10,13 @@
 //	POST /v1/restart  {"name":"worker-2"}
 //	POST /v1/scale    {"pool":"worker","count":4,"remove_first":["worker-3"]}
 //	                  → {"started":["worker-4"],"stopped":[]}
+//	POST /v1/start    {"pool":"worker","count":3,"path":"/opt/erlmcp-v2","version":"v2"}
+//	                  → {"started":["worker-4","worker-5","worker-6"],"stopped":[]}
+//	POST /v1/stop     {"names":["worker-1"]}  → {"started":[],"stopped":["worker-1"]}
+//	GET  /v1/release?pool=worker  {"pool":"worker","path":"/usr/bin/erlmcp","version":""}
+//	POST /v1/release  {"pool":"worker","path":"/opt/erlmcp-v2","version":"v2"}
+//
+// start, stop and release are the deploy operations (deploy.go).
 package localactuator
 
 import (
@@ -40,6 +47,10 @@ type Process struct {
 	Name string `json:"name"`
 	Pool string `json:"pool"`
 	PID  int    `json:"pid"`
+	// Path and Version are set for a child started from another binary
+	// (POST /v1/start, or a pool's release); "" means up's own binary.
+	Path    string `json:"path,omitempty"`
+	Version string `json:"version,omitempty"`
 }
 
 // RestartRequest is the body of POST /v1/restart.
@@ -87,9 +98,11 @@ type Server struct {
 	ln    net.Listener
 	srv   *http.Server
 	path  string
-	// scaleMu serialises scale requests: two overlapping ones would pick
-	// the same free names.
+	// scaleMu serialises scale and start requests: two overlapping ones
+	// would pick the same free names.
 	scaleMu sync.Mutex
+	// rel holds the deploy state (deploy.go).
+	rel releases
 }
 
 // PoolOf is the pool of a child name: the part before the last "-<n>".
@@ -132,6 +145,7 @@ func Serve(path, token string, sup Supervisor, spec SpecFunc, log *logrus.Entry)
 	mux.HandleFunc("GET /v1/processes", s.handleProcesses)
 	mux.HandleFunc("POST /v1/restart", s.handleRestart)
 	mux.HandleFunc("POST /v1/scale", s.handleScale)
+	s.routeDeploy(mux)
 	s.srv = &http.Server{Handler: s.auth(mux), ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -167,7 +181,8 @@ func (s *Server) processes(pool string) []Process {
 		if pool != "" && p != pool {
 			continue
 		}
-		out = append(out, Process{Name: n, Pool: p, PID: s.sup.PID(n)})
+		r := s.rel.of(n)
+		out = append(out, Process{Name: n, Pool: p, PID: s.sup.PID(n), Path: r.Path, Version: r.Version})
 	}
 	return out
 }
@@ -228,7 +243,7 @@ func (s *Server) scale(ctx context.Context, req ScaleRequest) (ScaleResult, erro
 			if have[name] {
 				continue
 			}
-			spec, err := s.spec(req.Pool, i)
+			spec, err := s.releaseSpec(req.Pool, i)
 			if err != nil {
 				return res, err
 			}
@@ -248,6 +263,7 @@ func (s *Server) scale(ctx context.Context, req ScaleRequest) (ScaleResult, erro
 			wg.Go(func() {
 				s.log.WithField("child", v).Info("local actuator: stopping child (scale down; it drains on SIGTERM)")
 				errs[i] = s.sup.Remove(ctx, v)
+				s.rel.forget(v)
 			})
 		}
 		wg.Wait()
