@@ -163,6 +163,9 @@ func applyCommand(root *bolt.Bucket, cmd command) (outcome, error) {
 	if cmd.Op == opSweep {
 		return sweep(st, cmd)
 	}
+	if cmd.Op == opImport {
+		return importChunk(st, cmd)
+	}
 	var dk []byte
 	var fp []byte
 	if cmd.RequestID != "" {

@@ -61,6 +61,9 @@ const (
 	// opSweep deletes those of IDs that are expired at NowMs (the
 	// leader's periodic expiry sweep).
 	opSweep
+	// opImport loads one chunk of a backup dump (Records) into the shard
+	// (Import; see backup.go).
+	opImport
 )
 
 func (o op) String() string {
@@ -85,6 +88,8 @@ func (o op) String() string {
 		return "put-task"
 	case opSweep:
 		return "sweep"
+	case opImport:
+		return "import"
 	}
 	return "unknown"
 }
@@ -113,6 +118,10 @@ type command struct {
 	Task *pb.Task `json:"-"`
 	// IDs: opSweep, the sessions the leader found expired.
 	IDs []string
+	// RestoreID, Seq and Records: opImport, the chunk to load.
+	RestoreID string         `json:",omitempty"`
+	Seq       uint64         `json:",omitempty"`
+	Records   []backupRecord `json:",omitempty"`
 	// Limits in force when the command was proposed.
 	Limits limits
 	// RequestID is the client's idempotency key; empty for touch and expire.

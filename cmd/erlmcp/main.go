@@ -43,6 +43,7 @@ func commands() map[string]command {
 		"ctl":          {"talk to the control plane's admin API", cmdCtl},
 		"loadtest":     {"MCP load driver: latency, errors and per-session continuity against an MCP URL", cmdLoadtest},
 		"capacity":     {"plan workers and store nodes per region for an observed load", cmdCapacity},
+		"dr":           {"disaster recovery: health check, region switch, backup and restore of etcd and the store", cmdDR},
 		"version":      {"print the version", cmdVersion},
 	}
 }

@@ -30,6 +30,327 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type BackupRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Shard         uint32                 `protobuf:"varint,1,opt,name=shard,proto3" json:"shard,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupRequest) Reset() {
+	*x = BackupRequest{}
+	mi := &file_erlmcp_sessionstore_v1_admin_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupRequest) ProtoMessage() {}
+
+func (x *BackupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_erlmcp_sessionstore_v1_admin_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupRequest.ProtoReflect.Descriptor instead.
+func (*BackupRequest) Descriptor() ([]byte, []int) {
+	return file_erlmcp_sessionstore_v1_admin_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *BackupRequest) GetShard() uint32 {
+	if x != nil {
+		return x.Shard
+	}
+	return 0
+}
+
+// BackupRecord is one key of the shard's state: bucket names the kind of
+// entry (sessions, events, state, tasks, ...), key and value are opaque.
+type BackupRecord struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Bucket        string                 `protobuf:"bytes,1,opt,name=bucket,proto3" json:"bucket,omitempty"`
+	Key           []byte                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	Value         []byte                 `protobuf:"bytes,3,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupRecord) Reset() {
+	*x = BackupRecord{}
+	mi := &file_erlmcp_sessionstore_v1_admin_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupRecord) ProtoMessage() {}
+
+func (x *BackupRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_erlmcp_sessionstore_v1_admin_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupRecord.ProtoReflect.Descriptor instead.
+func (*BackupRecord) Descriptor() ([]byte, []int) {
+	return file_erlmcp_sessionstore_v1_admin_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *BackupRecord) GetBucket() string {
+	if x != nil {
+		return x.Bucket
+	}
+	return ""
+}
+
+func (x *BackupRecord) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *BackupRecord) GetValue() []byte {
+	if x != nil {
+		return x.Value
+	}
+	return nil
+}
+
+type BackupResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Shard uint32                 `protobuf:"varint,1,opt,name=shard,proto3" json:"shard,omitempty"`
+	// The Raft index the dump was read at (or after): every write committed
+	// at or before it is in the dump.
+	ReadIndex uint64 `protobuf:"varint,2,opt,name=read_index,json=readIndex,proto3" json:"read_index,omitempty"`
+	// The shard count of the cluster the dump came from (session ids hash
+	// onto shards by it, so a dump only loads into a cluster with as many).
+	ShardCount uint32          `protobuf:"varint,3,opt,name=shard_count,json=shardCount,proto3" json:"shard_count,omitempty"`
+	Records    []*BackupRecord `protobuf:"bytes,4,rep,name=records,proto3" json:"records,omitempty"`
+	// Set on the last chunk of the shard.
+	Done          bool `protobuf:"varint,5,opt,name=done,proto3" json:"done,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupResponse) Reset() {
+	*x = BackupResponse{}
+	mi := &file_erlmcp_sessionstore_v1_admin_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupResponse) ProtoMessage() {}
+
+func (x *BackupResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_erlmcp_sessionstore_v1_admin_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupResponse.ProtoReflect.Descriptor instead.
+func (*BackupResponse) Descriptor() ([]byte, []int) {
+	return file_erlmcp_sessionstore_v1_admin_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *BackupResponse) GetShard() uint32 {
+	if x != nil {
+		return x.Shard
+	}
+	return 0
+}
+
+func (x *BackupResponse) GetReadIndex() uint64 {
+	if x != nil {
+		return x.ReadIndex
+	}
+	return 0
+}
+
+func (x *BackupResponse) GetShardCount() uint32 {
+	if x != nil {
+		return x.ShardCount
+	}
+	return 0
+}
+
+func (x *BackupResponse) GetRecords() []*BackupRecord {
+	if x != nil {
+		return x.Records
+	}
+	return nil
+}
+
+func (x *BackupResponse) GetDone() bool {
+	if x != nil {
+		return x.Done
+	}
+	return false
+}
+
+type ImportRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Shard uint32                 `protobuf:"varint,1,opt,name=shard,proto3" json:"shard,omitempty"`
+	// Names one import; chunk 0 records it in the shard.
+	RestoreId string `protobuf:"bytes,2,opt,name=restore_id,json=restoreId,proto3" json:"restore_id,omitempty"`
+	// The chunk's number, from 0.
+	Seq     uint64          `protobuf:"varint,3,opt,name=seq,proto3" json:"seq,omitempty"`
+	Records []*BackupRecord `protobuf:"bytes,4,rep,name=records,proto3" json:"records,omitempty"`
+	// The shard count of the cluster the dump came from: refused
+	// (FAILED_PRECONDITION) if this cluster has another.
+	ShardCount    uint32 `protobuf:"varint,5,opt,name=shard_count,json=shardCount,proto3" json:"shard_count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImportRequest) Reset() {
+	*x = ImportRequest{}
+	mi := &file_erlmcp_sessionstore_v1_admin_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImportRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImportRequest) ProtoMessage() {}
+
+func (x *ImportRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_erlmcp_sessionstore_v1_admin_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImportRequest.ProtoReflect.Descriptor instead.
+func (*ImportRequest) Descriptor() ([]byte, []int) {
+	return file_erlmcp_sessionstore_v1_admin_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ImportRequest) GetShard() uint32 {
+	if x != nil {
+		return x.Shard
+	}
+	return 0
+}
+
+func (x *ImportRequest) GetRestoreId() string {
+	if x != nil {
+		return x.RestoreId
+	}
+	return ""
+}
+
+func (x *ImportRequest) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *ImportRequest) GetRecords() []*BackupRecord {
+	if x != nil {
+		return x.Records
+	}
+	return nil
+}
+
+func (x *ImportRequest) GetShardCount() uint32 {
+	if x != nil {
+		return x.ShardCount
+	}
+	return 0
+}
+
+type ImportResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// False when the chunk had already been applied (a retry).
+	Applied bool `protobuf:"varint,1,opt,name=applied,proto3" json:"applied,omitempty"`
+	// The number of records of the chunk.
+	Records       uint32 `protobuf:"varint,2,opt,name=records,proto3" json:"records,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImportResponse) Reset() {
+	*x = ImportResponse{}
+	mi := &file_erlmcp_sessionstore_v1_admin_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImportResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImportResponse) ProtoMessage() {}
+
+func (x *ImportResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_erlmcp_sessionstore_v1_admin_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImportResponse.ProtoReflect.Descriptor instead.
+func (*ImportResponse) Descriptor() ([]byte, []int) {
+	return file_erlmcp_sessionstore_v1_admin_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ImportResponse) GetApplied() bool {
+	if x != nil {
+		return x.Applied
+	}
+	return false
+}
+
+func (x *ImportResponse) GetRecords() uint32 {
+	if x != nil {
+		return x.Records
+	}
+	return 0
+}
+
 type ShardStatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Shard         uint32                 `protobuf:"varint,1,opt,name=shard,proto3" json:"shard,omitempty"`
@@ -39,7 +360,7 @@ type ShardStatusRequest struct {
 
 func (x *ShardStatusRequest) Reset() {
 	*x = ShardStatusRequest{}
-	mi := &file_erlmcp_sessionstore_v1_admin_proto_msgTypes[0]
+	mi := &file_erlmcp_sessionstore_v1_admin_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -51,7 +372,7 @@ func (x *ShardStatusRequest) String() string {
 func (*ShardStatusRequest) ProtoMessage() {}
 
 func (x *ShardStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_erlmcp_sessionstore_v1_admin_proto_msgTypes[0]
+	mi := &file_erlmcp_sessionstore_v1_admin_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -64,7 +385,7 @@ func (x *ShardStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardStatusRequest.ProtoReflect.Descriptor instead.
 func (*ShardStatusRequest) Descriptor() ([]byte, []int) {
-	return file_erlmcp_sessionstore_v1_admin_proto_rawDescGZIP(), []int{0}
+	return file_erlmcp_sessionstore_v1_admin_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ShardStatusRequest) GetShard() uint32 {
@@ -96,7 +417,7 @@ type ReplicaProgress struct {
 
 func (x *ReplicaProgress) Reset() {
 	*x = ReplicaProgress{}
-	mi := &file_erlmcp_sessionstore_v1_admin_proto_msgTypes[1]
+	mi := &file_erlmcp_sessionstore_v1_admin_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -108,7 +429,7 @@ func (x *ReplicaProgress) String() string {
 func (*ReplicaProgress) ProtoMessage() {}
 
 func (x *ReplicaProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_erlmcp_sessionstore_v1_admin_proto_msgTypes[1]
+	mi := &file_erlmcp_sessionstore_v1_admin_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -121,7 +442,7 @@ func (x *ReplicaProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaProgress.ProtoReflect.Descriptor instead.
 func (*ReplicaProgress) Descriptor() ([]byte, []int) {
-	return file_erlmcp_sessionstore_v1_admin_proto_rawDescGZIP(), []int{1}
+	return file_erlmcp_sessionstore_v1_admin_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ReplicaProgress) GetReplicaId() uint64 {
@@ -197,7 +518,7 @@ type ShardStatusResponse struct {
 
 func (x *ShardStatusResponse) Reset() {
 	*x = ShardStatusResponse{}
-	mi := &file_erlmcp_sessionstore_v1_admin_proto_msgTypes[2]
+	mi := &file_erlmcp_sessionstore_v1_admin_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -209,7 +530,7 @@ func (x *ShardStatusResponse) String() string {
 func (*ShardStatusResponse) ProtoMessage() {}
 
 func (x *ShardStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_erlmcp_sessionstore_v1_admin_proto_msgTypes[2]
+	mi := &file_erlmcp_sessionstore_v1_admin_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -222,7 +543,7 @@ func (x *ShardStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardStatusResponse.ProtoReflect.Descriptor instead.
 func (*ShardStatusResponse) Descriptor() ([]byte, []int) {
-	return file_erlmcp_sessionstore_v1_admin_proto_rawDescGZIP(), []int{2}
+	return file_erlmcp_sessionstore_v1_admin_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ShardStatusResponse) GetShard() uint32 {
@@ -313,7 +634,7 @@ type TransferLeaderRequest struct {
 
 func (x *TransferLeaderRequest) Reset() {
 	*x = TransferLeaderRequest{}
-	mi := &file_erlmcp_sessionstore_v1_admin_proto_msgTypes[3]
+	mi := &file_erlmcp_sessionstore_v1_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -325,7 +646,7 @@ func (x *TransferLeaderRequest) String() string {
 func (*TransferLeaderRequest) ProtoMessage() {}
 
 func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_erlmcp_sessionstore_v1_admin_proto_msgTypes[3]
+	mi := &file_erlmcp_sessionstore_v1_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -338,7 +659,7 @@ func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeaderRequest) Descriptor() ([]byte, []int) {
-	return file_erlmcp_sessionstore_v1_admin_proto_rawDescGZIP(), []int{3}
+	return file_erlmcp_sessionstore_v1_admin_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *TransferLeaderRequest) GetShard() uint32 {
@@ -363,7 +684,7 @@ type TransferLeaderResponse struct {
 
 func (x *TransferLeaderResponse) Reset() {
 	*x = TransferLeaderResponse{}
-	mi := &file_erlmcp_sessionstore_v1_admin_proto_msgTypes[4]
+	mi := &file_erlmcp_sessionstore_v1_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -375,7 +696,7 @@ func (x *TransferLeaderResponse) String() string {
 func (*TransferLeaderResponse) ProtoMessage() {}
 
 func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_erlmcp_sessionstore_v1_admin_proto_msgTypes[4]
+	mi := &file_erlmcp_sessionstore_v1_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -388,7 +709,7 @@ func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeaderResponse) Descriptor() ([]byte, []int) {
-	return file_erlmcp_sessionstore_v1_admin_proto_rawDescGZIP(), []int{4}
+	return file_erlmcp_sessionstore_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
 type AddLearnerRequest struct {
@@ -402,7 +723,7 @@ type AddLearnerRequest struct {
 
 func (x *AddLearnerRequest) Reset() {
 	*x = AddLearnerRequest{}
-	mi := &file_erlmcp_sessionstore_v1_admin_proto_msgTypes[5]
+	mi := &file_erlmcp_sessionstore_v1_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -414,7 +735,7 @@ func (x *AddLearnerRequest) String() string {
 func (*AddLearnerRequest) ProtoMessage() {}
 
 func (x *AddLearnerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_erlmcp_sessionstore_v1_admin_proto_msgTypes[5]
+	mi := &file_erlmcp_sessionstore_v1_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -427,7 +748,7 @@ func (x *AddLearnerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddLearnerRequest.ProtoReflect.Descriptor instead.
 func (*AddLearnerRequest) Descriptor() ([]byte, []int) {
-	return file_erlmcp_sessionstore_v1_admin_proto_rawDescGZIP(), []int{5}
+	return file_erlmcp_sessionstore_v1_admin_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *AddLearnerRequest) GetShard() uint32 {
@@ -456,7 +777,7 @@ type AddLearnerResponse struct {
 
 func (x *AddLearnerResponse) Reset() {
 	*x = AddLearnerResponse{}
-	mi := &file_erlmcp_sessionstore_v1_admin_proto_msgTypes[6]
+	mi := &file_erlmcp_sessionstore_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -468,7 +789,7 @@ func (x *AddLearnerResponse) String() string {
 func (*AddLearnerResponse) ProtoMessage() {}
 
 func (x *AddLearnerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_erlmcp_sessionstore_v1_admin_proto_msgTypes[6]
+	mi := &file_erlmcp_sessionstore_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -481,7 +802,7 @@ func (x *AddLearnerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddLearnerResponse.ProtoReflect.Descriptor instead.
 func (*AddLearnerResponse) Descriptor() ([]byte, []int) {
-	return file_erlmcp_sessionstore_v1_admin_proto_rawDescGZIP(), []int{6}
+	return file_erlmcp_sessionstore_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *AddLearnerResponse) GetReplicaId() uint64 {
@@ -509,7 +830,7 @@ type PromoteLearnerRequest struct {
 
 func (x *PromoteLearnerRequest) Reset() {
 	*x = PromoteLearnerRequest{}
-	mi := &file_erlmcp_sessionstore_v1_admin_proto_msgTypes[7]
+	mi := &file_erlmcp_sessionstore_v1_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -521,7 +842,7 @@ func (x *PromoteLearnerRequest) String() string {
 func (*PromoteLearnerRequest) ProtoMessage() {}
 
 func (x *PromoteLearnerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_erlmcp_sessionstore_v1_admin_proto_msgTypes[7]
+	mi := &file_erlmcp_sessionstore_v1_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -534,7 +855,7 @@ func (x *PromoteLearnerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromoteLearnerRequest.ProtoReflect.Descriptor instead.
 func (*PromoteLearnerRequest) Descriptor() ([]byte, []int) {
-	return file_erlmcp_sessionstore_v1_admin_proto_rawDescGZIP(), []int{7}
+	return file_erlmcp_sessionstore_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *PromoteLearnerRequest) GetShard() uint32 {
@@ -562,7 +883,7 @@ type PromoteLearnerResponse struct {
 
 func (x *PromoteLearnerResponse) Reset() {
 	*x = PromoteLearnerResponse{}
-	mi := &file_erlmcp_sessionstore_v1_admin_proto_msgTypes[8]
+	mi := &file_erlmcp_sessionstore_v1_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -574,7 +895,7 @@ func (x *PromoteLearnerResponse) String() string {
 func (*PromoteLearnerResponse) ProtoMessage() {}
 
 func (x *PromoteLearnerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_erlmcp_sessionstore_v1_admin_proto_msgTypes[8]
+	mi := &file_erlmcp_sessionstore_v1_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -587,7 +908,7 @@ func (x *PromoteLearnerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromoteLearnerResponse.ProtoReflect.Descriptor instead.
 func (*PromoteLearnerResponse) Descriptor() ([]byte, []int) {
-	return file_erlmcp_sessionstore_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_erlmcp_sessionstore_v1_admin_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *PromoteLearnerResponse) GetReplicaId() uint64 {
@@ -615,7 +936,7 @@ type RemoveReplicaRequest struct {
 
 func (x *RemoveReplicaRequest) Reset() {
 	*x = RemoveReplicaRequest{}
-	mi := &file_erlmcp_sessionstore_v1_admin_proto_msgTypes[9]
+	mi := &file_erlmcp_sessionstore_v1_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -627,7 +948,7 @@ func (x *RemoveReplicaRequest) String() string {
 func (*RemoveReplicaRequest) ProtoMessage() {}
 
 func (x *RemoveReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_erlmcp_sessionstore_v1_admin_proto_msgTypes[9]
+	mi := &file_erlmcp_sessionstore_v1_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -640,7 +961,7 @@ func (x *RemoveReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveReplicaRequest.ProtoReflect.Descriptor instead.
 func (*RemoveReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_erlmcp_sessionstore_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_erlmcp_sessionstore_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RemoveReplicaRequest) GetShard() uint32 {
@@ -669,7 +990,7 @@ type RemoveReplicaResponse struct {
 
 func (x *RemoveReplicaResponse) Reset() {
 	*x = RemoveReplicaResponse{}
-	mi := &file_erlmcp_sessionstore_v1_admin_proto_msgTypes[10]
+	mi := &file_erlmcp_sessionstore_v1_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -681,7 +1002,7 @@ func (x *RemoveReplicaResponse) String() string {
 func (*RemoveReplicaResponse) ProtoMessage() {}
 
 func (x *RemoveReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_erlmcp_sessionstore_v1_admin_proto_msgTypes[10]
+	mi := &file_erlmcp_sessionstore_v1_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -694,7 +1015,7 @@ func (x *RemoveReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveReplicaResponse.ProtoReflect.Descriptor instead.
 func (*RemoveReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_erlmcp_sessionstore_v1_admin_proto_rawDescGZIP(), []int{10}
+	return file_erlmcp_sessionstore_v1_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RemoveReplicaResponse) GetReplicaId() uint64 {
@@ -715,7 +1036,32 @@ var File_erlmcp_sessionstore_v1_admin_proto protoreflect.FileDescriptor
 
 const file_erlmcp_sessionstore_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\"erlmcp/sessionstore/v1/admin.proto\x12\x16erlmcp.sessionstore.v1\"*\n" +
+	"\"erlmcp/sessionstore/v1/admin.proto\x12\x16erlmcp.sessionstore.v1\"%\n" +
+	"\rBackupRequest\x12\x14\n" +
+	"\x05shard\x18\x01 \x01(\rR\x05shard\"N\n" +
+	"\fBackupRecord\x12\x16\n" +
+	"\x06bucket\x18\x01 \x01(\tR\x06bucket\x12\x10\n" +
+	"\x03key\x18\x02 \x01(\fR\x03key\x12\x14\n" +
+	"\x05value\x18\x03 \x01(\fR\x05value\"\xba\x01\n" +
+	"\x0eBackupResponse\x12\x14\n" +
+	"\x05shard\x18\x01 \x01(\rR\x05shard\x12\x1d\n" +
+	"\n" +
+	"read_index\x18\x02 \x01(\x04R\treadIndex\x12\x1f\n" +
+	"\vshard_count\x18\x03 \x01(\rR\n" +
+	"shardCount\x12>\n" +
+	"\arecords\x18\x04 \x03(\v2$.erlmcp.sessionstore.v1.BackupRecordR\arecords\x12\x12\n" +
+	"\x04done\x18\x05 \x01(\bR\x04done\"\xb7\x01\n" +
+	"\rImportRequest\x12\x14\n" +
+	"\x05shard\x18\x01 \x01(\rR\x05shard\x12\x1d\n" +
+	"\n" +
+	"restore_id\x18\x02 \x01(\tR\trestoreId\x12\x10\n" +
+	"\x03seq\x18\x03 \x01(\x04R\x03seq\x12>\n" +
+	"\arecords\x18\x04 \x03(\v2$.erlmcp.sessionstore.v1.BackupRecordR\arecords\x12\x1f\n" +
+	"\vshard_count\x18\x05 \x01(\rR\n" +
+	"shardCount\"D\n" +
+	"\x0eImportResponse\x12\x18\n" +
+	"\aapplied\x18\x01 \x01(\bR\aapplied\x12\x18\n" +
+	"\arecords\x18\x02 \x01(\rR\arecords\"*\n" +
 	"\x12ShardStatusRequest\x12\x14\n" +
 	"\x05shard\x18\x01 \x01(\rR\x05shard\"\xc5\x01\n" +
 	"\x0fReplicaProgress\x12\x1d\n" +
@@ -765,14 +1111,16 @@ const file_erlmcp_sessionstore_v1_admin_proto_rawDesc = "" +
 	"\x15RemoveReplicaResponse\x12\x1d\n" +
 	"\n" +
 	"replica_id\x18\x01 \x01(\x04R\treplicaId\x12\x18\n" +
-	"\achanged\x18\x02 \x01(\bR\achanged2\xb0\x04\n" +
+	"\achanged\x18\x02 \x01(\bR\achanged2\xe4\x05\n" +
 	"\x11StoreAdminService\x12f\n" +
 	"\vShardStatus\x12*.erlmcp.sessionstore.v1.ShardStatusRequest\x1a+.erlmcp.sessionstore.v1.ShardStatusResponse\x12o\n" +
 	"\x0eTransferLeader\x12-.erlmcp.sessionstore.v1.TransferLeaderRequest\x1a..erlmcp.sessionstore.v1.TransferLeaderResponse\x12c\n" +
 	"\n" +
 	"AddLearner\x12).erlmcp.sessionstore.v1.AddLearnerRequest\x1a*.erlmcp.sessionstore.v1.AddLearnerResponse\x12o\n" +
 	"\x0ePromoteLearner\x12-.erlmcp.sessionstore.v1.PromoteLearnerRequest\x1a..erlmcp.sessionstore.v1.PromoteLearnerResponse\x12l\n" +
-	"\rRemoveReplica\x12,.erlmcp.sessionstore.v1.RemoveReplicaRequest\x1a-.erlmcp.sessionstore.v1.RemoveReplicaResponseBFZDgithub.com/erlmcp/erlmcp/proto/erlmcp/sessionstore/v1;sessionstorev1b\x06proto3"
+	"\rRemoveReplica\x12,.erlmcp.sessionstore.v1.RemoveReplicaRequest\x1a-.erlmcp.sessionstore.v1.RemoveReplicaResponse\x12Y\n" +
+	"\x06Backup\x12%.erlmcp.sessionstore.v1.BackupRequest\x1a&.erlmcp.sessionstore.v1.BackupResponse0\x01\x12W\n" +
+	"\x06Import\x12%.erlmcp.sessionstore.v1.ImportRequest\x1a&.erlmcp.sessionstore.v1.ImportResponseBFZDgithub.com/erlmcp/erlmcp/proto/erlmcp/sessionstore/v1;sessionstorev1b\x06proto3"
 
 var (
 	file_erlmcp_sessionstore_v1_admin_proto_rawDescOnce sync.Once
@@ -786,37 +1134,48 @@ func file_erlmcp_sessionstore_v1_admin_proto_rawDescGZIP() []byte {
 	return file_erlmcp_sessionstore_v1_admin_proto_rawDescData
 }
 
-var file_erlmcp_sessionstore_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_erlmcp_sessionstore_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_erlmcp_sessionstore_v1_admin_proto_goTypes = []any{
-	(*ShardStatusRequest)(nil),     // 0: erlmcp.sessionstore.v1.ShardStatusRequest
-	(*ReplicaProgress)(nil),        // 1: erlmcp.sessionstore.v1.ReplicaProgress
-	(*ShardStatusResponse)(nil),    // 2: erlmcp.sessionstore.v1.ShardStatusResponse
-	(*TransferLeaderRequest)(nil),  // 3: erlmcp.sessionstore.v1.TransferLeaderRequest
-	(*TransferLeaderResponse)(nil), // 4: erlmcp.sessionstore.v1.TransferLeaderResponse
-	(*AddLearnerRequest)(nil),      // 5: erlmcp.sessionstore.v1.AddLearnerRequest
-	(*AddLearnerResponse)(nil),     // 6: erlmcp.sessionstore.v1.AddLearnerResponse
-	(*PromoteLearnerRequest)(nil),  // 7: erlmcp.sessionstore.v1.PromoteLearnerRequest
-	(*PromoteLearnerResponse)(nil), // 8: erlmcp.sessionstore.v1.PromoteLearnerResponse
-	(*RemoveReplicaRequest)(nil),   // 9: erlmcp.sessionstore.v1.RemoveReplicaRequest
-	(*RemoveReplicaResponse)(nil),  // 10: erlmcp.sessionstore.v1.RemoveReplicaResponse
+	(*BackupRequest)(nil),          // 0: erlmcp.sessionstore.v1.BackupRequest
+	(*BackupRecord)(nil),           // 1: erlmcp.sessionstore.v1.BackupRecord
+	(*BackupResponse)(nil),         // 2: erlmcp.sessionstore.v1.BackupResponse
+	(*ImportRequest)(nil),          // 3: erlmcp.sessionstore.v1.ImportRequest
+	(*ImportResponse)(nil),         // 4: erlmcp.sessionstore.v1.ImportResponse
+	(*ShardStatusRequest)(nil),     // 5: erlmcp.sessionstore.v1.ShardStatusRequest
+	(*ReplicaProgress)(nil),        // 6: erlmcp.sessionstore.v1.ReplicaProgress
+	(*ShardStatusResponse)(nil),    // 7: erlmcp.sessionstore.v1.ShardStatusResponse
+	(*TransferLeaderRequest)(nil),  // 8: erlmcp.sessionstore.v1.TransferLeaderRequest
+	(*TransferLeaderResponse)(nil), // 9: erlmcp.sessionstore.v1.TransferLeaderResponse
+	(*AddLearnerRequest)(nil),      // 10: erlmcp.sessionstore.v1.AddLearnerRequest
+	(*AddLearnerResponse)(nil),     // 11: erlmcp.sessionstore.v1.AddLearnerResponse
+	(*PromoteLearnerRequest)(nil),  // 12: erlmcp.sessionstore.v1.PromoteLearnerRequest
+	(*PromoteLearnerResponse)(nil), // 13: erlmcp.sessionstore.v1.PromoteLearnerResponse
+	(*RemoveReplicaRequest)(nil),   // 14: erlmcp.sessionstore.v1.RemoveReplicaRequest
+	(*RemoveReplicaResponse)(nil),  // 15: erlmcp.sessionstore.v1.RemoveReplicaResponse
 }
 var file_erlmcp_sessionstore_v1_admin_proto_depIdxs = []int32{
-	1,  // 0: erlmcp.sessionstore.v1.ShardStatusResponse.progress:type_name -> erlmcp.sessionstore.v1.ReplicaProgress
-	0,  // 1: erlmcp.sessionstore.v1.StoreAdminService.ShardStatus:input_type -> erlmcp.sessionstore.v1.ShardStatusRequest
-	3,  // 2: erlmcp.sessionstore.v1.StoreAdminService.TransferLeader:input_type -> erlmcp.sessionstore.v1.TransferLeaderRequest
-	5,  // 3: erlmcp.sessionstore.v1.StoreAdminService.AddLearner:input_type -> erlmcp.sessionstore.v1.AddLearnerRequest
-	7,  // 4: erlmcp.sessionstore.v1.StoreAdminService.PromoteLearner:input_type -> erlmcp.sessionstore.v1.PromoteLearnerRequest
-	9,  // 5: erlmcp.sessionstore.v1.StoreAdminService.RemoveReplica:input_type -> erlmcp.sessionstore.v1.RemoveReplicaRequest
-	2,  // 6: erlmcp.sessionstore.v1.StoreAdminService.ShardStatus:output_type -> erlmcp.sessionstore.v1.ShardStatusResponse
-	4,  // 7: erlmcp.sessionstore.v1.StoreAdminService.TransferLeader:output_type -> erlmcp.sessionstore.v1.TransferLeaderResponse
-	6,  // 8: erlmcp.sessionstore.v1.StoreAdminService.AddLearner:output_type -> erlmcp.sessionstore.v1.AddLearnerResponse
-	8,  // 9: erlmcp.sessionstore.v1.StoreAdminService.PromoteLearner:output_type -> erlmcp.sessionstore.v1.PromoteLearnerResponse
-	10, // 10: erlmcp.sessionstore.v1.StoreAdminService.RemoveReplica:output_type -> erlmcp.sessionstore.v1.RemoveReplicaResponse
-	6,  // [6:11] is the sub-list for method output_type
-	1,  // [1:6] is the sub-list for method input_type
-	1,  // [1:1] is the sub-list for extension type_name
-	1,  // [1:1] is the sub-list for extension extendee
-	0,  // [0:1] is the sub-list for field type_name
+	1,  // 0: erlmcp.sessionstore.v1.BackupResponse.records:type_name -> erlmcp.sessionstore.v1.BackupRecord
+	1,  // 1: erlmcp.sessionstore.v1.ImportRequest.records:type_name -> erlmcp.sessionstore.v1.BackupRecord
+	6,  // 2: erlmcp.sessionstore.v1.ShardStatusResponse.progress:type_name -> erlmcp.sessionstore.v1.ReplicaProgress
+	5,  // 3: erlmcp.sessionstore.v1.StoreAdminService.ShardStatus:input_type -> erlmcp.sessionstore.v1.ShardStatusRequest
+	8,  // 4: erlmcp.sessionstore.v1.StoreAdminService.TransferLeader:input_type -> erlmcp.sessionstore.v1.TransferLeaderRequest
+	10, // 5: erlmcp.sessionstore.v1.StoreAdminService.AddLearner:input_type -> erlmcp.sessionstore.v1.AddLearnerRequest
+	12, // 6: erlmcp.sessionstore.v1.StoreAdminService.PromoteLearner:input_type -> erlmcp.sessionstore.v1.PromoteLearnerRequest
+	14, // 7: erlmcp.sessionstore.v1.StoreAdminService.RemoveReplica:input_type -> erlmcp.sessionstore.v1.RemoveReplicaRequest
+	0,  // 8: erlmcp.sessionstore.v1.StoreAdminService.Backup:input_type -> erlmcp.sessionstore.v1.BackupRequest
+	3,  // 9: erlmcp.sessionstore.v1.StoreAdminService.Import:input_type -> erlmcp.sessionstore.v1.ImportRequest
+	7,  // 10: erlmcp.sessionstore.v1.StoreAdminService.ShardStatus:output_type -> erlmcp.sessionstore.v1.ShardStatusResponse
+	9,  // 11: erlmcp.sessionstore.v1.StoreAdminService.TransferLeader:output_type -> erlmcp.sessionstore.v1.TransferLeaderResponse
+	11, // 12: erlmcp.sessionstore.v1.StoreAdminService.AddLearner:output_type -> erlmcp.sessionstore.v1.AddLearnerResponse
+	13, // 13: erlmcp.sessionstore.v1.StoreAdminService.PromoteLearner:output_type -> erlmcp.sessionstore.v1.PromoteLearnerResponse
+	15, // 14: erlmcp.sessionstore.v1.StoreAdminService.RemoveReplica:output_type -> erlmcp.sessionstore.v1.RemoveReplicaResponse
+	2,  // 15: erlmcp.sessionstore.v1.StoreAdminService.Backup:output_type -> erlmcp.sessionstore.v1.BackupResponse
+	4,  // 16: erlmcp.sessionstore.v1.StoreAdminService.Import:output_type -> erlmcp.sessionstore.v1.ImportResponse
+	10, // [10:17] is the sub-list for method output_type
+	3,  // [3:10] is the sub-list for method input_type
+	3,  // [3:3] is the sub-list for extension type_name
+	3,  // [3:3] is the sub-list for extension extendee
+	0,  // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_erlmcp_sessionstore_v1_admin_proto_init() }
@@ -830,7 +1189,7 @@ func file_erlmcp_sessionstore_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_erlmcp_sessionstore_v1_admin_proto_rawDesc), len(file_erlmcp_sessionstore_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   11,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

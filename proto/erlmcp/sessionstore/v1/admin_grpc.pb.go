@@ -33,6 +33,8 @@ const (
 	StoreAdminService_AddLearner_FullMethodName     = "/erlmcp.sessionstore.v1.StoreAdminService/AddLearner"
 	StoreAdminService_PromoteLearner_FullMethodName = "/erlmcp.sessionstore.v1.StoreAdminService/PromoteLearner"
 	StoreAdminService_RemoveReplica_FullMethodName  = "/erlmcp.sessionstore.v1.StoreAdminService/RemoveReplica"
+	StoreAdminService_Backup_FullMethodName         = "/erlmcp.sessionstore.v1.StoreAdminService/Backup"
+	StoreAdminService_Import_FullMethodName         = "/erlmcp.sessionstore.v1.StoreAdminService/Import"
 )
 
 // StoreAdminServiceClient is the client API for StoreAdminService service.
@@ -98,6 +100,21 @@ type StoreAdminServiceClient interface {
 	// map lists first. The removed store's node deletes the replica's data
 	// once it learns of the removal.
 	RemoveReplica(ctx context.Context, in *RemoveReplicaRequest, opts ...grpc.CallOption) (*RemoveReplicaResponse, error)
+	// Backup streams a point-in-time dump of one shard's state machine (every
+	// session with its events, state, tasks and remembered request ids) from
+	// the shard's leader (this node). The dump is linearizable: it holds every
+	// write acknowledged before the call, read after a Raft ReadIndex round
+	// whose index the first chunk carries. It is a logical dump (bucket, key,
+	// value records), independent of the node's on-disk format, and is loaded
+	// back with Import. The chunks arrive in order; the last has done = true.
+	Backup(ctx context.Context, in *BackupRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[BackupResponse], error)
+	// Import loads one chunk of a Backup dump into a shard through its Raft
+	// log, so every replica applies it. Chunks of one import share a
+	// restore_id and are numbered from 0; a chunk already applied answers OK
+	// again (retry freely), a chunk out of order is FAILED_PRECONDITION.
+	// Chunk 0 is refused (FAILED_PRECONDITION) unless the shard holds no
+	// session: import restores into an empty cluster, never merges.
+	Import(ctx context.Context, in *ImportRequest, opts ...grpc.CallOption) (*ImportResponse, error)
 }
 
 type storeAdminServiceClient struct {
@@ -152,6 +169,35 @@ func (c *storeAdminServiceClient) RemoveReplica(ctx context.Context, in *RemoveR
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(RemoveReplicaResponse)
 	err := c.cc.Invoke(ctx, StoreAdminService_RemoveReplica_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *storeAdminServiceClient) Backup(ctx context.Context, in *BackupRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[BackupResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &StoreAdminService_ServiceDesc.Streams[0], StoreAdminService_Backup_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[BackupRequest, BackupResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type StoreAdminService_BackupClient = grpc.ServerStreamingClient[BackupResponse]
+
+func (c *storeAdminServiceClient) Import(ctx context.Context, in *ImportRequest, opts ...grpc.CallOption) (*ImportResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ImportResponse)
+	err := c.cc.Invoke(ctx, StoreAdminService_Import_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -221,6 +267,21 @@ type StoreAdminServiceServer interface {
 	// map lists first. The removed store's node deletes the replica's data
 	// once it learns of the removal.
 	RemoveReplica(context.Context, *RemoveReplicaRequest) (*RemoveReplicaResponse, error)
+	// Backup streams a point-in-time dump of one shard's state machine (every
+	// session with its events, state, tasks and remembered request ids) from
+	// the shard's leader (this node). The dump is linearizable: it holds every
+	// write acknowledged before the call, read after a Raft ReadIndex round
+	// whose index the first chunk carries. It is a logical dump (bucket, key,
+	// value records), independent of the node's on-disk format, and is loaded
+	// back with Import. The chunks arrive in order; the last has done = true.
+	Backup(*BackupRequest, grpc.ServerStreamingServer[BackupResponse]) error
+	// Import loads one chunk of a Backup dump into a shard through its Raft
+	// log, so every replica applies it. Chunks of one import share a
+	// restore_id and are numbered from 0; a chunk already applied answers OK
+	// again (retry freely), a chunk out of order is FAILED_PRECONDITION.
+	// Chunk 0 is refused (FAILED_PRECONDITION) unless the shard holds no
+	// session: import restores into an empty cluster, never merges.
+	Import(context.Context, *ImportRequest) (*ImportResponse, error)
 	mustEmbedUnimplementedStoreAdminServiceServer()
 }
 
@@ -245,6 +306,12 @@ func (UnimplementedStoreAdminServiceServer) PromoteLearner(context.Context, *Pro
 }
 func (UnimplementedStoreAdminServiceServer) RemoveReplica(context.Context, *RemoveReplicaRequest) (*RemoveReplicaResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RemoveReplica not implemented")
+}
+func (UnimplementedStoreAdminServiceServer) Backup(*BackupRequest, grpc.ServerStreamingServer[BackupResponse]) error {
+	return status.Error(codes.Unimplemented, "method Backup not implemented")
+}
+func (UnimplementedStoreAdminServiceServer) Import(context.Context, *ImportRequest) (*ImportResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Import not implemented")
 }
 func (UnimplementedStoreAdminServiceServer) mustEmbedUnimplementedStoreAdminServiceServer() {}
 func (UnimplementedStoreAdminServiceServer) testEmbeddedByValue()                           {}
@@ -357,6 +424,35 @@ func _StoreAdminService_RemoveReplica_Handler(srv interface{}, ctx context.Conte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _StoreAdminService_Backup_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(BackupRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(StoreAdminServiceServer).Backup(m, &grpc.GenericServerStream[BackupRequest, BackupResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type StoreAdminService_BackupServer = grpc.ServerStreamingServer[BackupResponse]
+
+func _StoreAdminService_Import_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ImportRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(StoreAdminServiceServer).Import(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: StoreAdminService_Import_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(StoreAdminServiceServer).Import(ctx, req.(*ImportRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // StoreAdminService_ServiceDesc is the grpc.ServiceDesc for StoreAdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -384,7 +480,17 @@ var StoreAdminService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "RemoveReplica",
 			Handler:    _StoreAdminService_RemoveReplica_Handler,
 		},
+		{
+			MethodName: "Import",
+			Handler:    _StoreAdminService_Import_Handler,
+		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Backup",
+			Handler:       _StoreAdminService_Backup_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "erlmcp/sessionstore/v1/admin.proto",
 }
