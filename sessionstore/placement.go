@@ -38,6 +38,10 @@ import (
 //     deleted) once its removal is applied: its own configuration no longer
 //     has it, or the shard's leader (asked through StoreAdminService)
 //     reports a configuration without it.
+//   - Once the configuration matches the map, a leader that is not the
+//     map's target_leader hands leadership to it when it is an up-to-date
+//     voter (at most once per leaderMoveInterval per shard), so shard
+//     leaders follow the control plane into the active region.
 
 // upToDateLag is how far behind the leader's commit index a voter's
 // durable log may be and still count as up to date for removals.
@@ -45,6 +49,11 @@ const upToDateLag = 100
 
 // confChangeTimeout bounds one membership change.
 const confChangeTimeout = 5 * time.Second
+
+// leaderMoveInterval spaces attempts to hand a shard's leadership to its
+// target_leader: a transfer needs an election round to show, and a target
+// that cannot win must not be asked in a tight loop.
+const leaderMoveInterval = 3 * time.Second
 
 // deferLogInterval rate-limits, per shard, the info log saying why a
 // removal the map asks for is deferred.
@@ -58,10 +67,13 @@ type placeState struct {
 	lastAsk map[uint32]time.Time
 	// deferLogged: when a deferred removal was last logged.
 	deferLogged map[uint32]time.Time
+	// lastMove: when this node last asked a shard's target_leader to
+	// take over.
+	lastMove map[uint32]time.Time
 }
 
 func newPlaceState() *placeState {
-	return &placeState{lastAsk: map[uint32]time.Time{}, deferLogged: map[uint32]time.Time{}}
+	return &placeState{lastAsk: map[uint32]time.Time{}, deferLogged: map[uint32]time.Time{}, lastMove: map[uint32]time.Time{}}
 }
 
 // logDeferred logs at info, at most once per deferLogInterval per shard,
@@ -268,6 +280,35 @@ func (n *Node) reconcileConf(ctx context.Context, sh clusterstate.Shard, st mult
 			continue
 		}
 		change("remove voter", id, func() error { return mr.RemoveReplica(cctx, shard, id) })
+		return
+	}
+	if listed {
+		n.moveToTarget(cctx, sh, st, ps, log)
+	}
+}
+
+// moveToTarget hands the shard's leadership to the map's target_leader
+// when that is another store whose replica is an up-to-date voter. It runs
+// on the leader after the configuration matches the map.
+func (n *Node) moveToTarget(ctx context.Context, sh clusterstate.Shard, st multiraft.ShardStatus, ps *placeState, log *logrus.Entry) {
+	if sh.TargetLeader == "" || sh.TargetLeader == n.ID() {
+		return
+	}
+	shard := uint32(sh.Shard)
+	for _, rep := range sh.Replicas {
+		id := effectiveID(rep)
+		if rep.Store != sh.TargetLeader || !isVoter(rep) || !slices.Contains(st.Voters, id) || !replicaUpToDate(st, id) {
+			continue
+		}
+		if time.Since(ps.lastMove[shard]) < leaderMoveInterval {
+			return
+		}
+		ps.lastMove[shard] = time.Now()
+		if err := n.raft.mr.TransferLeader(ctx, shard, id); err != nil {
+			log.WithError(err).WithField("to", sh.TargetLeader).Warn("hand leadership to the target leader failed; will retry")
+			return
+		}
+		log.WithField("to", sh.TargetLeader).Info("leadership handed to the map's target leader")
 		return
 	}
 }

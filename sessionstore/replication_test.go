@@ -583,3 +583,47 @@ func TestRaftExpirySweepOnEveryReplica(t *testing.T) {
 // and heartbeats on time; under -race with other packages' tests competing
 // for two cores a step can stall for seconds, which is slow, not wrong.
 const raftWait = 30 * time.Second
+
+// TestRaftLeaderFollowsTargetLeader: the shard's leader hands leadership to
+// the map's target_leader (the control plane's preferred leader, in the
+// active region) once the configuration matches the map, and follows it
+// when it changes; a target that is not a voter is not asked.
+func TestRaftLeaderFollowsTargetLeader(t *testing.T) {
+	stores := []string{"a", "b", "c", "d"}
+	c := newRCluster(t, 1, stores...)
+	c.place(0, 1, []string{"a", "b", "c"}, nil, nil)
+	c.start(stores...)
+	cl := c.client()
+	ctx := ctxT(t)
+	if _, err := cl.Create(ctx, "g", nil, 0); err != nil {
+		t.Fatal(err)
+	}
+	target := func(store string) {
+		s := clusterstate.Shard{Shard: 0, ConfEpoch: 1, TargetLeader: store}
+		for _, v := range []string{"a", "b", "c"} {
+			s.Replicas = append(s.Replicas, clusterstate.Replica{Store: v, Role: clusterstate.RoleVoter, ID: clusterstate.ReplicaID(v, 1)})
+		}
+		c.put(clusterstate.ShardKey(c.prefix, 0), s)
+	}
+	// d hosts no replica: the leader stays where it is.
+	first := c.leader(0)
+	target("d")
+	for _, to := range []string{"a", "b", "c"} {
+		if to == first {
+			continue
+		}
+		target(to)
+		testcluster.WaitFor(t, raftWait, "leadership moved to "+to, func() error {
+			if lead := c.leader(0); lead != to {
+				return fmt.Errorf("leader %s", lead)
+			}
+			return nil
+		})
+		if _, err := cl.Create(ctx, "g-"+to, nil, 0); err != nil {
+			t.Fatalf("write after the move to %s: %v", to, err)
+		}
+	}
+	if lead := c.leader(0); lead == "d" {
+		t.Fatal("d, which hosts no replica, leads")
+	}
+}

@@ -95,6 +95,11 @@ type Shard struct {
 	Leader string `json:"leader,omitempty"`
 	// ConfEpoch grows with every change of Replicas.
 	ConfEpoch uint64 `json:"conf_epoch"`
+	// TargetLeader is the store the control plane prefers to lead the
+	// shard (one in the active region); "" means no preference. The
+	// shard's leader hands leadership to it once it is an up-to-date
+	// voter. (controlplane.ShardDoc writes the same JSON field.)
+	TargetLeader string `json:"target_leader,omitempty"`
 }
 
 // Hosts reports whether store holds a replica of the shard.
