@@ -52,16 +52,13 @@ func (cp *ControlPlane) handleShards(w http.ResponseWriter, r *http.Request) {
 			count = cc.ShardCount
 		}
 	}
-	shardKVs, statusKVs := map[string][]byte{}, map[string][]byte{}
+	shardKVs := kvMap(resp.Responses[1].GetResponseRange().GetKvs())
+	statusKVs := kvMap(resp.Responses[2].GetResponseRange().GetKvs())
 	maxShard := -1
-	for _, kv := range resp.Responses[1].GetResponseRange().GetKvs() {
-		shardKVs[string(kv.Key)] = kv.Value
-		if n, err := clusterstate.ParseShardKey(prefix, string(kv.Key)); err == nil && n < clusterstate.MaxShardCount {
+	for key := range shardKVs {
+		if n, err := clusterstate.ParseShardKey(prefix, key); err == nil && n < clusterstate.MaxShardCount {
 			maxShard = max(maxShard, n)
 		}
-	}
-	for _, kv := range resp.Responses[2].GetResponseRange().GetKvs() {
-		statusKVs[string(kv.Key)] = kv.Value
 	}
 	if count < 0 {
 		count = maxShard + 1
@@ -138,12 +135,8 @@ func (cp *ControlPlane) handleOps(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, "cannot read operators from etcd: "+err.Error())
 		return
 	}
-	kvs := map[string][]byte{}
-	for _, kv := range resp.Kvs {
-		kvs[string(kv.Key)] = kv.Value
-	}
 	out := []Operator{}
-	for _, o := range decodeOps(kvs) {
+	for _, o := range decodeOps(kvMap(resp.Kvs)) {
 		out = append(out, o)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })

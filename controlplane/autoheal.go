@@ -10,6 +10,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -107,6 +108,27 @@ const (
 // AutohealKey holds the pause switch: {"paused":true,"reason":"…","at":"…"}.
 func AutohealKey(prefix string) string { return prefix + "autoheal/state" }
 
+// AutohealBudgetPrefix holds one key per process the leader tried to heal,
+// <prefix>autoheal/budgets/<role>/<name>, whose value (HealBudget) is
+// written, fenced, in the Txn that records each attempt in history. A new
+// leader seeds its memory of a process from it, so the attempt budget and
+// the backoff carry over a leader change instead of starting afresh (a
+// crash-looping node would otherwise get MaxAttempts more restarts from
+// every new leader).
+func AutohealBudgetPrefix(prefix string) string { return prefix + "autoheal/budgets/" }
+
+// AutohealBudgetKey is the budget key of process name of role.
+func AutohealBudgetKey(prefix, role, name string) string {
+	return AutohealBudgetPrefix(prefix) + role + "/" + name
+}
+
+// HealBudget is the value of AutohealBudgetKey: the start times of the
+// heal attempts of one process, oldest first (those older than the attempt
+// window no longer count; the newest sets the backoff).
+type HealBudget struct {
+	Attempts []time.Time `json:"attempts"`
+}
+
 // DesiredKey is desired/<pool>.
 func DesiredKey(prefix, pool string) string { return prefix + "desired/" + pool }
 
@@ -179,6 +201,7 @@ func (h *healer) round(ctx context.Context) error {
 		clientv3.OpGet(prefix+"members/", clientv3.WithPrefix()),
 		clientv3.OpGet(AutohealKey(prefix)),
 		clientv3.OpGet(DesiredKey(prefix, cfg.Scale.Pool)),
+		clientv3.OpGet(AutohealBudgetPrefix(prefix), clientv3.WithPrefix()),
 	).Commit()
 	cancel()
 	if err != nil {
@@ -205,11 +228,21 @@ func (h *healer) round(ctx context.Context) error {
 		}
 	}
 
+	// Budgets by role/name. An unreadable one counts as no attempts: the
+	// next attempt overwrites it.
+	budgets := map[string]HealBudget{}
+	for _, kv := range resp.Responses[3].GetResponseRange().GetKvs() {
+		var b HealBudget
+		if json.Unmarshal(kv.Value, &b) == nil {
+			budgets[strings.TrimPrefix(string(kv.Key), AutohealBudgetPrefix(prefix))] = b
+		}
+	}
+
 	now := time.Now()
 	rates := h.scrape(ctx, byRole[cfg.Scale.Pool], now)
 	if cfg.Autoheal.Enabled {
 		for _, role := range cfg.Autoheal.Roles {
-			if err := h.healRole(ctx, role, byRole[role], rates, st.Paused, now); err != nil {
+			if err := h.healRole(ctx, role, byRole[role], rates, budgets, st.Paused, now); err != nil {
 				return err
 			}
 		}
@@ -221,7 +254,8 @@ func (h *healer) round(ctx context.Context) error {
 }
 
 // healRole judges every process of role and restarts the unhealthy ones.
-func (h *healer) healRole(ctx context.Context, role string, members []membership.Member, rates map[string]workerRate, paused bool, now time.Time) error {
+func (h *healer) healRole(ctx context.Context, role string, members []membership.Member, rates map[string]workerRate,
+	budgets map[string]HealBudget, paused bool, now time.Time) error {
 	acfg := h.cp.cfg.Autoheal
 	actx, cancel := context.WithTimeout(ctx, etcdTimeout)
 	procs, err := h.act.Processes(actx, role)
@@ -256,7 +290,9 @@ func (h *healer) healRole(ctx context.Context, role string, members []membership
 		seen[p.Name] = true
 		n := h.nodes[role+"/"+p.Name]
 		if n == nil {
-			n = &nodeHealth{graceUntil: now.Add(acfg.StartGrace)}
+			// New to this leader: continue the budget an earlier leader
+			// left (its probe rounds start afresh).
+			n = &nodeHealth{graceUntil: now.Add(acfg.StartGrace), attempts: slices.Clone(budgets[role+"/"+p.Name].Attempts)}
 			h.nodes[role+"/"+p.Name] = n
 		}
 		m, registered := byID[p.Name]
@@ -298,7 +334,7 @@ func (h *healer) healRole(ctx context.Context, role string, members []membership
 		if reason == "" {
 			continue
 		}
-		if err := h.heal(ctx, p.Name, n, reason, paused, now); err != nil {
+		if err := h.heal(ctx, role, p.Name, n, reason, paused, now); err != nil {
 			return err
 		}
 	}
@@ -308,12 +344,29 @@ func (h *healer) healRole(ctx context.Context, role string, members []membership
 			delete(h.nodes, key)
 		}
 	}
+	// The budgets of processes that are gone (scaled down, replaced under
+	// another name) are deleted, so the prefix does not grow forever.
+	var gone []clientv3.Op
+	for key := range budgets {
+		r, name, _ := strings.Cut(key, "/")
+		if r == role && !seen[name] {
+			gone = append(gone, clientv3.OpDelete(AutohealBudgetKey(h.cp.cfg.Common.Prefix, role, name)))
+		}
+	}
+	if len(gone) > 0 {
+		wctx, cancel := context.WithTimeout(ctx, etcdTimeout)
+		_, _, err := h.lead.txn(wctx, nil, gone[:min(len(gone), maxTxnOps-2)], nil)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("delete the heal budgets of departed %s processes: %w", role, err)
+		}
+	}
 	return nil
 }
 
 // heal restarts one process if the attempt budget and backoff allow it,
 // recording the action in history (fenced) before and after.
-func (h *healer) heal(ctx context.Context, name string, n *nodeHealth, reason string, paused bool, now time.Time) error {
+func (h *healer) heal(ctx context.Context, role, name string, n *nodeHealth, reason string, paused bool, now time.Time) error {
 	acfg := h.cp.cfg.Autoheal
 	log := h.log.WithFields(logrus.Fields{"node": name, "reason": reason})
 	if paused {
@@ -343,15 +396,20 @@ func (h *healer) heal(ctx context.Context, name string, n *nodeHealth, reason st
 	}
 	n.exhausted = false
 	n.attempts = append(n.attempts, now)
+	budget, err := json.Marshal(HealBudget{Attempts: n.attempts})
+	if err != nil {
+		return fmt.Errorf("encode the heal budget of %s: %w", name, err)
+	}
 	entry := HistoryEntry{ID: newHistoryID(HistoryHeal), Kind: HistoryHeal, Node: name, Action: ActionRestart,
 		Reason: reason, Start: now.UTC(), Outcome: "in_progress"}
-	// The fenced write first: a deposed leader must not act.
-	if err := h.writeHistory(ctx, entry); err != nil {
+	// The fenced write first: a deposed leader must not act. The attempt
+	// counts against the budget from here, even if the restart fails.
+	if err := h.writeHistory(ctx, entry, clientv3.OpPut(AutohealBudgetKey(h.cp.cfg.Common.Prefix, role, name), string(budget))); err != nil {
 		return err
 	}
 	log.Warn("autoheal: restarting")
 	actx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	err := h.act.Restart(actx, name)
+	err = h.act.Restart(actx, name)
 	cancel()
 	entry.End = time.Now().UTC()
 	entry.Outcome = "succeeded"
@@ -372,12 +430,14 @@ func outcomeLabel(err error) string {
 	return "succeeded"
 }
 
-// writeHistory puts entry (fenced) and trims history.
-func (h *healer) writeHistory(ctx context.Context, e HistoryEntry) error {
+// writeHistory puts entry and the extra ops in one fenced Txn, and trims
+// history.
+func (h *healer) writeHistory(ctx context.Context, e HistoryEntry, extra ...clientv3.Op) error {
 	val, _ := json.Marshal(e)
 	wctx, cancel := context.WithTimeout(ctx, etcdTimeout)
 	defer cancel()
-	if _, _, err := h.lead.txn(wctx, nil, []clientv3.Op{clientv3.OpPut(HistoryKey(h.cp.cfg.Common.Prefix, e.Start, e.ID), string(val))}, nil); err != nil {
+	ops := append([]clientv3.Op{clientv3.OpPut(HistoryKey(h.cp.cfg.Common.Prefix, e.Start, e.ID), string(val))}, extra...)
+	if _, _, err := h.lead.txn(wctx, nil, ops, nil); err != nil {
 		return fmt.Errorf("record %s of %s in history: %w", e.Action, e.Node, err)
 	}
 	if e.Outcome != "in_progress" {

@@ -433,3 +433,75 @@ func post(t *testing.T, url, token string, into any) int {
 	}
 	return resp.StatusCode
 }
+
+// TestAutohealBudgetSurvivesLeaderChange: a leader spends a stuck worker's
+// whole attempt budget and stops; the next leader reads the budget from
+// etcd and restarts nothing within the window (without it, every new
+// leader would grant a crash-looping node MaxAttempts more restarts).
+func TestAutohealBudgetSurvivesLeaderChange(t *testing.T) {
+	e := testcluster.StartEtcd(t)
+	cli := e.Client()
+	registerWorker(t, cli, e.Prefix, "worker-1", stuckListener(t))
+	act1 := &recActuator{procs: workerProcs("worker-1")}
+	cfg := healConfig(e)
+	cfg.Common.ID = "cp-heal-1"
+	cp1, err := start(context.Background(), cfg, logging.Discard(), act1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cp1.Close)
+	testcluster.WaitFor(t, 60*time.Second, "the first leader restarts worker-1 twice (its budget)", func() error {
+		if n := act1.restartsOf("worker-1"); n < cfg.Autoheal.MaxAttempts {
+			return fmt.Errorf("%d restarts", n)
+		}
+		return nil
+	})
+	resp, err := cli.Get(context.Background(), AutohealBudgetKey(e.Prefix, "worker", "worker-1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b HealBudget
+	if len(resp.Kvs) != 1 || json.Unmarshal(resp.Kvs[0].Value, &b) != nil || len(b.Attempts) != cfg.Autoheal.MaxAttempts {
+		t.Fatalf("budget key %s = %v, want %d attempts", AutohealBudgetKey(e.Prefix, "worker", "worker-1"), resp.Kvs, cfg.Autoheal.MaxAttempts)
+	}
+	cp1.Close()
+
+	act2 := &recActuator{procs: workerProcs("worker-1")}
+	cfg2 := cfg
+	cfg2.Common.ID = "cp-heal-2"
+	cp2, err := start(context.Background(), cfg2, logging.Discard(), act2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cp2.Close)
+	oneLeader(t, 20*time.Second, cp2)
+	// The new leader judges worker-1 unhealthy again (two failed rounds)
+	// and finds the budget spent: suppressed, not restarted.
+	testcluster.WaitFor(t, 60*time.Second, "the new leader suppresses the restart", func() error {
+		if n := act2.restartsOf("worker-1"); n != 0 {
+			return fmt.Errorf("the new leader restarted worker-1 %d times: the budget started afresh", n)
+		}
+		if v := metricValueLabels(t, cp2, "erlmcp_controlplane_heal_actions_total", `outcome="suppressed"`); v != "1" {
+			return fmt.Errorf("suppressed = %q", v)
+		}
+		return nil
+	})
+	if n := act2.restartsOf("worker-1"); n != 0 {
+		t.Fatalf("the new leader restarted worker-1 %d times within the attempt window", n)
+	}
+
+	// A process the actuator no longer runs loses its budget key.
+	act2.mu.Lock()
+	act2.procs = nil
+	act2.mu.Unlock()
+	testcluster.WaitFor(t, 30*time.Second, "the departed worker's budget deleted", func() error {
+		resp, err := cli.Get(context.Background(), AutohealBudgetPrefix(e.Prefix), clientv3.WithPrefix(), clientv3.WithCountOnly())
+		if err != nil {
+			return err
+		}
+		if resp.Count != 0 {
+			return fmt.Errorf("%d budget keys left", resp.Count)
+		}
+		return nil
+	})
+}

@@ -34,6 +34,10 @@ import (
 //	    decides who leads.
 //	  - conf_epoch: the shard map conf_epoch the replica's configuration
 //	    matches (optional; informational).
+//	  - replica_id: the Raft id of the replica reported on; a report on
+//	    another incarnation of the store's replica than the map lists (the
+//	    key is per store, and a removed replica's report may linger) is
+//	    ignored.
 //	  - updated_at: when written (optional; informational).
 //
 // The planner promotes a learner once its lag is at most MaxPromoteLag,
@@ -47,6 +51,7 @@ type ReplicaStatus struct {
 	Term         uint64    `json:"term"`
 	ConfEpoch    uint64    `json:"conf_epoch,omitempty"`
 	UpdatedAt    time.Time `json:"updated_at,omitzero"`
+	ReplicaID    uint64    `json:"replica_id,omitempty"`
 }
 
 // decodeStatuses parses status keys: shard → store → status.
@@ -136,9 +141,14 @@ func shardState(d ShardDoc, st map[string]ReplicaStatus) ShardState {
 	}
 	for _, r := range d.Replicas {
 		rs := ReplicaState{Store: r.Store, Role: r.Role, Lag: -1}
-		if rep, ok := st[r.Store]; ok {
+		if rep, ok := st[r.Store]; ok && (rep.ReplicaID == 0 || r.ID == 0 || rep.ReplicaID == r.ID) {
 			rs.Reported, rs.ReportedRole, rs.Lag = true, rep.Role, rep.MatchLag
-			if leaderKnown {
+			if rep.AppliedIndex == 0 && r.Store != s.Leader {
+				// Nothing replicated to it yet (a new learner waiting for
+				// its snapshot): its lag is commit − 0, small on a young
+				// shard, yet it holds no data and must not be promoted.
+				rs.Lag = -1
+			} else if leaderKnown {
 				behind := int64(0)
 				if leaderApplied > rep.AppliedIndex {
 					behind = int64(leaderApplied - rep.AppliedIndex)

@@ -22,11 +22,17 @@ import (
 //     pause lasts while those stores stay down.
 //  1. In-flight operators advance one step at a time when the step's
 //     precondition holds (a learner is promoted only once caught up; a
-//     replica is removed only once the promotion is applied, never while it
-//     leads, and never when fewer than min(2, RF) up-to-date voters or less
-//     than a majority of the remaining voters would be left). An operator
-//     whose target store died, or that made no progress for
-//     OperatorTimeout, is cancelled; a learner it added is removed.
+//     replica is removed only once the promotion is applied, and never when
+//     fewer than min(2, RF) up-to-date voters or less than a majority of the
+//     remaining voters would be left). A replica that leads is removed from
+//     the map like any other: a leader the map dropped hands leadership to
+//     a listed up-to-date voter, which then removes it (sessionstore
+//     reconcileConf). Waiting for a transfer to target_leader first would
+//     tie the move to a preference the store acts on only once the
+//     configuration matches the map, and to the target being caught up. An operator
+//     whose target store died (before or after the promotion), or that
+//     made no progress for OperatorTimeout, is cancelled; a learner it
+//     added is removed.
 //  2. Initial placement (a shard with no replica): RF voters spread across
 //     regions first, then zones, then nodes, least-loaded first; the
 //     replica in the active region is named preferred leader.
@@ -127,8 +133,7 @@ type Operation struct {
 	Shard    int    `json:"shard"`
 	Kind     OperatorKind
 	// Step is the index of the operator step this operation performs, or
-	// -1 when it performs none (a leader transfer ahead of a removal, or a
-	// cancel).
+	// -1 when it performs none (a cancel).
 	Step int `json:"step"`
 	// Action is the shard map change; a zero Action changes nothing.
 	Action Step `json:"action"`
@@ -558,20 +563,15 @@ func (p *planner) emit(op Operation) {
 	p.busy[op.Shard] = true
 }
 
-// start begins a new operator with its first step (when ready).
-//
-// It starts nothing (and returns false) when the first step cannot be done
-// now, unless that step removes the live leader, which then moves first.
+// start begins a new operator with its first step. It starts nothing (and
+// returns false) when the first step cannot be done now.
 func (p *planner) start(sh ShardState, kind OperatorKind, reason string, steps []Step) bool {
 	op := Operator{
 		ID:    fmt.Sprintf("%d-s%03d-%s", p.now.UnixMilli(), sh.Shard, kind),
 		Shard: sh.Shard, Kind: kind, Reason: reason, Steps: steps, Created: p.now, Updated: p.now,
 	}
 	first := steps[0]
-	ready, why := p.stepReady(op, sh, 0)
-	leaderFirst := first.Kind == StepRemoveReplica && first.Store == sh.Leader && p.alive(first.Store) &&
-		p.transferTarget(sh, first.Store) != ""
-	if why != "" || !ready && !leaderFirst {
+	if ready, why := p.stepReady(op, sh, 0); why != "" || !ready {
 		return false
 	}
 	if isRepairKind(kind) {
@@ -595,15 +595,7 @@ func (p *planner) start(sh ShardState, kind OperatorKind, reason string, steps [
 			}
 		}
 	}
-	p.busy[sh.Shard] = true
-	if ready {
-		p.emit(Operation{Operator: op.ID, Shard: sh.Shard, Kind: kind, Step: 0, Action: first, New: &op, Reason: reason})
-		return true
-	}
-	// The replica to remove leads: record the operator with leadership
-	// moving first; the removal follows once another replica leads.
-	p.emit(Operation{Operator: op.ID, Shard: sh.Shard, Kind: kind, Step: -1, New: &op, Reason: reason,
-		Action: Step{Kind: StepTransferLeader, Store: p.transferTarget(sh, first.Store)}})
+	p.emit(Operation{Operator: op.ID, Shard: sh.Shard, Kind: kind, Step: 0, Action: first, New: &op, Reason: reason})
 	return true
 }
 
@@ -976,36 +968,9 @@ func (p *planner) advance(op Operator) {
 		return
 	}
 	if !ready {
-		if s := op.Steps[i]; s.Kind == StepRemoveReplica && s.Store == sh.Leader && p.alive(s.Store) && p.prevConfirmed(op, sh, i) {
-			// Never remove a leader: move leadership first.
-			if t := p.transferTarget(sh, s.Store); t != "" && sh.TargetLeader != t {
-				p.emit(Operation{Operator: op.ID, Shard: op.Shard, Kind: op.Kind, Step: -1,
-					Action: Step{Kind: StepTransferLeader, Store: t}, Reason: "move leadership off " + s.Store + " before removing it"})
-			}
-		}
 		return
 	}
 	p.emit(Operation{Operator: op.ID, Shard: op.Shard, Kind: op.Kind, Step: i, Action: op.Steps[i], Reason: op.Reason})
-}
-
-// transferTarget is the best up-to-date voter other than from.
-func (p *planner) transferTarget(sh ShardState, from string) string {
-	best := ""
-	for _, r := range sh.Replicas {
-		if r.Store == from || !upToDate(r, p.alive, p.cfg.MaxPromoteLag) || p.stores[r.Store].Draining {
-			continue
-		}
-		inActive := p.stores[r.Store].Region == p.state.ActiveRegion
-		if best == "" {
-			best = r.Store
-			continue
-		}
-		bestActive := p.stores[best].Region == p.state.ActiveRegion
-		if inActive && !bestActive || inActive == bestActive && r.Store < best {
-			best = r.Store
-		}
-	}
-	return best
 }
 
 // prevConfirmed: every promotion the operator did is applied by Raft (the
@@ -1055,10 +1020,17 @@ func (p *planner) stepReady(op Operator, sh ShardState, i int) (bool, string) {
 		if !sh.hosts(s.Store) {
 			return true, ""
 		}
-		if !p.prevConfirmed(op, sh, i) {
-			return false, ""
+		if p.alive(s.Store) {
+			// A move whose new replica died cannot finish: removing the
+			// live old one would only lose a second replica, and waiting
+			// for OperatorTimeout would hold the shard's repair that long.
+			for _, prev := range op.Steps[:i] {
+				if prev.Kind == StepPromoteLearner && !p.alive(prev.Store) {
+					return false, "promoted store " + prev.Store + " is gone; " + s.Store + " stays"
+				}
+			}
 		}
-		if s.Store == sh.Leader && p.alive(s.Store) {
+		if !p.prevConfirmed(op, sh, i) {
 			return false, ""
 		}
 		return RemovalSafe(sh, s.Store, p.alive, p.cfg.MaxPromoteLag, p.cfg.minSafeVoters()), ""

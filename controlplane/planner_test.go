@@ -131,11 +131,11 @@ func TestPlanRules(t *testing.T) {
 		{"leader already in the active region", ClusterState{Stores: three, Shards: []ShardState{ledByB}, ActiveRegion: "r2"}, nil, nil},
 		{"drain: replace the draining store's replica", ClusterState{Stores: sts("a@r1/z1", "b@r2/z1", "c@r3/z1~", "d@r3/z2"),
 			Shards: []ShardState{sh(0, "a:v", "b:v", "c:v")}}, nil, []string{"000 drain add_learner d"}},
-		{"drain: leader moves before its replica is removed", ClusterState{Stores: sts("a@r1/z1~", "b@r2/z1", "c@r3/z1", "d@r1/z2"),
+		{"drain: the leader's replica is removed from the map (its store hands leadership over)", ClusterState{Stores: sts("a@r1/z1~", "b@r2/z1", "c@r3/z1", "d@r1/z2"),
 			Shards: []ShardState{sh(0, "a:v", "b:v", "c:v", "d:v")},
 			InFlight: []Operator{{ID: "op2", Shard: 0, Kind: KindDrain, Updated: now, Steps: []Step{
 				{Kind: StepAddLearner, Store: "d", Done: true}, {Kind: StepPromoteLearner, Store: "d", Done: true}, {Kind: StepRemoveReplica, Store: "a"}}}}},
-			nil, []string{"000 drain transfer_leader b"}},
+			nil, []string{"000 drain remove_replica a"}},
 		{"rebalance onto a new store", ClusterState{Stores: sts("a@r1/z1", "b@r1/z1", "c@r1/z1", "d@r1/z1"),
 			Shards: []ShardState{sh(0, "a:v", "b:v", "c:v"), sh(1, "a:v", "b:v", "c:v"), sh(2, "a:v", "b:v", "c:v"), sh(3, "b:v", "a:v", "c:v")}},
 			func(c *PlannerConfig) { c.MaxOpsPerStore = 1 }, []string{"003 rebalance add_learner d"}},
@@ -252,6 +252,10 @@ type sim struct {
 	active string
 	now    time.Time
 	steps  int
+	// ignoreTarget models store nodes that never act on target_leader
+	// (the worst case): a leader moves only when it dies or the map drops
+	// it.
+	ignoreTarget bool
 }
 
 func (s *sim) alive(id string) bool {
@@ -297,9 +301,6 @@ func (s *sim) apply(op Operation) {
 		if r, ok := before.replica(op.Action.Store); ok && r.Role == clusterstate.RoleVoter {
 			if a < minSafe || a < len(voters(after))/2+1 {
 				t.Fatalf("%+v leaves %d up-to-date of %d voters\nbefore %+v", op, a, len(voters(after)), before)
-			}
-			if op.Action.Store == before.Leader && s.alive(op.Action.Store) {
-				t.Fatalf("%+v removes the live leader", op)
 			}
 		}
 	}
@@ -353,7 +354,7 @@ func (s *sim) settle(p float64) {
 			sh.Leader = ""
 			continue
 		}
-		if sh.TargetLeader != "" && ok(sh.TargetLeader) && sh.TargetLeader != sh.Leader && (sh.Leader == "" || s.rng.Float64() < p) {
+		if !s.ignoreTarget && sh.TargetLeader != "" && ok(sh.TargetLeader) && sh.TargetLeader != sh.Leader && (sh.Leader == "" || s.rng.Float64() < p) {
 			sh.Leader = sh.TargetLeader
 		}
 		if sh.Leader == "" {

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -42,17 +44,21 @@ const electionTTL = 5 * time.Second
 //     grow);
 //   - the load loses no session and no acknowledged write.
 func TestStoreLossAndLeaderKillUnderLoad(t *testing.T) {
-	// Run by make chaos (ERLMCP_HA_LONG=1), not make test: on an idle CI
-	// machine a shard kept a replica on the stopped store for over 4 min
-	// (an operator caught mid-move by the store's death does not give way
-	// to the repair) — a placement liveness bug, open in the session note.
+	// Run by make chaos (ERLMCP_HA_LONG=1), not make test, until the
+	// multiraft snapshot fix lands: a leader serves a cached Raft snapshot
+	// whose ConfState predates the learner it is sent to; the learner
+	// rejects it ("not in the ConfState") every time, never catches up,
+	// and the repair is cancelled and retried forever (CI: shard 9 kept
+	// its replica on the stopped store for 4 min). The victim chosen
+	// below makes every run hit that case.
 	if os.Getenv("ERLMCP_HA_LONG") == "" {
-		t.Skip("placement liveness bug under investigation: runs in make chaos (ERLMCP_HA_LONG=1)")
+		t.Skip("needs the multiraft cached-snapshot ConfState fix (see the comment): runs in make chaos (ERLMCP_HA_LONG=1)")
 	}
-	// A 15 s operator timeout: an operator that was moving a replica onto
-	// or off the stopped store cannot finish, and the default (10 min)
-	// would hold the repairs of its shard that long.
+	// A 15 s operator timeout: placement cancels a move whose new store
+	// died at once, but any other operator that cannot finish would hold
+	// its shard's repair for the default 10 min.
 	c := startHAUp(t, append(haEnv, "ERLMCP_STORE_DOWN_GRACE=3s", "ERLMCP_OPERATOR_TIMEOUT=15s"), "--stores", "4")
+	keepLogsOnFailure(t, c)
 	settled := time.Now()
 	cf, err := localcluster.ReadClusterFile(c.dataDir + "/cluster.json")
 	if err != nil {
@@ -92,40 +98,56 @@ func TestStoreLossAndLeaderKillUnderLoad(t *testing.T) {
 	var shards []loadgen.ShardInfo
 	held := map[string]int{}
 	quiet := 0
-	waitFor(t, 4*time.Minute, "placement settled on all 4 stores", func() error {
-		var ops []json.RawMessage
-		if err := c.up.Get(ctx, "/v1/ops", &ops); err != nil {
-			return err
-		}
-		if len(ops) > 0 {
-			quiet = 0
-			return fmt.Errorf("%d operations in flight", len(ops))
-		}
-		var err error
-		if shards, err = c.up.Shards(ctx); err != nil {
-			return err
-		}
-		clear(held)
-		for _, s := range shards {
-			for _, r := range s.Replicas {
-				held[r.Store]++
+	settle := func(what string, done func() error) {
+		t.Helper()
+		quiet = 0
+		waitFor(t, 4*time.Minute, what, func() error {
+			var ops []json.RawMessage
+			if err := c.up.Get(ctx, "/v1/ops", &ops); err != nil {
+				return err
 			}
-		}
+			if len(ops) > 0 {
+				quiet = 0
+				return fmt.Errorf("%d operations in flight", len(ops))
+			}
+			var err error
+			if shards, err = c.up.Shards(ctx); err != nil {
+				return err
+			}
+			clear(held)
+			for _, s := range shards {
+				for _, r := range s.Replicas {
+					held[r.Store]++
+				}
+			}
+			if err := done(); err != nil {
+				quiet = 0
+				return err
+			}
+			// Between two moves the list is empty for a moment: settled is
+			// quiet for 20 polls in a row (a second or more).
+			if quiet++; quiet < 20 {
+				return fmt.Errorf("quiet for %d polls", quiet)
+			}
+			return nil
+		})
+	}
+	onAllStores := func() error {
 		if len(held) < 4 {
-			quiet = 0
 			return fmt.Errorf("replicas per store %v", held)
 		}
-		// Between two moves the list is empty for a moment: settled is
-		// quiet for 20 polls in a row (a second or more).
-		if quiet++; quiet < 20 {
-			return fmt.Errorf("quiet for %d polls", quiet)
-		}
 		return nil
-	})
+	}
+	settle("placement settled on all 4 stores", onAllStores)
 	// The victim: of the stores that share their region with another (up
-	// puts stores 1 and 4 in us-east-1), the one holding the most
-	// replicas, so the placement can re-create them elsewhere without
-	// putting two replicas of a shard in one region.
+	// puts stores 1 and 4 in us-east-1, so the placement can re-create
+	// its replicas elsewhere without putting two replicas of a shard in
+	// one region), the one holding the most replicas placement moved there
+	// after the initial layout. Repairing those shards adds a second new
+	// replica to each since its log was last compacted: the case in which
+	// a stale cached Raft snapshot (its ConfState without the new learner)
+	// kept a learner from ever catching up, the repair cancelled and
+	// retried forever, and the shard's replica on the stopped store stayed.
 	ms, err := c.up.Members(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -138,20 +160,77 @@ func TestStoreLossAndLeaderKillUnderLoad(t *testing.T) {
 			regionOf[m.ID] = m.Region
 		}
 	}
-	victim := ""
-	for s, n := range held {
-		if perRegion[regionOf[s]] < 2 {
-			continue
+	moved := map[string]int{}
+	pickVictim := func() string {
+		t.Helper()
+		clear(moved)
+		mresp, err := cli.Get(ctx, localcluster.Prefix+"shards/", clientv3.WithPrefix())
+		if err != nil {
+			t.Fatal(err)
 		}
-		if victim == "" || n > held[victim] || n == held[victim] && s < victim {
-			victim = s
+		for _, kv := range mresp.Kvs {
+			var s clusterstate.Shard
+			if json.Unmarshal(kv.Value, &s) != nil {
+				continue
+			}
+			for _, r := range s.Replicas {
+				if r.ID>>32 > 1 { // incarnation: the conf epoch the replica joined at
+					moved[r.Store]++
+				}
+			}
 		}
+		victim := ""
+		for s, n := range held {
+			if perRegion[regionOf[s]] < 2 {
+				continue
+			}
+			if victim == "" || moved[s] > moved[victim] || moved[s] == moved[victim] && (n > held[victim] || n == held[victim] && s < victim) {
+				victim = s
+			}
+		}
+		return victim
+	}
+	victim := pickVictim()
+	if victim != "" && moved[victim] == 0 {
+		// Placed on all four stores at once (no replica moved yet): drain
+		// a few replicas off the victim and let it back, so that moves
+		// (the drain's, then the rebalancing's) precede the repairs below.
+		ctl := func(action string) {
+			t.Helper()
+			out, err := exec.CommandContext(ctx, binary, "ctl", "--data-dir", c.dataDir, action, victim).CombinedOutput()
+			if err != nil {
+				t.Fatalf("ctl %s %s: %v\n%s", action, victim, err, out)
+			}
+		}
+		before := held[victim]
+		ctl("drain")
+		waitFor(t, 2*time.Minute, "6 replicas drained off "+victim, func() error {
+			ss, err := c.up.Shards(ctx)
+			if err != nil {
+				return err
+			}
+			n := 0
+			for _, s := range ss {
+				for _, r := range s.Replicas {
+					if r.Store == victim {
+						n++
+					}
+				}
+			}
+			if n > before-6 {
+				return fmt.Errorf("%s holds %d replicas", victim, n)
+			}
+			return nil
+		})
+		ctl("undrain")
+		settle("placement settled on all 4 stores again", onAllStores)
+		victim = pickVictim()
 	}
 	if victim == "" {
 		t.Fatalf("no store shares its region with another: %v", regionOf)
 	}
 	pid := memberPID(ctx, t, c.up, "store", victim)
-	t.Logf("stopping %s (pid %d), which holds %d of %d shards' replicas", victim, pid, held[victim], len(shards))
+	t.Logf("stopping %s (pid %d), which holds %d of %d shards' replicas (%d of them moved there by placement)", victim, pid, held[victim], len(shards), moved[victim])
 	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
@@ -246,6 +325,37 @@ func TestStoreLossAndLeaderKillUnderLoad(t *testing.T) {
 		t.Errorf("placement history: %s", v)
 	}
 	t.Logf("watched %d operators and %d shard map changes", len(rec.ops), rec.shardPuts)
+}
+
+// keepLogsOnFailure copies the children's logs of a failed run into
+// $ERLMCP_E2E_KEEP_LOGS/<test> before the data directory is removed: the
+// tail of up's own output rarely shows why placement stalled.
+func keepLogsOnFailure(t *testing.T, c *haCluster) {
+	t.Helper()
+	dst := os.Getenv("ERLMCP_E2E_KEEP_LOGS")
+	if dst == "" {
+		return
+	}
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		dir := filepath.Join(dst, t.Name())
+		if err := os.CopyFS(dir, os.DirFS(filepath.Join(c.dataDir, "logs"))); err != nil {
+			t.Logf("keeping the logs: %v", err)
+			return
+		}
+		// And what placement was doing when the test gave up.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		for _, path := range []string{"/v1/ops", "/v1/shards"} {
+			var v json.RawMessage
+			if err := c.up.Get(ctx, path, &v); err == nil {
+				_ = os.WriteFile(filepath.Join(dir, strings.ReplaceAll(strings.Trim(path, "/"), "/", "_")+".json"), v, 0o600)
+			}
+		}
+		t.Logf("children's logs kept in %s", dir)
+	})
 }
 
 func memberPID(ctx context.Context, t *testing.T, up *loadgen.UpCluster, role, id string) int {
