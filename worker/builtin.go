@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 
 	"github.com/google/jsonschema-go/jsonschema"
@@ -139,6 +140,14 @@ func addCounter(ctx context.Context, req *Request, by int64) (int64, error) {
 				return u.Value, nil
 			}
 		}
+		// A call that stalled (its worker frozen, its store unreachable)
+		// while its client gave up and sent the next one must not apply
+		// after that next one did: its client would see the counter skip.
+		// Clients number their requests upwards, so a higher id already
+		// applied means this call is stale; refuse it, unapplied.
+		if later, ok := laterApplied(key, st.Applied); ok {
+			return 0, fmt.Errorf("the counter already applied request %s, sent after this one (%s); this one is not applied", later, key)
+		}
 		st.Value += by
 		st.Applied = append(st.Applied, counterUpdate{Key: key, Value: st.Value})
 		if len(st.Applied) > counterRemembered {
@@ -154,6 +163,21 @@ func addCounter(ctx context.Context, req *Request, by int64) (int64, error) {
 		return st.Value, nil
 	}
 	return 0, fmt.Errorf("%w: the counter kept changing under %d attempts", ErrStoreUnavailable, counterMaxAttempts)
+}
+
+// laterApplied returns an applied key whose numeric request id is above
+// key's. Non-numeric ids are not ordered, and are never refused.
+func laterApplied(key string, applied []counterUpdate) (string, bool) {
+	id, err := strconv.ParseInt(key, 10, 64)
+	if err != nil {
+		return "", false
+	}
+	for _, u := range applied {
+		if v, err := strconv.ParseInt(u.Key, 10, 64); err == nil && v > id {
+			return u.Key, true
+		}
+	}
+	return "", false
 }
 
 // A 1x1 PNG and a short WAV for the media fixtures.

@@ -148,7 +148,11 @@ func (h *Handler) track(rctx context.Context, cancel context.CancelCauseFunc, si
 	}
 	val, _ := json.Marshal(inflight{Worker: h.cfg.Common.ID, Stream: stream, ID: id})
 	key := inflightKey(id)
+	// Indexed first, so no record of this worker is unfindable when it
+	// dies (sweep.go).
+	h.indexAdd(ctx, sid, key)
 	if _, err := h.store.PutState(ctx, sid, key, val, nil); err != nil {
+		h.indexDel(ctx, sid, key)
 		return nil, err
 	}
 	if !arrived.IsZero() {
@@ -194,7 +198,9 @@ func (h *Handler) track(rctx context.Context, cancel context.CancelCauseFunc, si
 		defer dcancel()
 		if err := h.store.DeleteState(dctx, sid, key); err != nil && !errors.Is(err, ErrNotFound) {
 			h.log.WithError(err).Warn("removing an in-flight record")
+			return // still indexed: a sweep removes it if this worker dies
 		}
+		h.indexDel(dctx, sid, key)
 	}
 	return done, nil
 }

@@ -83,6 +83,18 @@ type Config struct {
 	// it (go-sdk >= 1.8) then use it instead of sessions; turning it off
 	// makes them fall back to sessions.
 	Sessionless bool
+	// AuthTokensFile, when set, turns authentication on: a file of
+	// "<sha256 hex of a token> <principal>" lines (auth.go). Clients send
+	// Authorization: Bearer <token>.
+	AuthTokensFile string
+	// AuthPrincipalHeader, when set, turns authentication on: the name of
+	// a header a trusted gateway sets to the authenticated principal.
+	AuthPrincipalHeader string
+	// SweepDelay is how long a worker must have been out of membership
+	// before a live worker resolves its in-flight records and tasks
+	// (sweep.go). It must exceed ShutdownTimeout: a draining worker leaves
+	// membership before its last requests end.
+	SweepDelay time.Duration
 }
 
 // Defaults.
@@ -121,6 +133,7 @@ func DefaultConfig() Config {
 		PollWait:             DefaultPollWait,
 		InflightDelay:        DefaultInflightDelay,
 		Sessionless:          true,
+		SweepDelay:           DefaultSweepDelay,
 	}
 }
 
@@ -141,8 +154,17 @@ func (c Config) Validate() error {
 	if c.InflightDelay < 0 {
 		return fmt.Errorf("--inflight-delay %s: must not be negative (0 records requests in flight at once)", c.InflightDelay)
 	}
+	if c.SweepDelay <= ShutdownTimeout {
+		return fmt.Errorf("--sweep-delay %s: must exceed the drain's %s, or requests of a draining worker would be failed", c.SweepDelay, ShutdownTimeout)
+	}
 	if c.RequestTimeout <= 0 {
 		return fmt.Errorf("request timeout %s: must be positive", c.RequestTimeout)
+	}
+	if _, err := newAuthenticator(c); err != nil {
+		return err
+	}
+	if hd := c.AuthPrincipalHeader; hd != "" && !validHeaderName(hd) {
+		return fmt.Errorf("--auth-principal-header %q: not an HTTP header name", hd)
 	}
 	if _, err := BuiltinServer(c.toolset()); err != nil {
 		return fmt.Errorf("--toolset: %v", err)
@@ -156,6 +178,21 @@ func (c Config) Validate() error {
 		}
 	}
 	return nil
+}
+
+// validHeaderName reports whether s is an HTTP header name (RFC 9110
+// token characters).
+func validHeaderName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c <= ' ' || c >= 0x7f || strings.IndexByte("\"(),/:;<=>?@[\\]{}", c) >= 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // normalizeOrigin returns scheme://host[:port] in lower case, or an error

@@ -43,6 +43,14 @@ type Handler struct {
 	// request this worker runs, so a notifications/cancelled that lands
 	// here cancels it at once, recorded in flight or not yet.
 	running sync.Map
+	// auth finds a request's principal; nil when auth is off.
+	auth *authenticator
+	// nextGetStream spreads standalone messages over a session's GET
+	// streams (standalone.go).
+	nextGetStream atomic.Uint64
+	// incarnation names this worker process; its in-flight records are
+	// indexed under it for the death sweep (sweep.go).
+	incarnation string
 }
 
 // Option changes how NewHandler builds a Handler.
@@ -74,7 +82,7 @@ func WithConfig(cfg Config) Option {
 		}{
 			{&cfg.CallTimeout, def.CallTimeout}, {&cfg.ServerRequestTimeout, def.ServerRequestTimeout},
 			{&cfg.SSEKeepAlive, def.SSEKeepAlive}, {&cfg.SSEStreamLifetime, def.SSEStreamLifetime},
-			{&cfg.SSERetry, def.SSERetry}, {&cfg.PollWait, def.PollWait},
+			{&cfg.SSERetry, def.SSERetry}, {&cfg.PollWait, def.PollWait}, {&cfg.SweepDelay, def.SweepDelay},
 		} {
 			if *d.v <= 0 {
 				*d.v = d.def
@@ -104,6 +112,11 @@ func WithAlive(alive func(workerID string) bool) Option {
 	return func(h *Handler) { h.alive = alive }
 }
 
+// WithIncarnation names the worker process (Run: from its membership
+// value) for the index its in-flight records are swept by when it dies.
+// Default: the worker id and a random suffix.
+func WithIncarnation(inc string) Option { return func(h *Handler) { h.incarnation = inc } }
+
 // NewHandler returns a worker's HTTP handler over store.
 func NewHandler(store SessionStore, opts ...Option) *Handler {
 	if store == nil {
@@ -125,6 +138,14 @@ func NewHandler(store SessionStore, opts ...Option) *Handler {
 			h.origins[n] = true
 		}
 	}
+	if h.incarnation == "" {
+		h.incarnation = h.cfg.Common.ID + ".0." + randomHex(8)
+	}
+	auth, err := newAuthenticator(h.cfg)
+	if err != nil {
+		panic(err) // Validate reports it first
+	}
+	h.auth = auth
 	if h.broker == nil {
 		h.broker = NewLocalBroker()
 	}

@@ -228,7 +228,7 @@ func (h *Handler) notifyResourceUpdated(ctx context.Context, sid, uri string) er
 		return err
 	}
 	b, _ := json.Marshal(map[string]any{"jsonrpc": "2.0", "method": "notifications/resources/updated", "params": map[string]string{"uri": uri}})
-	_, err := h.store.AppendEvents(ctx, sid, streamGet, b)
+	_, _, err := h.appendStandalone(ctx, sid, b)
 	return err
 }
 

@@ -29,6 +29,13 @@ type metrics struct {
 	duration      *prometheus.HistogramVec
 	sessions      prometheus.Counter
 	storeFailures *prometheus.CounterVec
+	// principalMismatches counts requests for a session of another
+	// principal (answered 404): a probe or a misrouted client.
+	principalMismatches prometheus.Counter
+	// sweeps and swept count the death sweep's passes over dead workers
+	// and the records they handled (sweep.go).
+	sweeps *prometheus.CounterVec
+	swept  *prometheus.CounterVec
 }
 
 func newMetrics(node, region, zone string) *metrics {
@@ -56,7 +63,19 @@ func newMetrics(node, region, zone string) *metrics {
 			Help: "Session store calls that failed for a reason other than not-found, by operation.",
 		}, []string{"op"}),
 	}
-	r.MustRegister(m.requests, m.duration, m.sessions, m.storeFailures)
+	m.principalMismatches = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "erlmcp_worker_session_principal_mismatches_total",
+		Help: "Requests naming a session bound to another authenticated principal (answered 404).",
+	})
+	m.sweeps = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "erlmcp_worker_death_sweeps_total",
+		Help: "Sweeps of a dead worker's in-flight records by this worker, by outcome (complete, error).",
+	}, []string{"outcome"})
+	m.swept = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "erlmcp_worker_death_sweep_records_total",
+		Help: "Indexed in-flight records of dead workers handled by this worker's sweeps: resolved (error answered, task failed) or stale (already gone).",
+	}, []string{"result"})
+	r.MustRegister(m.requests, m.duration, m.sessions, m.storeFailures, m.principalMismatches, m.sweeps, m.swept)
 	return m
 }
 

@@ -366,7 +366,7 @@ func (r *Request) ListRoots(ctx context.Context) ([]Root, error) {
 
 // Stream names in the store, per session.
 const (
-	streamGet     = "g"       // the standalone (GET) stream
+	streamGet     = "g"       // the standalone (GET) streams: "g/<hex>" (standalone.go)
 	streamCtl     = "ctl"     // cancellations for in-flight requests
 	streamReplies = "replies" // the client's answers to server requests
 )
@@ -423,6 +423,11 @@ func (o *outbox) send(ctx context.Context, msg []byte) (uint64, error) {
 	}
 	if o.w == nil && o.upgradeTo != nil && !o.sealed {
 		return o.upgradeLocked(ctx, msg)
+	}
+	if o.stream == streamGet && o.w == nil {
+		// The session's standalone stream: one of its GET streams.
+		_, seq, err := o.h.appendStandalone(ctx, o.sid, msg)
+		return seq, err
 	}
 	seqs, err := o.h.store.AppendEvents(ctx, o.sid, o.stream, msg)
 	if err != nil {

@@ -78,6 +78,17 @@ func Run(ctx context.Context, cfg Config, log *logrus.Entry, opts ...Option) (er
 		modern = []Option{WithMRTRKey(key), WithBroker(NewEtcdBroker(cli, cfg.Common.Prefix))}
 	}
 	opts = append(modern, opts...)
+	self := membership.Member{
+		Role:      membership.RoleWorker,
+		ID:        cfg.Common.ID,
+		Addr:      addr,
+		Region:    cfg.Common.Region,
+		Zone:      cfg.Common.Zone,
+		Version:   cfg.Version,
+		PID:       os.Getpid(),
+		StartedAt: time.Now(),
+	}
+	opts = append([]Option{WithIncarnation(incarnationOf(self))}, opts...)
 	h := NewHandler(StoreFromClient(sc), append([]Option{WithConfig(cfg), WithLogger(log), WithReadiness(func(ctx context.Context) error {
 		return ready(ctx, cli, cfg.Common.Prefix, sc)
 	}), WithAlive(func(id string) bool { return workerAlive(cli, cfg.Common.Prefix, id) })}, opts...)...)
@@ -98,16 +109,7 @@ func Run(ctx context.Context, cfg Config, log *logrus.Entry, opts ...Option) (er
 	}
 
 	log.WithFields(logrus.Fields{"addr": addr, "etcd": cfg.Common.EtcdEndpoints}).Info("worker listening; registering in etcd")
-	reg, err := membership.Register(ctx, cli, cfg.Common.Prefix, membership.Member{
-		Role:      membership.RoleWorker,
-		ID:        cfg.Common.ID,
-		Addr:      addr,
-		Region:    cfg.Common.Region,
-		Zone:      cfg.Common.Zone,
-		Version:   cfg.Version,
-		PID:       os.Getpid(),
-		StartedAt: time.Now(),
-	}, cfg.Common.LeaseTTL, log)
+	reg, err := membership.Register(ctx, cli, cfg.Common.Prefix, self, cfg.Common.LeaseTTL, log)
 	if err != nil {
 		shutdown()
 		if ctx.Err() != nil {
@@ -116,6 +118,16 @@ func Run(ctx context.Context, cfg Config, log *logrus.Entry, opts ...Option) (er
 		return err
 	}
 	log.WithField("addr", addr).Info("worker registered; serving MCP on /mcp")
+	sweepCtx, stopSweep := context.WithCancel(context.WithoutCancel(ctx))
+	sweepDone := make(chan struct{})
+	go func() {
+		defer close(sweepDone)
+		scfg := SweeperConfig{Delay: cfg.SweepDelay, Interval: min(DefaultSweepInterval, cfg.SweepDelay/3)}
+		if err := h.RunSweeper(sweepCtx, cli, cfg.Common.Prefix, self, scfg); err != nil {
+			log.WithError(err).Warn("the death sweep is not running; dead workers' requests are resolved only when their clients return")
+		}
+	}()
+	defer func() { stopSweep(); <-sweepDone }()
 
 	select {
 	case <-ctx.Done():

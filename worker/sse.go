@@ -46,7 +46,7 @@ func parseEventID(id string) (stream string, seq uint64, ok bool) {
 	if err != nil {
 		return "", 0, false
 	}
-	if stream != streamGet && !(strings.HasPrefix(stream, "p/") && len(stream) == 2+16) {
+	if !isGetStream(stream) && !(strings.HasPrefix(stream, "p/") && len(stream) == 2+16) {
 		return "", 0, false
 	}
 	return stream, seq, true
@@ -117,7 +117,7 @@ func (h *Handler) get(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	version := sess.rec.ProtocolVersion
-	stream, after := streamGet, uint64(0)
+	stream, after := newGetStream(), uint64(0)
 	resume := false
 	if last := r.Header.Get("Last-Event-ID"); last != "" {
 		var ok bool
@@ -127,22 +127,23 @@ func (h *Handler) get(w http.ResponseWriter, r *http.Request) {
 		}
 		resume = true
 	}
-	if !resume {
-		if primes(version) {
-			seqs, err := h.store.AppendEvents(ctx, sid, streamGet, nil)
-			if err != nil {
-				h.storeFail(w, nil, "append", err)
-				return
-			}
-			after = seqs[0]
-		} else {
-			ev, err := h.store.ReadEvents(ctx, sid, streamGet, 0, 1, 0)
-			if err != nil {
-				h.storeFail(w, nil, "read", err)
-				return
-			}
-			after = ev.LastSeq
+	standalone := stream != streamGet && isGetStream(stream)
+	var regVersion uint64
+	if standalone {
+		// Registered before the client sees an event id, so messages
+		// sent from now on can choose this stream (standalone.go).
+		if regVersion, err = h.registerGetStream(ctx, sid, stream, true, nil); err != nil {
+			h.storeFail(w, nil, "update", err)
+			return
 		}
+	}
+	if !resume && primes(version) {
+		seqs, err := h.store.AppendEvents(ctx, sid, stream, nil)
+		if err != nil {
+			h.storeFail(w, nil, "append", err)
+			return
+		}
+		after = seqs[0]
 	}
 	sseHeaders(w)
 	if primes(version) {
@@ -150,13 +151,29 @@ func (h *Handler) get(w http.ResponseWriter, r *http.Request) {
 			_, _ = fmt.Fprintf(w, "retry: %d\n\n", h.cfg.SSERetry.Milliseconds())
 			flush(w)
 		} else {
-			writePriming(w, eventID(streamGet, after), h.cfg.SSERetry)
+			writePriming(w, eventID(stream, after), h.cfg.SSERetry)
 		}
 	}
 	pctx, pcancel := context.WithCancel(r.Context())
 	defer pcancel()
 	defer context.AfterFunc(h.base, pcancel)()
 	h.pump(pctx, w, sid, stream, after)
+	if !standalone {
+		return
+	}
+	uctx, ucancel := context.WithTimeout(context.WithoutCancel(r.Context()), h.cfg.RequestTimeout)
+	defer ucancel()
+	if r.Context().Err() != nil && h.base.Err() == nil {
+		// The client closed the stream: send it nothing more.
+		err = h.unregisterGetStream(uctx, sid, stream)
+	} else {
+		// The server closed it (SSE polling, a drain): the client resumes
+		// it; until then, connected streams get the messages.
+		_, err = h.registerGetStream(uctx, sid, stream, false, &regVersion)
+	}
+	if err != nil && !errors.Is(err, ErrSessionNotFound) && !errors.Is(err, ErrVersionConflict) {
+		h.log.WithError(err).Warn("could not update a closed GET stream's registration")
+	}
 }
 
 // pump writes stream's events after seq to w until the stream ends (a
@@ -166,7 +183,7 @@ func (h *Handler) get(w http.ResponseWriter, r *http.Request) {
 func (h *Handler) pump(ctx context.Context, w io.Writer, sid, stream string, after uint64) {
 	deadline := time.Now().Add(h.cfg.SSEStreamLifetime)
 	lastWrite := time.Now()
-	isRequest := stream != streamGet
+	isRequest := !isGetStream(stream)
 	for {
 		left := time.Until(deadline)
 		if left <= 0 || ctx.Err() != nil {
@@ -245,10 +262,9 @@ func (h *Handler) checkOwner(ctx context.Context, sid, stream string, after uint
 		if h.alive == nil || h.alive(in.Worker) {
 			return false
 		}
-		h.log.WithField("owner", in.Worker).WithField("stream", stream).Warn("the worker running a request stopped; failing the request")
-		body := encodeError(in.ID, errorf(CodeWorkerLost, "the worker running this request stopped; retry it"))
-		if _, err := h.store.AppendEvents(ctx, sid, stream, body); err == nil {
-			_ = h.store.DeleteState(ctx, sid, e.Key)
+		// The same claim as the death sweep: one error, whoever is first.
+		if err := h.resolveOrphan(ctx, sid, e, in); err == nil {
+			h.log.WithField("owner", in.Worker).WithField("stream", stream).Warn("the worker running a request stopped; failed the request")
 		}
 		return false
 	}

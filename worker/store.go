@@ -128,6 +128,9 @@ type sessionRecord struct {
 	LogLevel string `json:"log_level"`
 	// CreatedBy is the worker that answered initialize (for diagnosis).
 	CreatedBy string `json:"created_by,omitempty"`
+	// Principal is the authenticated principal that initialized the
+	// session ("" with auth off); only it is served the session (auth.go).
+	Principal string `json:"principal,omitempty"`
 }
 
 func decodeRecord(data []byte) (sessionRecord, error) {

@@ -662,7 +662,8 @@ func TestStandaloneStream(t *testing.T) {
 		t.Fatal("no keep-alive comments")
 	}
 	// Resuming the standalone stream on A replays nothing of request streams.
-	if evs := openSSE(t, getReq(t, c.urls["a"], sid, v, "g/0")).rest(); len(evs) != 2 || !strings.Contains(evs[1].data, "resources/updated") {
+	gstream, _, _ := parseEventID(prime.id)
+	if evs := openSSE(t, getReq(t, c.urls["a"], sid, v, eventID(gstream, 0))).rest(); len(evs) != 2 || !strings.Contains(evs[1].data, "resources/updated") {
 		t.Fatalf("g replay %+v", evs)
 	}
 }

@@ -91,6 +91,14 @@ func (h *Handler) serveMCP(rw http.ResponseWriter, r *http.Request) {
 		h.fail(w, http.StatusForbidden, nil, errorf(CodeTransport, "Forbidden: Origin %q is not allowed", origin))
 		return
 	}
+	if h.auth != nil {
+		p, err := h.auth.principal(r)
+		if err != nil {
+			h.unauthorized(w, err)
+			return
+		}
+		r = r.WithContext(withPrincipal(r.Context(), p))
+	}
 	switch r.Method {
 	case http.MethodPost:
 		label = h.post(w, r)
@@ -379,6 +387,7 @@ func (h *Handler) initialize(ctx context.Context, w http.ResponseWriter, msg *Me
 		ClientInfo:         compactOrNil(p.ClientInfo),
 		ServerCapabilities: caps,
 		CreatedBy:          h.cfg.Common.ID,
+		Principal:          principalOf(ctx),
 	}
 	var sid string
 	for attempt := 0; ; attempt++ {
@@ -434,6 +443,11 @@ func (h *Handler) delete(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), h.cfg.RequestTimeout)
 	defer cancel()
+	// Only the session's principal may end it.
+	if _, err := h.loadSessionNoTouch(ctx, sid); err != nil {
+		h.storeFail(w, nil, "get", err)
+		return
+	}
 	if err := h.store.Delete(ctx, sid); err != nil {
 		h.storeFail(w, nil, "delete", err)
 		return
@@ -462,20 +476,42 @@ var errCorruptRecord = errors.New("session record does not decode")
 // TTL early, never late), plus any skew between this worker's clock and
 // the store's.
 func (h *Handler) loadSession(ctx context.Context, id string) (*session, error) {
+	if strings.HasPrefix(id, indexSessionPrefix) {
+		return nil, ErrSessionNotFound // a worker's index, not an MCP session
+	}
 	s, err := h.store.Get(ctx, id, false)
 	if err != nil {
+		return nil, err
+	}
+	rec, err := decodeRecord(s.Data)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", errCorruptRecord, err)
+	}
+	// Before the touch: another principal must not keep the session alive.
+	if err := h.checkPrincipal(ctx, rec); err != nil {
 		return nil, err
 	}
 	if h.touchDue(s, time.Now()) {
 		if s, err = h.store.Get(ctx, id, true); err != nil {
 			return nil, err
 		}
-	}
-	rec, err := decodeRecord(s.Data)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", errCorruptRecord, err)
+		// Another worker may have changed the record in between.
+		if rec, err = decodeRecord(s.Data); err != nil {
+			return nil, fmt.Errorf("%w: %v", errCorruptRecord, err)
+		}
 	}
 	return &session{id: id, version: s.Version, rec: rec}, nil
+}
+
+// checkPrincipal refuses a session bound to a principal other than the
+// request's, as not found (auth.go).
+func (h *Handler) checkPrincipal(ctx context.Context, rec sessionRecord) error {
+	if rec.Principal == principalOf(ctx) {
+		return nil
+	}
+	h.metrics.principalMismatches.Inc()
+	h.log.WithField("principal", principalOf(ctx)).Warn("a request named a session of another principal; answered as not found")
+	return errWrongPrincipal
 }
 
 // maxTouchInterval bounds touchInterval for long idle TTLs.
@@ -528,6 +564,9 @@ func (h *Handler) updateSession(ctx context.Context, s *session, change func(*se
 }
 
 func (h *Handler) loadSessionNoTouch(ctx context.Context, id string) (*session, error) {
+	if strings.HasPrefix(id, indexSessionPrefix) {
+		return nil, ErrSessionNotFound // a worker's index, not an MCP session
+	}
 	s, err := h.store.Get(ctx, id, false)
 	if err != nil {
 		return nil, err
@@ -535,6 +574,9 @@ func (h *Handler) loadSessionNoTouch(ctx context.Context, id string) (*session, 
 	rec, err := decodeRecord(s.Data)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", errCorruptRecord, err)
+	}
+	if err := h.checkPrincipal(ctx, rec); err != nil {
+		return nil, err
 	}
 	return &session{id: id, version: s.Version, rec: rec}, nil
 }

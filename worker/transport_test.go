@@ -131,7 +131,7 @@ func TestBadInput(t *testing.T) {
 	ping := `{"jsonrpc":"2.0","id":7,"method":"ping"}`
 	big := `{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":"` + strings.Repeat("a", 4096) + `"}}`
 
-	tests := []struct {
+	type badCase struct {
 		name    string
 		method  string
 		body    string
@@ -139,7 +139,8 @@ func TestBadInput(t *testing.T) {
 		status  int
 		code    int    // JSON-RPC error code; 0 when no error body is expected
 		id      string // expected JSON id in the error, "" to skip
-	}{
+	}
+	tests := []badCase{
 		{"parse error", "POST", `{"jsonrpc":`, sessionHeaders(sid), 400, CodeParseError, "null"},
 		{"trailing garbage", "POST", ping + "x", sessionHeaders(sid), 400, CodeParseError, "null"},
 		{"batch", "POST", "[" + ping + "]", sessionHeaders(sid), 400, CodeInvalidRequest, "null"},
@@ -181,7 +182,47 @@ func TestBadInput(t *testing.T) {
 		{"client error response", "POST", `{"jsonrpc":"2.0","id":"s1","error":{"code":-1,"message":"no"}}`, sessionHeaders(sid), 202, 0, ""},
 		{"header name case", "POST", ping, map[string]string{"mcp-session-id": sid, "mcp-protocol-version": "2025-11-25"}, 200, 0, ""},
 	}
-	for _, tc := range tests {
+	// With auth on (auth.go): alice's session, reached with alice's and
+	// bob's credentials, bearer tokens and the trusted gateway header.
+	authSrv := testWorker(t, store, "w1", withTestAuth(t))
+	aliceSid := initSessionWith(t, authSrv.URL, map[string]string{"Authorization": "Bearer " + tokAlice})
+	alice := func(extra map[string]string) map[string]string {
+		h := map[string]string{HeaderSessionID: aliceSid, HeaderProtocolVersion: "2025-06-18", "Authorization": "Bearer " + tokAlice}
+		for k, v := range extra {
+			h[k] = v
+		}
+		return h
+	}
+	authTests := []badCase{
+		{"auth: no credentials", "POST", ping, alice(map[string]string{"Authorization": ""}), 401, CodeTransport, "null"},
+		{"auth: unknown token", "POST", ping, alice(map[string]string{"Authorization": "Bearer nope"}), 401, CodeTransport, "null"},
+		{"auth: empty bearer", "POST", ping, alice(map[string]string{"Authorization": "Bearer "}), 401, CodeTransport, "null"},
+		{"auth: basic scheme", "POST", ping, alice(map[string]string{"Authorization": "Basic YWxpY2U6eA=="}), 401, CodeTransport, "null"},
+		{"auth: hash sent as token", "POST", ping, alice(map[string]string{"Authorization": "Bearer " + sha256Hex(tokAlice)}), 401, CodeTransport, "null"},
+		{"auth: bad token beside trusted header", "POST", ping, alice(map[string]string{"Authorization": "Bearer nope", testPrincipalHeader: "alice"}), 401, CodeTransport, "null"},
+		{"auth: initialize without credentials", "POST", initBody, map[string]string{}, 401, CodeTransport, "null"},
+		{"auth: GET without credentials", "GET", "", alice(map[string]string{"Authorization": "", "Accept": "text/event-stream"}), 401, CodeTransport, "null"},
+		{"auth: DELETE without credentials", "DELETE", "", alice(map[string]string{"Authorization": ""}), 401, CodeTransport, "null"},
+		{"auth: other principal's token", "POST", ping, alice(map[string]string{"Authorization": "Bearer " + tokBob}), 404, CodeSessionNotFound, "7"},
+		{"auth: other principal by header", "POST", ping, alice(map[string]string{"Authorization": "", testPrincipalHeader: "bob"}), 404, CodeSessionNotFound, "7"},
+		{"auth: other principal's notification", "POST", `{"jsonrpc":"2.0","method":"notifications/initialized"}`, alice(map[string]string{"Authorization": "Bearer " + tokBob}), 404, CodeSessionNotFound, "null"},
+		{"auth: other principal's GET", "GET", "", alice(map[string]string{"Authorization": "Bearer " + tokBob, "Accept": "text/event-stream"}), 404, CodeSessionNotFound, "null"},
+		{"auth: other principal's DELETE", "DELETE", "", alice(map[string]string{"Authorization": "Bearer " + tokBob}), 404, CodeSessionNotFound, "null"},
+		{"auth: session of no principal", "POST", ping, map[string]string{HeaderSessionID: sid, "Authorization": "Bearer " + tokAlice}, 404, CodeSessionNotFound, "7"},
+		{"auth: principal header not visible ascii", "POST", ping, alice(map[string]string{"Authorization": "", testPrincipalHeader: "al ice"}), 401, CodeTransport, "null"},
+		// Not errors, for contrast.
+		{"auth: own token", "POST", ping, alice(nil), 200, 0, ""},
+		{"auth: bearer scheme case", "POST", ping, alice(map[string]string{"Authorization": "bearer " + tokAlice}), 200, 0, ""},
+		{"auth: own principal by header", "POST", ping, alice(map[string]string{"Authorization": "", testPrincipalHeader: "alice"}), 200, 0, ""},
+	}
+	// Without auth, alice's session is not served either: the binding
+	// is in the record, not in the worker that checks it.
+	tests = append(tests, badCase{"principal-bound session without auth", "POST", ping, sessionHeaders(aliceSid), 404, CodeSessionNotFound, "7"})
+	for _, tc := range append(tests, authTests...) {
+		srv := srv
+		if strings.HasPrefix(tc.name, "auth: ") {
+			srv = authSrv
+		}
 		t.Run(tc.name, func(t *testing.T) {
 			req, err := http.NewRequest(tc.method, srv.URL+"/mcp", strings.NewReader(tc.body))
 			if err != nil {
@@ -202,6 +243,9 @@ func TestBadInput(t *testing.T) {
 			}
 			if got := r.header.Get(HeaderWorker); got != "w1" {
 				t.Errorf("%s = %q, want w1", HeaderWorker, got)
+			}
+			if ch := r.header.Get("WWW-Authenticate"); (tc.status == 401) != strings.HasPrefix(ch, `Bearer realm="erlmcp"`) {
+				t.Errorf("WWW-Authenticate = %q with status %d", ch, tc.status)
 			}
 			if tc.status == 405 && r.header.Get("Allow") != "GET, POST, DELETE" {
 				t.Errorf("Allow = %q", r.header.Get("Allow"))

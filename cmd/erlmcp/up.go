@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"path/filepath"
 
 	"github.com/erlmcp/erlmcp/internal/config"
 	"github.com/erlmcp/erlmcp/internal/localcluster"
 	"github.com/erlmcp/erlmcp/internal/logging"
+	"github.com/erlmcp/erlmcp/worker"
 )
 
 const upSummary = `Run a whole erlmcp cluster on this machine with one command: etcd embedded
@@ -43,12 +45,26 @@ func cmdUp(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&cfg.LeaseTTL, "lease-ttl", cfg.LeaseTTL, "membership lease TTL of every child: a dead process leaves membership within about TTL + 0.5s")
 	fs.DurationVar(&cfg.ReadyTimeout, "ready-timeout", cfg.ReadyTimeout, "how long to wait for the front and a worker to be up before giving up")
 	fs.DurationVar(&cfg.StopTimeout, "stop-timeout", cfg.StopTimeout, "on shutdown, how long children get after SIGTERM before SIGKILL")
+	fs.StringVar(&cfg.WorkerAuthTokens, "worker-auth-tokens", cfg.WorkerAuthTokens, "every worker's --auth-tokens: file of \"<sha256 hex of a token> <principal>\" lines; turns auth on for /mcp")
+	fs.StringVar(&cfg.WorkerAuthPrincipalHeader, "worker-auth-principal-header", cfg.WorkerAuthPrincipalHeader, "every worker's --auth-principal-header: the header a trusted gateway sets to the authenticated principal; turns auth on for /mcp")
 	if err := config.Parse(fs, args, nil); err != nil {
 		if errors.Is(err, config.ErrHelp) {
 			return exitOK
 		}
 		fmt.Fprintf(stderr, "erlmcp up: %v\n", err)
 		return exitUsage
+	}
+	if cfg.WorkerAuthTokens != "" {
+		// The workers run in the data dir's context, not this one's.
+		abs, err := filepath.Abs(cfg.WorkerAuthTokens)
+		if err == nil {
+			_, err = worker.LoadAuthTokens(abs)
+		}
+		if err != nil {
+			fmt.Fprintf(stderr, "erlmcp up: --worker-auth-tokens: %v\n", err)
+			return exitUsage
+		}
+		cfg.WorkerAuthTokens = abs
 	}
 	if err := cfg.Validate(); err != nil {
 		fmt.Fprintf(stderr, "erlmcp up: %v\n", err)

@@ -56,6 +56,9 @@ func cmdWorker(ctx context.Context, args []string, _, stderr io.Writer) int {
 	fs.BoolVar(&cfg.Sessionless, "sessionless", cfg.Sessionless, "also serve MCP 2026-07-28 (sessionless: server/discover, per-request _meta, MRTR, subscriptions/listen) on /mcp; go-sdk >= 1.8 clients then prefer it to sessions; false makes them use sessions")
 	fs.DurationVar(&cfg.SSEKeepAlive, "sse-keepalive", cfg.SSEKeepAlive, "interval of keep-alive comments on idle SSE streams")
 	fs.DurationVar(&cfg.InflightDelay, "inflight-delay", cfg.InflightDelay, "a tools/call, resources/read, prompts/get or tasks/result still running after this long is recorded in flight in the store (cancellable from any worker) and, when the client accepts SSE, answered as a resumable SSE stream; quicker ones are plain JSON with no store write (0: at once)")
+	fs.DurationVar(&cfg.SweepDelay, "sweep-delay", cfg.SweepDelay, "a worker out of membership this long has its in-flight requests answered with errors and its running tasks failed by a live worker (must exceed the 10s drain)")
+	fs.StringVar(&cfg.AuthTokensFile, "auth-tokens", cfg.AuthTokensFile, "turns auth on: file of \"<sha256 hex of a token> <principal>\" lines; clients send Authorization: Bearer <token> (401 otherwise) and a session is served only to the principal that initialized it")
+	fs.StringVar(&cfg.AuthPrincipalHeader, "auth-principal-header", cfg.AuthPrincipalHeader, "turns auth on: a header a trusted gateway sets to the authenticated principal (the gateway must strip it from client requests)")
 	if err := config.Parse(fs, args, nil); err != nil {
 		if errors.Is(err, config.ErrHelp) {
 			return exitOK

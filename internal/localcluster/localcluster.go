@@ -69,6 +69,11 @@ type Config struct {
 	// ports (StorePortBase+Stores+i).
 	StoreHTTPPortBase int
 
+	// WorkerAuthTokens and WorkerAuthPrincipalHeader are every worker's
+	// --auth-tokens and --auth-principal-header ("" = not passed).
+	WorkerAuthTokens          string
+	WorkerAuthPrincipalHeader string
+
 	// LeaseTTL is every child's membership lease: a dead process leaves
 	// membership within about LeaseTTL + 0.5 s.
 	LeaseTTL time.Duration
@@ -304,6 +309,12 @@ func (c Config) Plan() (Plan, error) {
 		}
 		args := append([]string{"worker"}, common(id, i)...)
 		args = append(args, "--listen="+addr)
+		if c.WorkerAuthTokens != "" {
+			args = append(args, "--auth-tokens="+c.WorkerAuthTokens)
+		}
+		if c.WorkerAuthPrincipalHeader != "" {
+			args = append(args, "--auth-principal-header="+c.WorkerAuthPrincipalHeader)
+		}
 		p.Children = append(p.Children, Child{Name: id, Role: membership.RoleWorker, Addr: addr, Args: args})
 	}
 	args := append([]string{"front"}, common("front-1", 0)...)
@@ -549,7 +560,8 @@ func waitReady(ctx context.Context, plan Plan, cfg Config, cli *clientv3.Client,
 // children do not inherit them, so none of them can leak into a child
 // flag of the same name (--listen, --data-dir).
 var upEnvVars = []string{"data-dir", "listen", "admin-port-base", "worker-port-base", "store-port-base",
-	"store-http-port-base", "fronts", "front-port-base", "etcd-members", "store-fault-proxies", "store-proxy-port-base", "etcd-client-port", "etcd-peer-port", "workers", "stores", "controlplanes", "log-level", "lease-ttl", "ready-timeout", "stop-timeout"}
+	"store-http-port-base", "fronts", "front-port-base", "etcd-members", "store-fault-proxies", "store-proxy-port-base", "etcd-client-port", "etcd-peer-port", "workers", "stores", "controlplanes", "log-level", "lease-ttl", "ready-timeout", "stop-timeout",
+	"worker-auth-tokens", "worker-auth-principal-header"}
 
 func childEnv(env []string) []string {
 	drop := map[string]bool{}
