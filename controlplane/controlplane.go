@@ -18,12 +18,12 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/erlmcp/erlmcp/internal/etcdclient"
 	"github.com/erlmcp/erlmcp/internal/etcdwatch"
 	"github.com/erlmcp/erlmcp/internal/membership"
 	"github.com/sirupsen/logrus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
-	"go.uber.org/zap"
 )
 
 // Version is reported in membership.
@@ -88,13 +88,9 @@ func start(ctx context.Context, cfg Config, log *logrus.Entry, act Actuator) (*C
 	if err != nil {
 		return nil, err
 	}
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:   cfg.Common.Endpoints(),
-		DialTimeout: 5 * time.Second,
-		Logger:      zap.NewNop(),
-	})
+	cli, err := etcdclient.New(ctx, etcdclient.DefaultConfig(cfg.Common.Endpoints()...))
 	if err != nil {
-		return nil, fmt.Errorf("etcd client for %s: %w", cfg.Common.EtcdEndpoints, err)
+		return nil, err
 	}
 	ln, err := net.Listen("tcp", cfg.AdminListen)
 	if err != nil {
@@ -229,7 +225,10 @@ func (cp *ControlPlane) electionLoop(ctx context.Context) {
 // deleted) before it returns.
 func (cp *ControlPlane) term(ctx context.Context) error {
 	ttl := cp.cfg.electionTTLSeconds()
-	g, err := cp.cli.Grant(ctx, int64(ttl))
+	// A per-call timeout: a frozen etcd member must not hold the campaign.
+	gctx, gcancel := etcdclient.RequestTimeout(ctx)
+	g, err := cp.cli.Grant(gctx, int64(ttl))
+	gcancel()
 	if err != nil {
 		return fmt.Errorf("grant election lease: %w", err)
 	}

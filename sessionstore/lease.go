@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/erlmcp/erlmcp/internal/etcdclient"
 	pb "github.com/erlmcp/erlmcp/proto/erlmcp/sessionstore/v1"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -61,13 +62,14 @@ func (n *Node) guardLease(ctx context.Context) {
 		kctx, kcancel := context.WithCancel(ctx)
 		// One immediate renewal (KeepAliveOnce) so a new lease serves at
 		// once, then the acks of the shared keepalive stream.
-		if r, err := n.etcd.KeepAliveOnce(kctx, lease); err == nil && r.TTL > 0 {
+		octx, ocancel := etcdclient.RequestTimeout(kctx)
+		if r, err := n.etcd.KeepAliveOnce(octx, lease); err == nil && r.TTL > 0 {
 			renewed(r.TTL)
 		}
-		ka, err := n.etcd.KeepAlive(kctx, lease)
-		if err == nil {
-			n.followAcks(ctx, ka, timer, renewed, func() { set(false) })
-		}
+		ocancel()
+		// Renewals with per-call timeouts, so a frozen etcd member does not
+		// hold the node's serving deadline hostage.
+		n.followAcks(ctx, etcdclient.KeepAlive(kctx, n.etcd, lease), timer, renewed, func() { set(false) })
 		kcancel()
 		if ctx.Err() != nil {
 			return

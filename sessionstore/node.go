@@ -15,13 +15,13 @@ import (
 	"time"
 
 	"github.com/erlmcp/erlmcp/internal/clusterstate"
+	"github.com/erlmcp/erlmcp/internal/etcdclient"
 	"github.com/erlmcp/erlmcp/internal/etcdwatch"
 	"github.com/erlmcp/erlmcp/internal/membership"
 	pb "github.com/erlmcp/erlmcp/proto/erlmcp/sessionstore/v1"
 	"github.com/erlmcp/erlmcp/sessionstore/multiraft"
 	"github.com/sirupsen/logrus"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -184,13 +184,9 @@ func Start(ctx context.Context, cfg Config, log *logrus.Entry) (_ *Node, err err
 	n.raft, n.store = rs, rs
 	cleanups = append(cleanups, func() { _ = rs.close() })
 
-	n.etcd, err = clientv3.New(clientv3.Config{
-		Endpoints:   cfg.Common.Endpoints(),
-		DialTimeout: 5 * time.Second,
-		Logger:      zap.NewNop(),
-	})
+	n.etcd, err = etcdclient.New(ctx, etcdclient.DefaultConfig(cfg.Common.Endpoints()...))
 	if err != nil {
-		return nil, fmt.Errorf("connect to etcd at %s: %w", cfg.Common.EtcdEndpoints, err)
+		return nil, err
 	}
 	cleanups = append(cleanups, func() { _ = n.etcd.Close() })
 

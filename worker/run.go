@@ -12,9 +12,9 @@ import (
 
 	"github.com/sirupsen/logrus"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	"github.com/erlmcp/erlmcp/internal/clusterstate"
+	"github.com/erlmcp/erlmcp/internal/etcdclient"
 	"github.com/erlmcp/erlmcp/internal/membership"
 	"github.com/erlmcp/erlmcp/sessionstore/client"
 )
@@ -44,13 +44,9 @@ func Run(ctx context.Context, cfg Config, log *logrus.Entry, opts ...Option) (er
 	if log == nil {
 		log = logrus.NewEntry(logrus.StandardLogger())
 	}
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:   cfg.Common.Endpoints(),
-		DialTimeout: 5 * time.Second,
-		Logger:      zap.NewNop(),
-	})
+	cli, err := etcdclient.New(ctx, etcdclient.DefaultConfig(cfg.Common.Endpoints()...))
 	if err != nil {
-		return fmt.Errorf("connect to etcd at %s: %w", cfg.Common.EtcdEndpoints, err)
+		return err
 	}
 	defer cli.Close()
 

@@ -13,10 +13,8 @@ import (
 	"strings"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
-
 	"github.com/erlmcp/erlmcp/internal/config"
+	"github.com/erlmcp/erlmcp/internal/etcdclient"
 	"github.com/erlmcp/erlmcp/internal/localcluster"
 	"github.com/erlmcp/erlmcp/internal/membership"
 )
@@ -115,9 +113,9 @@ func writeTargets(ctx context.Context, opts targetsOptions, stdout io.Writer) er
 	if err != nil {
 		return err
 	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	cli, err := etcdclient.New(ctx, etcdclient.DefaultConfig(endpoints...))
 	if err != nil {
-		return fmt.Errorf("etcd %v: %w", endpoints, err)
+		return err
 	}
 	defer cli.Close()
 	for {

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/erlmcp/erlmcp/internal/config"
+	"github.com/erlmcp/erlmcp/internal/etcdclient"
 	"github.com/erlmcp/erlmcp/internal/etcdwatch"
 	"github.com/erlmcp/erlmcp/internal/membership"
 	"github.com/sirupsen/logrus"
@@ -105,9 +106,9 @@ func Run(ctx context.Context, cfg Config, log *logrus.Entry) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: cfg.Common.Endpoints(), DialTimeout: 5 * time.Second, Logger: quietZap()})
+	cli, err := etcdclient.New(ctx, etcdclient.DefaultConfig(cfg.Common.Endpoints()...).WithLogger(quietZap()))
 	if err != nil {
-		return fmt.Errorf("etcd client for %s: %w", cfg.Common.EtcdEndpoints, err)
+		return err
 	}
 	defer cli.Close()
 	f, err := Start(ctx, cfg, cli, log)

@@ -19,11 +19,11 @@ import (
 	"time"
 
 	"github.com/erlmcp/erlmcp/internal/config"
+	"github.com/erlmcp/erlmcp/internal/etcdclient"
 	"github.com/erlmcp/erlmcp/internal/membership"
 	"github.com/erlmcp/erlmcp/internal/supervisor"
 	"github.com/sirupsen/logrus"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 )
 
 // Regions the children are spread over, round robin per role; each
@@ -476,7 +476,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *logrus.Entry) (err
 `, cfg.ControlPlanes, cfg.Stores, cfg.Workers, cfg.Fronts, strings.Join(plan.FrontURLs, " "), strings.Join(plan.AdminURLs, " "), plan.TokenPath(), strings.Join(plan.StoreHTTPURLs, " "),
 		plan.EtcdClientURL, Prefix, plan.DataDir, plan.LogDir(), plan.ClusterFilePath(), cfg.LeaseTTL, os.Getpid())
 
-	cli, err := clientv3.New(clientv3.Config{Endpoints: plan.EtcdEndpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	cli, err := etcdclient.New(ctx, etcdclient.DefaultConfig(plan.EtcdEndpoints...))
 	if err != nil {
 		return fmt.Errorf("etcd client: %w", err)
 	}

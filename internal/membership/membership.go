@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/erlmcp/erlmcp/internal/etcdclient"
 	"github.com/sirupsen/logrus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -105,12 +106,9 @@ func (r *Registration) grantAndPut(ctx context.Context) (<-chan *clientv3.LeaseK
 	// The keepalive stream lives as long as the registration, not ctx.
 	kctx, kcancel := context.WithCancel(context.Background())
 	go func() { <-r.done; kcancel() }()
-	ka, err := r.cli.KeepAlive(kctx, g.ID)
-	if err != nil {
-		kcancel()
-		return nil, fmt.Errorf("keepalive: %w", err)
-	}
-	return ka, nil
+	// Renewals with per-call timeouts: a frozen etcd member must not
+	// starve the lease (see etcdclient.KeepAlive).
+	return etcdclient.KeepAlive(kctx, r.cli, g.ID), nil
 }
 
 func (r *Registration) keepAlive(ctx context.Context, ka <-chan *clientv3.LeaseKeepAliveResponse) {

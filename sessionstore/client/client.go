@@ -88,6 +88,14 @@ func (expiredError) Unwrap() error { return ErrSessionNotFound }
 const (
 	DefaultPrefix         = "/erlmcp/"
 	DefaultRequestTimeout = 2 * time.Second
+	// DefaultAttemptTimeout is the first attempt's timeout: below the
+	// store's Raft election timeout (10 ticks of 100 ms by default), so a
+	// paused or partitioned shard leader costs one short attempt and the
+	// retry, sent to another replica, reaches the new leader about when it
+	// is elected. Attempts that time out again get longer (up to
+	// RequestTimeout), so an overloaded but live store is not hammered with
+	// retries it cannot answer in time.
+	DefaultAttemptTimeout = 750 * time.Millisecond
 	// defaultBudgetAttempts: a call whose ctx has no deadline retries for
 	// at most this many request timeouts.
 	defaultBudgetAttempts = 5
@@ -101,8 +109,13 @@ type Config struct {
 	Etcd *clientv3.Client
 	// Prefix is the erlmcp etcd key prefix (default /erlmcp/).
 	Prefix string
-	// RequestTimeout bounds each attempt (default 2s).
+	// RequestTimeout bounds each attempt (default 2s); a ctx without
+	// deadline gets a budget of a few of them.
 	RequestTimeout time.Duration
+	// AttemptTimeout bounds the first attempts (default
+	// DefaultAttemptTimeout, at most RequestTimeout); attempts that time
+	// out double it, up to RequestTimeout.
+	AttemptTimeout time.Duration
 	Log            *logrus.Entry
 }
 
@@ -124,8 +137,17 @@ type Client struct {
 	// to the map's preferred store; dropped when a request there fails
 	// or the map no longer lists that store for the shard.
 	leaders map[int]target
-	closed  bool
+	// stalls remembers, until when, the stores whose attempts timed out
+	// (paused, partitioned), so the next calls try other replicas first
+	// instead of each paying an attempt timeout on the same stalled store.
+	stalls map[string]time.Time
+	closed bool
 }
+
+// stallMemory is how long a store that let an attempt time out is tried
+// last: about one Raft election, after which the shard has a new leader
+// (or the store was only slow and is tried again).
+const stallMemory = 2 * time.Second
 
 // New starts following the cluster config, the shard map and the store
 // members in etcd. It does not wait for them; see Ready.
@@ -141,6 +163,12 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	}
 	if cfg.RequestTimeout <= 0 {
 		cfg.RequestTimeout = DefaultRequestTimeout
+	}
+	if cfg.AttemptTimeout < 0 {
+		return nil, fmt.Errorf("sessionstore client: attempt timeout %s must not be negative", cfg.AttemptTimeout)
+	}
+	if cfg.AttemptTimeout == 0 {
+		cfg.AttemptTimeout = DefaultAttemptTimeout
 	}
 	if cfg.Log == nil {
 		l := logrus.New()
@@ -427,10 +455,31 @@ func (c *Client) doWait(ctx context.Context, what, id string, wait time.Duration
 	var hint *pb.ShardHint
 	var lastErr error
 	backoff := 5 * time.Millisecond
+	timeouts := 0 // attempts that ran out of time
+	// stalledAt: the attempt at which a store let an attempt of this call
+	// time out (paused, partitioned). For the next few attempts it is
+	// avoided, its hints included: a follower may name a paused leader
+	// until it notices the election. Then it is tried again (with a longer
+	// timeout), in case it was only slow.
+	stalledAt := map[string]int{}
+	stalled := func(addr string, attempt int) bool {
+		if at, ok := stalledAt[addr]; ok {
+			return attempt-at <= 3
+		}
+		return attempt <= 3 && c.stalledRecently(addr)
+	}
 	for attempt := 0; ; attempt++ {
 		t, changed, err := c.resolve(id, attempt)
 		if errors.Is(err, errClosed) {
 			return fmt.Errorf("%s session %q: %w", what, id, err)
+		}
+		for k := 1; err == nil && stalled(t.addr, attempt) && k < 4; k++ {
+			if alt, _, aerr := c.resolve(id, attempt+k); aerr == nil && !stalled(alt.addr, attempt) {
+				t = alt
+			}
+		}
+		if hint != nil && stalled(hint.GetAddr(), attempt) {
+			hint = nil
 		}
 		if hint != nil && hint.GetAddr() != "" && hint.GetAddr() != t.addr {
 			// The node we asked knows better than our (possibly stale) map.
@@ -439,9 +488,15 @@ func (c *Client) doWait(ctx context.Context, what, id string, wait time.Duration
 		}
 		hint = nil
 		if err == nil {
-			err = c.attempt(ctx, t, wait+c.cfg.RequestTimeout, call)
+			err = c.attempt(ctx, t, wait+c.attemptTimeout(timeouts), call)
 			if err == nil {
+				c.setStall(t.addr, false)
 				return nil
+			}
+			if status.Code(err) == codes.DeadlineExceeded && ctx.Err() == nil {
+				timeouts++
+				stalledAt[t.addr] = attempt
+				c.setStall(t.addr, true)
 			}
 			if st, ok := status.FromError(err); !ok || st.Code() == codes.Unavailable || st.Code() == codes.FailedPrecondition || st.Code() == codes.DeadlineExceeded {
 				c.forgetLeader(t)
@@ -481,6 +536,44 @@ func (c *Client) doWait(ctx context.Context, what, id string, wait time.Duration
 		}
 		backoff = min(2*backoff, maxBackoff)
 	}
+}
+
+// attemptTimeout is the timeout of the next attempt after timeouts
+// attempts ran out of time: AttemptTimeout, doubled after every second
+// timeout, at most RequestTimeout. A paused leader costs the first (short)
+// attempt only, since the next goes to another replica; a live store that
+// is merely slow gets more time after each miss.
+func (c *Client) attemptTimeout(timeouts int) time.Duration {
+	base := c.cfg.AttemptTimeout
+	if base <= 0 || base > c.cfg.RequestTimeout {
+		base = c.cfg.RequestTimeout
+	}
+	return min(base<<min(timeouts/2, 4), c.cfg.RequestTimeout)
+}
+
+// setStall records that addr let an attempt time out (on), or answered.
+func (c *Client) setStall(addr string, on bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !on {
+		delete(c.stalls, addr)
+		return
+	}
+	if c.stalls == nil {
+		c.stalls = map[string]time.Time{}
+	}
+	c.stalls[addr] = time.Now().Add(stallMemory)
+}
+
+func (c *Client) stalledRecently(addr string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	until, ok := c.stalls[addr]
+	if ok && time.Now().After(until) {
+		delete(c.stalls, addr)
+		return false
+	}
+	return ok
 }
 
 func (c *Client) rememberLeader(h *pb.ShardHint) {

@@ -1,0 +1,88 @@
+package etcdclient
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// KeepAlive keeps lease id alive until ctx ends or the lease is gone, like
+// clientv3's Lease.KeepAlive, and delivers each renewal on the returned
+// channel (the latest one; a slow reader misses older ones). The channel is
+// closed when ctx ends, the lease is not found (revoked or expired), or no
+// renewal succeeded for a whole TTL (before the first renewal:
+// firstRenewalWithin, as clientv3 does).
+//
+// Unlike clientv3's, which renews over one stream pinned to one member, each
+// renewal here is its own request with a short timeout, so a frozen member
+// delays a renewal by one timeout: the retry goes round robin to another
+// member.
+func KeepAlive(ctx context.Context, cli *clientv3.Client, id clientv3.LeaseID) <-chan *clientv3.LeaseKeepAliveResponse {
+	ch := make(chan *clientv3.LeaseKeepAliveResponse, 1)
+	go func() {
+		defer close(ch)
+		deadline := time.Now().Add(firstRenewalWithin)
+		var wait time.Duration
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(wait):
+			}
+			r, err := renewUntil(ctx, cli, id, deadline)
+			if err != nil {
+				return
+			}
+			ttl := time.Duration(r.TTL) * time.Second
+			deadline, wait = time.Now().Add(ttl), max(ttl/3, 100*time.Millisecond)
+			select { // keep only the newest renewal for a slow reader
+			case <-ch:
+			default:
+			}
+			ch <- r
+		}
+	}()
+	return ch
+}
+
+// firstRenewalWithin bounds the wait for the first renewal (clientv3's
+// default TTL, which it uses the same way).
+const firstRenewalWithin = 5 * time.Second
+
+// renewUntil renews the lease once, retrying failed attempts (each bounded
+// by a per-call timeout) until one succeeds, the lease is gone, ctx ends or
+// deadline passes.
+func renewUntil(ctx context.Context, cli *clientv3.Client, id clientv3.LeaseID, deadline time.Time) (*clientv3.LeaseKeepAliveResponse, error) {
+	dctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	var lastErr error
+	for {
+		actx, acancel := context.WithTimeout(dctx, renewTimeout(deadline))
+		r, err := cli.KeepAliveOnce(actx, id)
+		acancel()
+		switch {
+		case err == nil && r.TTL > 0:
+			return r, nil
+		case err == nil:
+			return nil, fmt.Errorf("lease %x: %w", int64(id), rpctypes.ErrLeaseNotFound)
+		case errors.Is(err, rpctypes.ErrLeaseNotFound):
+			return nil, err
+		}
+		lastErr = err
+		select {
+		case <-dctx.Done():
+			return nil, fmt.Errorf("no renewal before the lease could expire: %w (last attempt: %w)", dctx.Err(), lastErr)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// renewTimeout is one renewal attempt's timeout: short enough that several
+// attempts (on different members) fit before the lease expires.
+func renewTimeout(deadline time.Time) time.Duration {
+	return min(max(time.Until(deadline)/4, 250*time.Millisecond), 2*time.Second)
+}
