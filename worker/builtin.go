@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/google/jsonschema-go/jsonschema"
 )
@@ -60,6 +61,8 @@ type counterState struct {
 type counterUpdate struct {
 	Key   string `json:"key"`
 	Value int64  `json:"value"`
+	// At is when it was applied (Unix ms, the applying worker's clock).
+	At int64 `json:"at,omitempty"`
 }
 
 const (
@@ -86,7 +89,8 @@ func AddDemo(s *Server) {
 	by.Minimum = &one
 	AddTool(s, &Tool{Name: "counter", Title: "Session counter", InputSchema: in, SessionOnly: true,
 		Description: "Adds `by` (default 1) to a counter kept in the session and returns the new value. " +
-			"A retried request (same JSON-RPC id) returns the value it got the first time."},
+			"A retried request (same JSON-RPC id) returns the value it got the first time; " +
+			"a request overtaken while it ran by one with a higher numeric id is refused, not applied."},
 		func(ctx context.Context, req *Request, in counterIn) (*ToolResult, CounterOut, error) {
 			v, err := addCounter(ctx, req, in.By)
 			if err != nil {
@@ -143,13 +147,16 @@ func addCounter(ctx context.Context, req *Request, by int64) (int64, error) {
 		// A call that stalled (its worker frozen, its store unreachable)
 		// while its client gave up and sent the next one must not apply
 		// after that next one did: its client would see the counter skip.
-		// Clients number their requests upwards, so a higher id already
-		// applied means this call is stale; refuse it, unapplied.
-		if later, ok := laterApplied(key, st.Applied); ok {
-			return 0, fmt.Errorf("the counter already applied request %s, sent after this one (%s); this one is not applied", later, key)
+		// Clients number their requests upwards, so a higher id applied
+		// since this call began means this call is stale; refuse it,
+		// unapplied. (A higher id applied before it began is a client
+		// that started numbering again, e.g. a new client object resuming
+		// the session: not refused.)
+		if later, ok := laterApplied(key, req.started, st.Applied); ok {
+			return 0, fmt.Errorf("the counter already applied request %s, sent after this one (%s) while it ran; this one is not applied", later, key)
 		}
 		st.Value += by
-		st.Applied = append(st.Applied, counterUpdate{Key: key, Value: st.Value})
+		st.Applied = append(st.Applied, counterUpdate{Key: key, Value: st.Value, At: time.Now().UnixMilli()})
 		if len(st.Applied) > counterRemembered {
 			st.Applied = st.Applied[len(st.Applied)-counterRemembered:]
 		}
@@ -166,14 +173,15 @@ func addCounter(ctx context.Context, req *Request, by int64) (int64, error) {
 }
 
 // laterApplied returns an applied key whose numeric request id is above
-// key's. Non-numeric ids are not ordered, and are never refused.
-func laterApplied(key string, applied []counterUpdate) (string, bool) {
+// key's and that was applied at or after started. Non-numeric ids are not
+// ordered, and are never refused.
+func laterApplied(key string, started time.Time, applied []counterUpdate) (string, bool) {
 	id, err := strconv.ParseInt(key, 10, 64)
 	if err != nil {
 		return "", false
 	}
 	for _, u := range applied {
-		if v, err := strconv.ParseInt(u.Key, 10, 64); err == nil && v > id {
+		if v, err := strconv.ParseInt(u.Key, 10, 64); err == nil && v > id && u.At >= started.UnixMilli() {
 			return u.Key, true
 		}
 	}

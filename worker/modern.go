@@ -415,7 +415,7 @@ func (h *Handler) serveModernRequest(w http.ResponseWriter, r *http.Request, msg
 		ob.lazy = w
 	}
 	c := &call{h: h, session: sess, msg: msg}
-	c.req = &Request{h: h, sess: sess, id: msg.ID, method: msg.Method, progressToken: token, out: ob, mrtr: mr}
+	c.req = &Request{h: h, sess: sess, id: msg.ID, method: msg.Method, progressToken: token, out: ob, mrtr: mr, started: time.Now()}
 	result, rerr := m.fn(ctx, c)
 	switch {
 	case len(mr.pending) > 0:

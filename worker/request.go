@@ -27,6 +27,8 @@ type Request struct {
 	// mrtr is set on a sessionless (2026-07-28) request: server→client
 	// requests become inputRequests (mrtr.go).
 	mrtr *mrtr
+	// started is when this worker began the request.
+	started time.Time
 }
 
 // ErrNoSession is returned by the state calls of a sessionless

@@ -91,7 +91,7 @@ func startTask(ctx context.Context, c *call, t *tool, p toolCallParams) (any, *E
 	}
 	out := &outbox{h: h, sid: sid, stream: streamGet}
 	bc := &call{h: h, session: c.session, msg: c.msg}
-	bc.req = &Request{h: h, sess: c.session, id: c.msg.ID, method: c.msg.Method, out: out}
+	bc.req = &Request{h: h, sess: c.session, id: c.msg.ID, method: c.msg.Method, out: out, started: time.Now()}
 	go func() {
 		defer cancel()
 		defer done()

@@ -307,7 +307,7 @@ func (h *Handler) serveRequest(w http.ResponseWriter, r *http.Request, sess *ses
 		defer timer.Stop()
 	}
 	c := &call{h: h, session: sess, msg: msg}
-	c.req = &Request{h: h, sess: sess, id: msg.ID, method: msg.Method, progressToken: token, out: ob}
+	c.req = &Request{h: h, sess: sess, id: msg.ID, method: msg.Method, progressToken: token, out: ob, started: time.Now()}
 	result, rerr := m.fn(runCtx, c)
 	streaming := ob.seal()
 	if errors.Is(context.Cause(runCtx), errCancelled) {
