@@ -91,6 +91,9 @@ func smallConfig(t *testing.T) Config {
 	c.Listen = testcluster.FreeAddr(t)
 	c.AdminPortBase, c.WorkerPortBase, c.StorePortBase = freePort(t), freePort(t), freePort(t)
 	c.EtcdClientPort, c.EtcdPeerPort = freePort(t), freePort(t)
+	// Its own free port: the default (right after the store's gRPC port)
+	// is not reserved and may be taken by an unrelated connection.
+	c.StoreHTTPPortBase = freePort(t)
 	c.Workers, c.Stores, c.ControlPlanes = 1, 1, 1
 	c.LeaseTTL = 2 * time.Second
 	c.EtcdTickMs, c.EtcdElectionMs = 10, 100
