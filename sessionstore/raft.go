@@ -48,7 +48,8 @@ func claimDataDir(dataDir, nodeID string) error {
 }
 
 // raftStorage is the node's storage: one multiraft.Node hosting a replica
-// of every shard the shard map lists this store for, in <data-dir>/raft.db.
+// of every shard the shard map lists this store for, its Raft logs in
+// <data-dir>/wal/ and its state in <data-dir>/raft.db.
 type raftStorage struct {
 	n  *Node
 	mr *multiraft.Node

@@ -17,7 +17,8 @@ const storeSummary = `Run a session store node: it serves erlmcp.sessionstore.v1
 for the shards the shard map in etcd assigns to it, and registers itself under
 <etcd-prefix>members/store/<id>. Each shard replica is a member of the shard's
 Raft group: a write is acknowledged once a quorum of the shard's replicas has
-it durably. Every replica's log and state is in <data-dir>/raft.db. The node
+it durably. The replicas' Raft logs are in <data-dir>/wal/ and their state in
+<data-dir>/raft.db. The node
 creates, reconfigures (add learner, promote, remove) and destroys its replicas
 to follow the shard map, and writes each led shard's replication status under
 <etcd-prefix>status/shards/<nnn>/<store>.`

@@ -4,12 +4,14 @@
 //
 // # Shape
 //
-// A Node owns one bbolt file (raft.db, see storage.go for the layout), one
-// loop goroutine, one ticker and one Transport. Each hosted shard is a
-// replica: a RawNode, its raft.Storage view of the file, and the shard's
-// state-machine bucket. Raft replica ids are ReplicaID = incarnation<<32 |
-// store, so a message's destination store is read off its To field and a
-// re-added replica never reuses an old id.
+// A Node owns one write-ahead log (wal/, see wal.go) holding every hosted
+// replica's Raft log and HardState, one bbolt file (raft.db, see
+// storage.go) holding the state machines, one loop goroutine, one applier
+// goroutine, one ticker and one Transport. Each hosted shard is a replica:
+// a RawNode, its raft.Storage (its log, in memory, durable in the WAL), and
+// the shard's state-machine bucket. Raft replica ids are ReplicaID =
+// incarnation<<32 | store, so a message's destination store is read off
+// its To field and a re-added replica never reuses an old id.
 //
 // # The loop, group commit and ticks
 //
@@ -17,22 +19,23 @@
 // TickInterval it calls Tick on every replica: one ticker for all groups,
 // not one per shard), on new work (a proposal, a received message, a read
 // request), or on an operation (create/destroy a replica). Each wake-up it
-// collects the Ready of every replica that has one and writes all of them
-// in ONE bbolt transaction: snapshot, entries, HardState, then the
-// committed entries applied to the state machine with the applied index,
-// then compaction. The commit of that transaction is the only fsync of the
-// iteration, so proposals arriving on any shard while the previous commit
+// collects the Ready of every replica that has one and appends all their
+// snapshots' resets, entries and HardStates to the WAL with ONE write and
+// ONE fdatasync: proposals arriving on any shard while the previous append
 // was syncing share the next one (group commit; TestGroupCommitSharesFsyncs
-// measures ~12 proposals per commit per node with 64 clients). A leader's
-// messages (appends to followers) go out before that commit when its term
-// and vote are unchanged, so followers fsync while the leader does (Raft
-// thesis §10.2.1; the leader counts itself for a quorum only after its own
-// commit); all other messages only after the commit. They are grouped by
+// measures it). A HardState that only moves the commit index is written
+// but needs no fsync of its own. A leader's messages (appends to
+// followers) go out before that fsync when its term and vote are
+// unchanged, so followers fsync while the leader does (Raft thesis
+// §10.2.1; the leader counts itself for a quorum only after its own
+// append); all other messages only after it. They are grouped by
 // destination store (one Transport.Send per peer per batch, whatever the
 // number of shards, so the heartbeats of all shards to a peer share one
-// stream message), then each group is Advanced and proposers and readers
-// are answered. Readies that only carry messages (heartbeats) need no
-// transaction and no fsync.
+// stream message). The committed entries then go to the applier, which
+// applies them to raft.db in its own bbolt transactions (batched across
+// shards and iterations, see applier.go) while the loop carries on, and
+// each group is Advanced. Readies that only carry messages (heartbeats)
+// need no fsync.
 //
 // Defaults: TickInterval 100ms, ElectionTicks 10 (randomized by raft to
 // [1s, 2s)), HeartbeatTicks 1 (100ms); CheckQuorum and PreVote on; the
@@ -41,21 +44,26 @@
 // # Durability and failure
 //
 // A proposal is answered only after its entry is committed by a quorum
-// (durable in their logs) and applied here, while the transaction that
-// applied it is being fsynced (its result is what a replay of the log
-// would give; linearizable reads wait for the applied index, which moves
-// only once that transaction is durable). If a commit fails (write or fsync
-// error, e.g. a full disk), nothing of that iteration is sent or
-// acknowledged and the node refuses every call with ErrStorageUnavailable
-// (Node.StorageErr reports it); it discards its in-memory Raft state,
+// (durable in their WALs) and applied here, while the applier's
+// transaction that applied it is being fsynced (its result is what a replay
+// of the log would give; linearizable reads wait for the applied index,
+// which moves only once that transaction is durable). On start the WAL is
+// replayed and raft redelivers the committed entries after the state
+// machine's durable applied index. If a WAL append or an apply commit
+// fails (write or fsync error, e.g. a full disk), nothing of that
+// iteration is sent or acknowledged and the node refuses every call with
+// ErrStorageUnavailable (Node.StorageErr reports it); it discards its
+// in-memory Raft state, cuts the WAL back to its last successful fsync,
 // probes the disk every StorageRetryInterval and, once a probe write and
 // fsync succeed, restarts its groups from disk and catches up (see
 // storagefail.go for why the page cache is not trusted). An error that is
 // not the disk's (state machine, log checks) stops the node for good with
 // ErrStorageFailed.
-// Every value carries a CRC-32C; Open verifies the whole log (checksums,
-// contiguous indexes, terms, commit ≤ last index) and fails with ErrCorrupt
-// instead of using a damaged or truncated tail.
+// Every WAL record and bbolt value carries a CRC-32C; Open verifies the
+// whole log (checksums, contiguous indexes, terms, commit ≤ last index,
+// the state machine's applied index within the log) and fails with
+// ErrCorrupt instead of using a damaged or lost tail; an append cut short
+// by a crash (never fsynced, so never acknowledged) just ends the log.
 //
 // # Reads
 //
@@ -72,8 +80,9 @@
 // compacted entries gets a snapshot: a consistent bbolt read of the shard's
 // applied index, ConfState and bucket (StateMachine.Snapshot), generated
 // off the loop, sent as MsgSnap by the Transport (a unary RPC in the gRPC
-// transport, whose outcome is reported to raft), restored in the receiver's
-// group-commit transaction (StateMachine.Restore).
+// transport, whose outcome is reported to raft), restored by the
+// receiver's loop in a bbolt transaction of its own (StateMachine.Restore)
+// before the WAL records the log's reset to it.
 //
 // # Membership
 //
@@ -87,7 +96,8 @@
 //
 // # Applied notifications
 //
-// Config.OnApplied is called on the loop once a group-commit transaction
-// that applied entries (or restored a snapshot) of a shard is durable, on
-// every replica: the hook for waking readers that wait for new state.
+// Config.OnApplied is called (on the applier, or on the loop for a
+// restored snapshot) once a transaction that applied entries (or restored
+// a snapshot) of a shard is durable, on every replica: the hook for waking
+// readers that wait for new state.
 package multiraft

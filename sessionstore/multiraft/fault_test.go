@@ -5,11 +5,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
-
-	bolt "go.etcd.io/bbolt"
 )
 
 // The leader of a shard is killed: a new leader is elected, every write
@@ -244,6 +244,28 @@ func TestPartitionedLeaderCannotCommit(t *testing.T) {
 	c.waitValue(1, "k", "majority", 5*time.Second)
 }
 
+// lastSegment is the path of a node's newest WAL segment.
+func lastSegment(t *testing.T, dir string) string {
+	t.Helper()
+	seqs, err := walSegments(filepath.Join(dir, walDirName))
+	if err != nil || len(seqs) == 0 {
+		t.Fatalf("no WAL segment in %s: %v", dir, err)
+	}
+	return segmentPath(filepath.Join(dir, walDirName), seqs[len(seqs)-1])
+}
+
+// walRecords splits a segment into its records (header included).
+func walRecords(t *testing.T, data []byte) [][]byte {
+	t.Helper()
+	var recs [][]byte
+	for off := 0; off < len(data); {
+		n := walHeader + int(binary.BigEndian.Uint32(data[off:]))
+		recs = append(recs, data[off:off+n])
+		off += n
+	}
+	return recs
+}
+
 // A corrupt log tail is detected at Open, not used.
 func TestCorruptTailDetected(t *testing.T) {
 	c := newTestCluster(t, 3, nil)
@@ -254,20 +276,13 @@ func TestCorruptTailDetected(t *testing.T) {
 	c.waitValue(1, "k", "4", 5*time.Second)
 	dir := c.node(2).cfg.Dir
 	c.kill(2)
-	db, err := bolt.Open(filepath.Join(dir, "raft.db"), 0o600, nil)
+	path := lastSegment(t, dir)
+	data, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = db.Update(func(tx *bolt.Tx) error {
-		lb := shardBucket(tx, 1).Bucket(bktLog)
-		k, v := lb.Cursor().Last()
-		bad := append([]byte(nil), v...)
-		bad[len(bad)-1] ^= 0x40 // one flipped bit in the last entry
-		t.Logf("corrupting entry %d", binary.BigEndian.Uint64(k))
-		return lb.Put(k, bad)
-	})
-	db.Close()
-	if err != nil {
+	data[len(data)-1] ^= 0x40 // one flipped bit in the last record
+	if err := os.WriteFile(path, data, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	err = c.tryStart(2)
@@ -288,21 +303,62 @@ func TestLostTailDetected(t *testing.T) {
 	c.waitValue(1, "k", "4", 5*time.Second)
 	dir := c.node(3).cfg.Dir
 	c.kill(3)
-	db, err := bolt.Open(filepath.Join(dir, "raft.db"), 0o600, nil)
+	path := lastSegment(t, dir)
+	data, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = db.Update(func(tx *bolt.Tx) error {
-		lb := shardBucket(tx, 1).Bucket(bktLog)
-		k, _ := lb.Cursor().Last()
-		return lb.Delete(k)
-	})
-	db.Close()
-	if err != nil {
+	recs := walRecords(t, data)
+	last := -1
+	for i, r := range recs {
+		if r[walHeader] == recEntries {
+			last = i
+		}
+	}
+	if last < 0 {
+		t.Fatal("no entries record in the WAL")
+	}
+	// The entries go, the HardState that committed them stays.
+	kept := slices.Concat(slices.Concat(recs[:last]...), slices.Concat(recs[last+1:]...))
+	if err := os.WriteFile(path, kept, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.tryStart(3); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("want ErrCorrupt, got %v", err)
+	}
+}
+
+// A torn append at the end of the WAL (a record cut short, or a tail of
+// zeros: a write that never completed, so was never acknowledged) ends the
+// log instead of failing Open, and the node serves every acknowledged write.
+func TestTornTailIgnored(t *testing.T) {
+	c := newTestCluster(t, 3, nil)
+	c.bootstrap(1)
+	for i := range 5 {
+		c.mustPut(1, "k", fmt.Sprint(i))
+	}
+	c.waitValue(1, "k", "4", 5*time.Second)
+	for _, tail := range [][]byte{
+		{0, 0, 1, 0, 0xde, 0xad, 0xbe, 0xef, 2, 0, 0, 0}, // a 256-byte record cut after 4 bytes
+		make([]byte, 4096), // zeros
+	} {
+		dir := c.node(2).cfg.Dir
+		c.kill(2)
+		path := lastSegment(t, dir)
+		f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.Write(tail); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.tryStart(2); err != nil {
+			t.Fatalf("open with a torn tail: %v", err)
+		}
+		c.waitValue(1, "k", "4", 5*time.Second, 2)
 	}
 }
 

@@ -59,6 +59,27 @@ func (n *Node) CreateReplica(shard uint32, id ReplicaID, peers []ReplicaID) erro
 		if exists {
 			return fmt.Errorf("%w: shard %d", ErrReplicaExists, shard)
 		}
+		// The log first: a crash before the bbolt bucket exists leaves an
+		// orphan WAL log, dropped at the next start; the reverse would
+		// leave a replica without a log.
+		st := &raftStorage{shard: shard, hs: &pb.HardState{}, cs: &pb.ConfState{}}
+		var applied indexTerm
+		if len(peers) > 0 {
+			// Bootstrap as if from a snapshot at index 1, term 1 holding
+			// the initial configuration (as raft recommends instead of
+			// Bootstrap): identical on every initial replica.
+			for _, p := range peers {
+				st.cs.Voters = append(st.cs.Voters, uint64(p))
+			}
+			st.hs = &pb.HardState{Term: new(uint64(1)), Commit: new(uint64(1))}
+			st.trunc, applied = indexTerm{1, 1}, indexTerm{1, 1}
+		}
+		if err := st.checkpoint(n.wal, id); err != nil {
+			return err
+		}
+		if err := n.walSync("create replica"); err != nil {
+			return err
+		}
 		err := n.update("create replica", func(tx *bolt.Tx) error {
 			b, err := tx.Bucket(bktShards).CreateBucket(u32key(shard))
 			if err != nil {
@@ -67,49 +88,17 @@ func (n *Node) CreateReplica(shard uint32, id ReplicaID, peers []ReplicaID) erro
 			if err := b.Put(keyReplica, binary.BigEndian.AppendUint64(nil, uint64(id))); err != nil {
 				return err
 			}
-			if _, err := b.CreateBucket(bktLog); err != nil {
-				return err
-			}
 			if _, err := b.CreateBucket(bktSM); err != nil {
 				return err
 			}
 			if len(peers) == 0 {
 				return nil
 			}
-			// Bootstrap as if from a snapshot at index 1, term 1 holding
-			// the initial configuration (as raft recommends instead of
-			// Bootstrap): identical on every initial replica.
-			cs := &pb.ConfState{}
-			for _, p := range peers {
-				cs.Voters = append(cs.Voters, uint64(p))
-			}
-			if err := putHardState(b, &pb.HardState{Term: new(uint64(1)), Commit: new(uint64(1))}); err != nil {
-				return err
-			}
-			tv, err := encodeIndexTerm(indexTerm{1, 1}, nil)
-			if err != nil {
-				return err
-			}
-			if err := b.Put(keyTrunc, tv); err != nil {
-				return err
-			}
-			av, err := encodeIndexTerm(indexTerm{1, 1}, cs)
+			av, err := encodeIndexTerm(applied, st.cs)
 			if err != nil {
 				return err
 			}
 			return b.Put(keyApplied, av)
-		})
-		if err != nil {
-			return err
-		}
-		var (
-			st      *raftStorage
-			applied indexTerm
-		)
-		err = n.db().View(func(tx *bolt.Tx) error {
-			var err error
-			_, st, applied, err = loadReplica(shardBucket(tx, shard), shard)
-			return err
 		})
 		if err != nil {
 			return err
@@ -137,6 +126,10 @@ func (n *Node) DestroyReplica(shard uint32) error {
 		r.failAll(fmt.Errorf("%w: shard %d destroyed", ErrShardNotFound, shard))
 		r.mu.Unlock()
 		n.loopReplicas = slices.DeleteFunc(n.loopReplicas, func(x *replica) bool { return x == r })
+		// The applier may be applying to the bucket: let it finish (its
+		// next batches skip the destroyed replica). The WAL log is left
+		// to the next checkpoint, which no longer includes it.
+		n.applier.barrier()
 		return n.update("destroy replica", func(tx *bolt.Tx) error {
 			return tx.Bucket(bktShards).DeleteBucket(u32key(shard))
 		})

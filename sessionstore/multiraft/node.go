@@ -23,7 +23,7 @@ import (
 type Config struct {
 	// Store is this node's store id (not 0).
 	Store StoreID
-	// Dir holds the node's raft.db.
+	// Dir holds the node's WAL (wal/) and state machines (raft.db).
 	Dir string
 	// StateMachine is the replicated state (required).
 	StateMachine StateMachine
@@ -40,7 +40,9 @@ type Config struct {
 	HeartbeatTicks int
 
 	// CompactThreshold: a shard's log is compacted once it holds more than
-	// this many entries up to its applied index: 10000.
+	// this many entries up to its durable applied index: 4000. The log
+	// since the last compaction is kept in memory (and in the WAL), so this
+	// bounds the memory of a busy shard.
 	CompactThreshold uint64
 	// CompactRetain entries before the applied index survive a compaction,
 	// so a follower slightly behind catches up from the log rather than by
@@ -58,12 +60,13 @@ type Config struct {
 	// Logger receives raft's logs; the default drops debug and info.
 	Logger raft.Logger
 
-	// OnApplied, if set, is called on the loop goroutine once the
-	// transaction that applied entries (or restored a snapshot) of shard
-	// up to index is durable (the proposers of those entries may have been
-	// answered already: see processReady): the place to wake readers
-	// waiting for new state, on every replica. It must not block or call
-	// back into the Node.
+	// OnApplied, if set, is called on the applier goroutine (on the loop
+	// for a restored snapshot, never concurrently) once the transaction
+	// that applied entries (or restored a snapshot) of shard up to index is
+	// durable (the proposers of those entries may have been answered
+	// already: see applier.go): the place to wake readers waiting for new
+	// state, on every replica. It must not block or call back into the
+	// Node.
 	OnApplied func(shard uint32, index uint64, snapshot bool)
 
 	// StorageRetryInterval is how often a node that refuses work after a
@@ -72,10 +75,13 @@ type Config struct {
 
 	// faults injects disk faults around commits (tests).
 	faults *diskFaults
-	// legacyWritePath: leaders' messages wait for their commit too, and
-	// proposers are answered only once their entry's application is
-	// durable here (the write path before both optimizations of
-	// processReady; benchmarks compare the two).
+	// segmentBytes: the WAL starts a new segment past this size
+	// (walSegmentBytes; tests make it small).
+	segmentBytes int64
+	// legacyWritePath: leaders' messages wait for their WAL append too,
+	// and proposers are answered only once their entry's application is
+	// durable here (without both optimizations of the write path;
+	// benchmarks compare the two).
 	legacyWritePath bool
 }
 
@@ -90,7 +96,7 @@ func (c *Config) setDefaults() {
 		c.HeartbeatTicks = 1
 	}
 	if c.CompactThreshold == 0 {
-		c.CompactThreshold = 10000
+		c.CompactThreshold = 4000
 	}
 	if c.CompactRetain == 0 {
 		c.CompactRetain = 1000
@@ -107,6 +113,9 @@ func (c *Config) setDefaults() {
 	if c.MaxUncommittedBytes == 0 {
 		c.MaxUncommittedBytes = 64 << 20
 	}
+	if c.segmentBytes == 0 {
+		c.segmentBytes = walSegmentBytes
+	}
 	if c.StorageRetryInterval == 0 {
 		c.StorageRetryInterval = time.Second
 	}
@@ -117,12 +126,17 @@ func (c *Config) setDefaults() {
 
 // Stats are counters since Open.
 type Stats struct {
-	// Syncs counts group commits: durable bbolt transactions written by
-	// the loop (each is one commit with its fdatasyncs, whatever the number
-	// of shards and entries in it).
+	// Syncs counts group commits: WAL appends made durable by the loop
+	// (each one write and one fdatasync, whatever the number of shards and
+	// entries in it).
 	Syncs uint64
 	// SyncTime is the time spent in those commits.
 	SyncTime time.Duration
+	// ApplyCommits counts the applier's bbolt transactions (state machine
+	// writes of any number of shards and iterations), ApplyTime the time
+	// spent in them.
+	ApplyCommits uint64
+	ApplyTime    time.Duration
 	// Proposals counts commands and conf changes accepted by Propose & co.
 	Proposals uint64
 	// Applied counts log entries applied.
@@ -139,12 +153,13 @@ type Stats struct {
 type counters struct {
 	syncs, syncNanos, proposals, applied, snaps, sends, msgs atomic.Uint64
 	storFails, storRecoveries                                atomic.Uint64
+	applyCommits, applyNanos                                 atomic.Uint64
 }
 
-// Node hosts the replicas of many shards in one process: one bbolt file,
-// one loop goroutine that processes the Ready of every group and persists
-// them with one fsync (group commit), one ticker for all groups, and one
-// Transport.
+// Node hosts the replicas of many shards in one process: one WAL, one
+// bbolt file for the state machines, one loop goroutine that processes the
+// Ready of every group and persists them with one fsync (group commit), one
+// applier goroutine, one ticker for all groups, and one Transport.
 type Node struct {
 	cfg Config
 	// dbp is the open raft.db, nil while the node refuses work after a
@@ -155,6 +170,8 @@ type Node struct {
 	replicas map[uint32]*replica
 
 	loopReplicas []*replica // owned by the loop goroutine
+	wal          *wal       // owned by the loop goroutine
+	applier      *applier
 
 	readyC chan struct{}
 	opC    chan func()
@@ -195,6 +212,7 @@ func Open(cfg Config) (*Node, error) {
 		opC:      make(chan func()),
 		stopC:    make(chan struct{}),
 		doneC:    make(chan struct{}),
+		applier:  newApplier(),
 	}
 	var rb [8]byte
 	_, _ = rand.Read(rb[:])
@@ -202,12 +220,15 @@ func Open(cfg Config) (*Node, error) {
 	n.dbp.Store(db)
 	if err := n.load(); err != nil {
 		db.Close()
+		n.wal.close()
 		return nil, err
 	}
 	if err := cfg.Transport.Start((*nodeHandler)(n)); err != nil {
 		db.Close()
+		n.wal.close()
 		return nil, err
 	}
+	go n.runApplier()
 	go n.run()
 	return n, nil
 }
@@ -228,14 +249,22 @@ func openDB(dir string) (*bolt.DB, error) {
 // failure.
 func (n *Node) db() *bolt.DB { return n.dbp.Load() }
 
+// load reads the state machine's replicas from raft.db and their logs from
+// the WAL, verifies them, starts a new WAL segment with a checkpoint of
+// them (which also leaves any torn tail behind) and starts the replicas.
+// A raft.db of format 1 (the log in bbolt) is migrated to the WAL.
 func (n *Node) load() error {
 	type loaded struct {
 		shard   uint32
 		id      ReplicaID
 		st      *raftStorage
 		applied indexTerm
+		cs      *pb.ConfState
+		// snapshot: see fromWAL
+		snapshot uint64
 	}
-	var all []loaded
+	var all []*loaded
+	legacy := false
 	err := n.db().Update(func(tx *bolt.Tx) error {
 		meta, err := tx.CreateBucketIfNotExists(bktMeta)
 		if err != nil {
@@ -245,11 +274,19 @@ func (n *Node) load() error {
 			if len(v) != 4 || StoreID(binary.BigEndian.Uint32(v)) != n.cfg.Store {
 				return fmt.Errorf("multiraft: %s belongs to store %x, not %d", n.cfg.Dir, v, n.cfg.Store)
 			}
+			f := meta.Get(keyFormat)
+			switch {
+			case len(f) == 1 && f[0] == 1:
+				legacy = true
+			case len(f) == 1 && f[0] == formatWAL:
+			default:
+				return fmt.Errorf("%w: unknown raft.db format %x", ErrCorrupt, f)
+			}
 		} else {
 			if err := meta.Put(keyStore, u32key(uint32(n.cfg.Store))); err != nil {
 				return err
 			}
-			if err := meta.Put(keyFormat, []byte{1}); err != nil {
+			if err := meta.Put(keyFormat, []byte{formatWAL}); err != nil {
 				return err
 			}
 		}
@@ -262,16 +299,80 @@ func (n *Node) load() error {
 				return fmt.Errorf("%w: bad shard key %x", ErrCorrupt, k)
 			}
 			shard := binary.BigEndian.Uint32(k)
-			id, st, applied, err := loadReplica(shards.Bucket(k), shard)
-			if err != nil {
-				return err
+			b := shards.Bucket(k)
+			if legacy {
+				id, st, applied, err := loadReplica(b, shard)
+				if err != nil {
+					return err
+				}
+				all = append(all, &loaded{shard: shard, id: id, st: st, applied: applied, cs: st.cs})
+				return nil
 			}
-			all = append(all, loaded{shard, id, st, applied})
+			rv := b.Get(keyReplica)
+			if len(rv) != 8 {
+				return fmt.Errorf("%w: shard %d: missing replica id", ErrCorrupt, shard)
+			}
+			l := &loaded{shard: shard, id: ReplicaID(binary.BigEndian.Uint64(rv)), cs: &pb.ConfState{}}
+			if v := b.Get(keySnapshot); len(v) == 8 {
+				l.snapshot = binary.BigEndian.Uint64(v)
+			}
+			if v := b.Get(keyApplied); v != nil {
+				if l.applied, l.cs, err = decodeIndexTerm(v); err != nil {
+					return fmt.Errorf("%w: shard %d: applied: %v", ErrCorrupt, shard, err)
+				}
+			}
+			all = append(all, l)
 			return nil
 		})
 	})
 	if err != nil {
 		return err
+	}
+	walDir := filepath.Join(n.cfg.Dir, walDirName)
+	logs, lastSeq, err := replayWAL(walDir)
+	if err != nil {
+		return err
+	}
+	cp := &wal{}
+	for _, l := range all {
+		if !legacy {
+			wl := logs[l.shard]
+			if wl == nil || wl.id != l.id {
+				return fmt.Errorf("%w: shard %d: no log in %s for replica %v", ErrCorrupt, l.shard, walDir, l.id)
+			}
+			if l.st, err = fromWAL(l.shard, wl, l.applied, l.cs, l.snapshot); err != nil {
+				return err
+			}
+		}
+		if err := l.st.checkpoint(cp, l.id); err != nil {
+			return err
+		}
+	}
+	w, err := createSegment(walDir, lastSeq+1, cp.buf, n.cfg.faults)
+	if err != nil {
+		return n.storageFailed("WAL checkpoint", err)
+	}
+	n.wal.close()
+	n.wal = w
+	if legacy {
+		// The logs are in the WAL now (durable): drop them from raft.db.
+		err := n.update("WAL migration", func(tx *bolt.Tx) error {
+			for _, l := range all {
+				b := shardBucket(tx, l.shard)
+				if err := b.DeleteBucket(bktLog); err != nil {
+					return err
+				}
+				for _, k := range [][]byte{keyHS, keyTrunc} {
+					if err := b.Delete(k); err != nil {
+						return err
+					}
+				}
+			}
+			return tx.Bucket(bktMeta).Put(keyFormat, []byte{formatWAL})
+		})
+		if err != nil {
+			return err
+		}
 	}
 	for _, l := range all {
 		if err := n.startReplica(l.shard, l.id, l.st, l.applied); err != nil {
@@ -284,15 +385,17 @@ func (n *Node) load() error {
 func (n *Node) startReplica(shard uint32, id ReplicaID, st *raftStorage, applied indexTerm) error {
 	st.db, st.sm = n.db(), n.cfg.StateMachine
 	r := &replica{
-		n:         n,
-		shard:     shard,
-		id:        id,
-		st:        st,
-		applied:   applied,
-		cs:        proto.CloneOf(st.cs),
-		leaderCh:  make(chan struct{}),
-		proposals: map[uint64]*proposal{},
-		reads:     map[uint64]*readReq{},
+		n:          n,
+		shard:      shard,
+		id:         id,
+		st:         st,
+		smApplied:  applied,
+		smCS:       proto.CloneOf(st.cs),
+		appliedIx:  applied.index,
+		durApplied: applied,
+		leaderCh:   make(chan struct{}),
+		proposals:  map[uint64]*proposal{},
+		reads:      map[uint64]*readReq{},
 	}
 	rn, err := raft.NewRawNode(&raft.Config{
 		ID:                        uint64(id),
@@ -342,6 +445,8 @@ func (n *Node) Stats() Stats {
 	return Stats{
 		Syncs:            n.stats.syncs.Load(),
 		SyncTime:         time.Duration(n.stats.syncNanos.Load()),
+		ApplyCommits:     n.stats.applyCommits.Load(),
+		ApplyTime:        time.Duration(n.stats.applyNanos.Load()),
 		Proposals:        n.stats.proposals.Load(),
 		Applied:          n.stats.applied.Load(),
 		SnapshotsApplied: n.stats.snaps.Load(),
@@ -370,7 +475,9 @@ func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
 		close(n.stopC)
 		<-n.doneC
+		n.applier.stop()
 		n.fail(ErrStopped)
+		n.wal.close()
 	})
 	if db := n.dbp.Swap(nil); db != nil {
 		return db.Close()
@@ -507,16 +614,11 @@ func (n *Node) run() {
 type readyWork struct {
 	r  *replica
 	rd raft.Ready
-	// early: the messages may go out before the transaction is durable
+	// early: the messages may go out before the WAL append is durable
 	// (see processReady).
 	early bool
-
-	// results of the transaction, published after it is durable
-	first, last, truncTerm uint64
-	applied                indexTerm
-	cs                     *pb.ConfState
-	snapIndex              uint64
-	results                []applyResult
+	// snapIndex: the index of the snapshot restored, 0 if none.
+	snapIndex uint64
 }
 
 type applyResult struct {
@@ -530,24 +632,31 @@ type applyResult struct {
 // processReady handles the Ready of every group that has one, in the order
 // raft's Ready contract demands:
 //
-//  1. one bbolt write transaction persists, for all groups, the incoming
-//     snapshot, the new entries (replacing any conflicting tail) and the
-//     HardState, then applies the committed entries to the state machine
-//     (in the same transaction, together with each group's applied index)
-//     and compacts logs that grew past the threshold; its commit is the
-//     single fsync of the iteration (group commit);
-//  2. only after that commit, the new log bounds are published to
-//     raft.Storage and messages are sent (grouped per destination store:
-//     one Transport.Send per store), except a leader's, which go out
-//     before the commit when its term and vote did not change;
-//  3. Advance, then proposers and readers are answered.
+//  1. the incoming snapshot is restored into the state machine (after the
+//     applier has finished what it had), then one WAL append persists,
+//     for all groups, the snapshot's reset, the new entries (replacing any
+//     conflicting tail) and the HardState; its fdatasync is the single
+//     fsync of the iteration (group commit);
+//  2. only after that, the new log is handed to raft.Storage and messages
+//     are sent (grouped per destination store: one Transport.Send per
+//     store), except a leader's, which go out before the append when its
+//     term and vote did not change;
+//  3. the committed entries go to the applier (see applier.go), then
+//     Advance; logs past the compaction threshold are compacted, and the
+//     WAL starts a new segment when the current one is full.
 //
-// A failed commit returns an error and the node refuses work (see
+// A failed append returns an error and the node refuses work (see
 // storagefail.go) without sending or acknowledging anything else from this
 // iteration.
 func (n *Node) processReady() error {
 	var work []*readyWork
-	needTxn := false
+	// needSync: entries, a snapshot or a new term or vote must be durable
+	// before the iteration's messages and acknowledgements. A HardState
+	// that only moves the commit index is written with the next append
+	// but needs no fsync of its own (a restarted replica learns the
+	// commit index again from the leader; see fromWAL): that saves an
+	// fsync per write on every node, as etcd does.
+	needSync, needWrite, snaps, confs := false, false, false, false
 	for _, r := range n.loopReplicas {
 		r.mu.Lock()
 		if r.destroyed || !r.rn.HasReady() {
@@ -559,54 +668,57 @@ func (n *Node) processReady() error {
 		w.early = !n.cfg.legacyWritePath && r.rn.BasicStatus().RaftState == raft.StateLeader &&
 			raft.IsEmptySnap(w.rd.Snapshot) && r.st.sameTermVote(w.rd.HardState)
 		r.mu.Unlock()
-		if !raft.IsEmptySnap(w.rd.Snapshot) || len(w.rd.Entries) > 0 ||
-			!raft.IsEmptyHardState(w.rd.HardState) || len(w.rd.CommittedEntries) > 0 {
-			needTxn = true
+		if !raft.IsEmptySnap(w.rd.Snapshot) {
+			snaps = true
+		}
+		if !raft.IsEmptySnap(w.rd.Snapshot) || len(w.rd.Entries) > 0 || !r.st.sameTermVote(w.rd.HardState) {
+			needSync = true
+		}
+		if !raft.IsEmptyHardState(w.rd.HardState) {
+			needWrite = true
+		}
+		for _, e := range w.rd.CommittedEntries {
+			if e.GetType() != pb.EntryNormal {
+				confs = true
+			}
 		}
 		work = append(work, w)
 	}
 	if len(work) == 0 {
 		return nil
 	}
-	for _, w := range work {
-		w.first, w.last, w.truncTerm = w.r.st.bounds()
-		w.applied = w.r.applied
+	if snaps {
+		// The state machine must not be written under the restore.
+		n.applier.barrier()
+		if err := n.err(); err != nil {
+			return err
+		}
 	}
-	if needTxn {
+	if !needSync && needWrite {
+		for _, w := range work {
+			if err := n.persist(w); err != nil {
+				return fmt.Errorf("shard %d: %w", w.r.shard, err)
+			}
+		}
+	}
+	if needSync {
 		// A leader's messages go out before its own append is durable,
 		// so the followers' fsyncs overlap the leader's (Raft thesis
 		// §10.2.1; raft's Ready contract allows sending while the same
 		// batch's entries are persisted). Safe because the leader counts
 		// its own log for a quorum only after Advance, i.e. after this
-		// commit, and a follower acknowledges only what it persisted
-		// (its messages wait for the commit). Not when the term or vote
+		// append, and a follower acknowledges only what it persisted
+		// (its messages wait for the append). Not when the term or vote
 		// changed in this batch: those must be durable before anything
 		// that depends on them leaves the node.
 		n.send(work, func(w *readyWork) bool { return w.early })
 		t0 := time.Now()
-		err := n.update("group commit", func(tx *bolt.Tx) error {
-			for _, w := range work {
-				if err := n.persist(tx, w); err != nil {
-					return fmt.Errorf("shard %d: %w", w.r.shard, err)
-				}
+		for _, w := range work {
+			if err := n.persist(w); err != nil {
+				return fmt.Errorf("shard %d: %w", w.r.shard, err)
 			}
-			if !n.cfg.legacyWritePath {
-				// Proposers are answered before this commit's fsync:
-				// their entries are committed, i.e. durable in the logs
-				// of a quorum, so the write is durable whatever happens
-				// to this transaction, and its result is what replaying
-				// the log gives again (the state machine is
-				// deterministic and this transaction starts from the
-				// last durable one). Reads stay linearizable: they wait
-				// for the applied index, published after the commit.
-				// This takes one fsync off a write's latency.
-				for _, w := range work {
-					w.r.answer(w.results)
-				}
-			}
-			return nil
-		})
-		if err != nil {
+		}
+		if err := n.walSync("WAL append"); err != nil {
 			return err
 		}
 		n.stats.syncs.Add(1)
@@ -617,14 +729,40 @@ func (n *Node) processReady() error {
 	}
 	if n.cfg.OnApplied != nil {
 		for _, w := range work {
-			if len(w.rd.CommittedEntries) > 0 || w.snapIndex > 0 {
-				n.cfg.OnApplied(w.r.shard, w.applied.index, w.snapIndex > 0)
+			if w.snapIndex > 0 {
+				n.cfg.OnApplied(w.r.shard, w.snapIndex, true)
 			}
 		}
 	}
-	n.send(work, func(w *readyWork) bool { return !needTxn || !w.early })
+	n.send(work, func(w *readyWork) bool { return !needSync || !w.early })
+	var batch applyBatch
+	for _, w := range work {
+		if len(w.rd.CommittedEntries) > 0 {
+			batch.items = append(batch.items, applyItem{r: w.r, ents: w.rd.CommittedEntries})
+		}
+	}
+	if len(batch.items) > 0 {
+		if confs {
+			batch.done = make(chan struct{})
+		}
+		n.applier.enqueue(&batch)
+		if confs {
+			select {
+			case <-batch.done:
+			case <-n.applier.doneC:
+			}
+		}
+	}
 	for _, w := range work {
 		w.r.advance(w)
+	}
+	for _, w := range work {
+		n.maybeCompact(w.r)
+	}
+	if n.wal.size-n.wal.base > n.cfg.segmentBytes {
+		if err := n.rotateWAL(); err != nil {
+			return err
+		}
 	}
 	// Advance may have produced more work (e.g. the leader's own append
 	// acknowledgement advancing the commit index).
@@ -632,133 +770,118 @@ func (n *Node) processReady() error {
 	return nil
 }
 
-func (n *Node) persist(tx *bolt.Tx, w *readyWork) error {
+// persist adds w's snapshot (restored into the state machine first: see
+// wal.go), entries and HardState to the WAL's pending append.
+func (n *Node) persist(w *readyWork) error {
 	r, rd := w.r, w.rd
-	b := shardBucket(tx, r.shard)
-	if b == nil {
-		return ErrShardNotFound
-	}
 	if !raft.IsEmptySnap(rd.Snapshot) {
-		if err := n.restoreSnapshot(b, w, rd.Snapshot); err != nil {
+		if err := n.restoreSnapshot(w, rd.Snapshot); err != nil {
 			return err
 		}
+		md := rd.Snapshot.GetMetadata()
+		n.wal.addReset(r.shard, r.id, indexTerm{md.GetIndex(), md.GetTerm()})
 	}
 	if len(rd.Entries) > 0 {
-		last, err := appendEntries(b, rd.Entries, w.last)
-		if err != nil {
+		if err := n.wal.addEntries(r.shard, r.id, rd.Entries); err != nil {
 			return err
 		}
-		w.last = last
 	}
 	if !raft.IsEmptyHardState(rd.HardState) {
-		if err := putHardState(b, rd.HardState); err != nil {
+		if err := n.wal.addHardState(r.shard, r.id, rd.HardState); err != nil {
 			return err
 		}
 	}
-	if len(rd.CommittedEntries) == 0 {
-		return nil
-	}
-	smb := b.Bucket(bktSM)
-	for _, e := range rd.CommittedEntries {
-		if e.GetIndex() != w.applied.index+1 {
-			return fmt.Errorf("applying entry %d after %d", e.GetIndex(), w.applied.index)
-		}
-		switch e.GetType() {
-		case pb.EntryNormal:
-			data := e.GetData()
-			if len(data) == 0 { // a new leader's empty entry
-				break
-			}
-			if len(data) < 8 {
-				return fmt.Errorf("%w: entry %d: %d-byte payload", ErrCorrupt, e.GetIndex(), len(data))
-			}
-			res, err := n.cfg.StateMachine.Apply(smb, r.shard, e.GetIndex(), data[8:])
-			if err != nil {
-				return fmt.Errorf("state machine: entry %d: %w", e.GetIndex(), err)
-			}
-			w.results = append(w.results, applyResult{id: binary.BigEndian.Uint64(data), data: res})
-		case pb.EntryConfChange, pb.EntryConfChangeV2:
-			var cc pb.ConfChangeI
-			var ctx []byte
-			if e.GetType() == pb.EntryConfChange {
-				c := &pb.ConfChange{}
-				if err := proto.Unmarshal(e.GetData(), c); err != nil {
-					return err
-				}
-				cc, ctx = c, c.GetContext()
-			} else {
-				c := &pb.ConfChangeV2{}
-				if err := proto.Unmarshal(e.GetData(), c); err != nil {
-					return err
-				}
-				cc, ctx = c, c.GetContext()
-			}
-			r.mu.Lock()
-			w.cs = r.rn.ApplyConfChange(cc)
-			r.mu.Unlock()
-			if len(ctx) == 8 {
-				w.results = append(w.results, applyResult{id: binary.BigEndian.Uint64(ctx), conf: true})
-			}
-		}
-		w.applied = indexTerm{e.GetIndex(), e.GetTerm()}
-	}
-	cs := w.cs
-	if cs == nil {
-		cs = r.cs
-	}
-	v, err := encodeIndexTerm(w.applied, cs)
-	if err != nil {
-		return err
-	}
-	if err := b.Put(keyApplied, v); err != nil {
-		return err
-	}
-	// Compaction: keep the log bounded. Entries up to the applied index are
-	// in the state machine, so they can go; CompactRetain of them stay for
-	// followers that are only slightly behind.
-	if w.applied.index-(w.first-1) > n.cfg.CompactThreshold {
-		to := w.applied.index - n.cfg.CompactRetain
-		term, err := compactLog(b, w.first, to)
-		if err != nil {
-			return err
-		}
-		w.first, w.truncTerm = to+1, term
-	}
-	n.stats.applied.Add(uint64(len(rd.CommittedEntries)))
 	return nil
 }
 
-func (n *Node) restoreSnapshot(b *bolt.Bucket, w *readyWork, snap *pb.Snapshot) error {
+// walSync makes the pending WAL records durable; a failure makes the node
+// refuse work.
+func (n *Node) walSync(what string) error {
+	if n.wal == nil {
+		return n.stoppedErr()
+	}
+	if err := n.wal.sync(n.cfg.faults); err != nil {
+		return n.storageFailed(what, err)
+	}
+	return nil
+}
+
+// maybeCompact drops r's log entries that the state machine holds durably
+// once there are more than CompactThreshold of them, keeping
+// CompactRetain for followers slightly behind. The WAL record goes with the
+// next append; losing it only means a longer log after a restart.
+func (n *Node) maybeCompact(r *replica) {
+	r.mu.Lock()
+	applied := r.durApplied
+	r.mu.Unlock()
+	first, _, _ := r.st.bounds()
+	if applied.index < first || applied.index-(first-1) <= n.cfg.CompactThreshold {
+		return
+	}
+	to := applied.index - n.cfg.CompactRetain
+	it := indexTerm{to, r.st.termAt(to)}
+	n.wal.addCompact(r.shard, r.id, it)
+	r.st.compactTo(it)
+}
+
+// rotateWAL starts a new segment with a checkpoint of every replica's log
+// and deletes the older ones.
+func (n *Node) rotateWAL() error {
+	cp := &wal{}
+	for _, r := range n.loopReplicas {
+		if err := r.st.checkpoint(cp, r.id); err != nil {
+			return err
+		}
+	}
+	w, err := createSegment(n.wal.dir, n.wal.seq+1, cp.buf, n.cfg.faults)
+	if err != nil {
+		return n.storageFailed("WAL segment", err)
+	}
+	n.wal.close()
+	n.wal = w
+	return nil
+}
+
+// restoreSnapshot replaces the shard's state machine with the snapshot's,
+// durably, before its WAL reset is written (see fromWAL for a crash in
+// between).
+func (n *Node) restoreSnapshot(w *readyWork, snap *pb.Snapshot) error {
 	md := snap.GetMetadata()
-	for _, name := range [][]byte{bktSM, bktLog} {
-		if err := b.DeleteBucket(name); err != nil && !errors.Is(err, bolterrors.ErrBucketNotFound) {
-			return err
-		}
-		if _, err := b.CreateBucket(name); err != nil {
-			return err
-		}
-	}
-	if err := n.cfg.StateMachine.Restore(b.Bucket(bktSM), w.r.shard, bytes.NewReader(snap.GetData())); err != nil {
-		return fmt.Errorf("state machine restore: %w", err)
-	}
 	it := indexTerm{md.GetIndex(), md.GetTerm()}
-	tv, err := encodeIndexTerm(it, nil)
+	err := n.update("snapshot restore", func(tx *bolt.Tx) error {
+		b := shardBucket(tx, w.r.shard)
+		if b == nil {
+			return ErrShardNotFound
+		}
+		for _, name := range [][]byte{bktSM, bktLog} {
+			if err := b.DeleteBucket(name); err != nil && !errors.Is(err, bolterrors.ErrBucketNotFound) {
+				return err
+			}
+		}
+		sm, err := b.CreateBucket(bktSM)
+		if err != nil {
+			return err
+		}
+		if err := n.cfg.StateMachine.Restore(sm, w.r.shard, bytes.NewReader(snap.GetData())); err != nil {
+			return fmt.Errorf("state machine restore: %w", err)
+		}
+		av, err := encodeIndexTerm(it, md.GetConfState())
+		if err != nil {
+			return err
+		}
+		if err := b.Put(keySnapshot, u64key(it.index)); err != nil {
+			return err
+		}
+		// Counted before the commit: readers of the bucket may see the
+		// restored state while the commit's last fsync runs.
+		n.stats.snaps.Add(1)
+		return b.Put(keyApplied, av)
+	})
 	if err != nil {
 		return err
 	}
-	if err := b.Put(keyTrunc, tv); err != nil {
-		return err
-	}
-	av, err := encodeIndexTerm(it, md.GetConfState())
-	if err != nil {
-		return err
-	}
-	if err := b.Put(keyApplied, av); err != nil {
-		return err
-	}
-	w.first, w.last, w.truncTerm = it.index+1, it.index, it.term
-	w.applied, w.cs, w.snapIndex = it, proto.CloneOf(md.GetConfState()), it.index
-	n.stats.snaps.Add(1)
+	w.r.smApplied, w.r.smCS = it, proto.CloneOf(md.GetConfState())
+	w.snapIndex = it.index
 	return nil
 }
 

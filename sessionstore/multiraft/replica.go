@@ -19,9 +19,10 @@ type replica struct {
 	id    ReplicaID
 	st    *raftStorage
 
-	// loop-owned: the durable applied index and the ConfState at it.
-	applied indexTerm
-	cs      *pb.ConfState
+	// applier-owned: the state machine's applied index (in the applier's
+	// open transaction) and the ConfState at it.
+	smApplied indexTerm
+	smCS      *pb.ConfState
 
 	mu        sync.Mutex // guards everything below and rn
 	rn        *raft.RawNode
@@ -30,6 +31,12 @@ type replica struct {
 	role      raft.StateType
 	leaderCh  chan struct{} // closed and replaced when lead or role changes
 	appliedIx uint64        // durable applied index, for readers
+	// durApplied is the durable applied index with its term: the log can
+	// be compacted up to it.
+	durApplied indexTerm
+	// confDone are applied conf changes whose proposers are answered after
+	// the loop's next Advance.
+	confDone  []applyResult
 	proposals map[uint64]*proposal
 	unplaced  []uint64 // proposals accepted since the last Ready
 	reads     map[uint64]*readReq
@@ -116,24 +123,32 @@ func (r *replica) placeProposals(ents []*pb.Entry) {
 	r.unplaced = r.unplaced[:0]
 }
 
-// published runs after the iteration's transaction is durable: it exposes
-// the new log bounds to raft.Storage (before Advance lets raft drop the
-// entries from its unstable log).
+// published runs once the iteration's WAL records are durable: it hands
+// the new entries, HardState or snapshot to raft.Storage (before Advance
+// lets raft drop them from its unstable log).
 func (r *replica) published(w *readyWork) {
-	r.st.mu.Lock()
-	r.st.first, r.st.last, r.st.truncTerm = w.first, w.last, w.truncTerm
-	if !raft.IsEmptyHardState(w.rd.HardState) {
-		r.st.hs = w.rd.HardState
+	if w.snapIndex > 0 {
+		md := w.rd.Snapshot.GetMetadata()
+		r.st.resetTo(indexTerm{md.GetIndex(), md.GetTerm()})
 	}
-	r.st.mu.Unlock()
-	r.applied = w.applied
-	if w.cs != nil {
-		r.cs = w.cs
+	if len(w.rd.Entries) > 0 {
+		r.st.appendDurable(w.rd.Entries)
+	}
+	if !raft.IsEmptyHardState(w.rd.HardState) {
+		r.st.mu.Lock()
+		r.st.hs = w.rd.HardState
+		r.st.mu.Unlock()
 	}
 }
 
+func (r *replica) isDestroyed() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.destroyed
+}
+
 // answer answers the proposers of results but conf changes (see
-// processReady).
+// applier.go).
 func (r *replica) answer(results []applyResult) {
 	if len(results) == 0 {
 		return
@@ -147,9 +162,81 @@ func (r *replica) answer(results []applyResult) {
 	}
 }
 
-// advance hands the Ready back to raft and then answers proposers and
-// readers, so a caller that proposes again right after an answer (say a
-// second conf change) finds raft's applied index already moved.
+// appliedDurable runs on the applier once the transaction that applied
+// entries up to applied is durable: readers waiting for it go, conf
+// changes wait for the loop's Advance (advance answers them).
+func (r *replica) appliedDurable(applied indexTerm, results []applyResult, answerAll bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.destroyed {
+		return
+	}
+	if applied.index > r.appliedIx {
+		r.appliedIx = applied.index
+		r.durApplied = applied
+	}
+	for _, res := range results {
+		p := r.proposals[res.id]
+		switch {
+		case p == nil:
+		case res.conf:
+			r.confDone = append(r.confDone, res)
+		case answerAll:
+			r.complete(res.id, p, res.data, nil)
+		}
+	}
+	r.dropOverwritten(0)
+	r.releaseReads()
+}
+
+// dropOverwritten answers the placed proposals whose slot is applied but
+// was not theirs: another leader's entry took it, so they are not
+// committed. If a snapshot (up to snapIndex) covered the slot we cannot
+// tell. Conf changes waiting for Advance are not overwritten. With r.mu.
+func (r *replica) dropOverwritten(snapIndex uint64) {
+	for id, p := range r.proposals {
+		if !p.placed || p.index > r.appliedIx {
+			continue
+		}
+		if r.confWaiting(id) {
+			continue
+		}
+		if p.index <= snapIndex {
+			r.complete(id, p, nil, ErrResultUnknown)
+		} else {
+			r.complete(id, p, nil, ErrProposalDropped)
+		}
+	}
+}
+
+func (r *replica) confWaiting(id uint64) bool {
+	for _, c := range r.confDone {
+		if c.id == id {
+			return true
+		}
+	}
+	return false
+}
+
+// releaseReads answers the reads whose index is applied durably. With r.mu.
+func (r *replica) releaseReads() {
+	if len(r.readWait) == 0 {
+		return
+	}
+	kept := r.readWait[:0]
+	for _, q := range r.readWait {
+		if q.index <= r.appliedIx {
+			q.ch <- nil
+		} else {
+			kept = append(kept, q)
+		}
+	}
+	r.readWait = kept
+}
+
+// advance hands the Ready back to raft and then answers the conf changes
+// applied meanwhile, so a caller that proposes again right after an answer
+// (say a second conf change) finds raft's applied index already moved.
 func (r *replica) advance(w *readyWork) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -157,24 +244,18 @@ func (r *replica) advance(w *readyWork) {
 		return
 	}
 	r.rn.Advance(w.rd)
-	r.appliedIx = w.applied.index
-	for _, res := range w.results {
+	if w.snapIndex > r.appliedIx {
+		r.appliedIx = w.snapIndex
+		r.durApplied = indexTerm{w.snapIndex, w.rd.Snapshot.GetMetadata().GetTerm()}
+	}
+	confs := r.confDone
+	r.confDone = nil
+	for _, res := range confs {
 		if p := r.proposals[res.id]; p != nil {
 			r.complete(res.id, p, res.data, nil)
 		}
 	}
-	// A placed proposal whose slot is now applied but was not ours lost
-	// its slot to another leader's entry: not committed. If a snapshot
-	// covered its slot we cannot tell.
-	for id, p := range r.proposals {
-		if p.placed && p.index <= w.applied.index {
-			if p.index <= w.snapIndex {
-				r.complete(id, p, nil, ErrResultUnknown)
-			} else {
-				r.complete(id, p, nil, ErrProposalDropped)
-			}
-		}
-	}
+	r.dropOverwritten(w.snapIndex)
 	for _, rs := range w.rd.ReadStates {
 		if len(rs.RequestCtx) != 8 {
 			continue
@@ -186,17 +267,7 @@ func (r *replica) advance(w *readyWork) {
 			r.readWait = append(r.readWait, q)
 		}
 	}
-	if len(r.readWait) > 0 {
-		kept := r.readWait[:0]
-		for _, q := range r.readWait {
-			if q.index <= r.appliedIx {
-				q.ch <- nil
-			} else {
-				kept = append(kept, q)
-			}
-		}
-		r.readWait = kept
-	}
+	r.releaseReads()
 	if ss := w.rd.SoftState; ss != nil {
 		lead := ReplicaID(ss.Lead)
 		if lead != r.lead || ss.RaftState != r.role {

@@ -12,28 +12,26 @@ import (
 
 // StateMachine is the replicated state of the shards, supplied by the caller.
 //
-// Each shard's state lives in its own bbolt bucket inside the node's raft
-// file (raft.db), and Apply writes into that bucket inside the same bbolt
-// write transaction that appends the Raft log, stores the HardState and
-// records the shard's applied index. So:
+// Each shard's state lives in its own bbolt bucket inside the node's
+// raft.db, and Apply writes into that bucket inside a bbolt write
+// transaction of the node's applier that also records the shard's applied
+// index. So:
 //
 //   - the applied index is persisted atomically with the state it describes:
 //     after a crash the node restarts from exactly the state at the recorded
-//     applied index, and never applies an entry twice or skips one (no
-//     "consistent index" bookkeeping in the state machine, no replay from a
-//     snapshot at every start);
-//   - one fsync per loop iteration covers the log appends, HardStates and
-//     state-machine writes of every shard (group commit), instead of one
-//     fsync for the log plus one for the state;
+//     applied index and replays the log (the WAL) from there; it never
+//     applies an entry twice or skips one (no "consistent index"
+//     bookkeeping in the state machine);
+//   - one apply transaction covers the committed entries of every shard
+//     that arrived while the previous one was being fsynced, off the Raft
+//     loop (whose WAL append is the fsync on a write's path);
 //   - snapshots are cheap: a snapshot of a shard is a consistent bbolt read
 //     transaction that reads the applied index and the bucket together, so
 //     it never blocks writes.
 //
-// The price is that the state machine's storage is bbolt and shares the file
-// with the log; that is what the store uses anyway.
-//
-// All methods are called from the node's single loop goroutine (Apply,
-// Restore) or from a snapshot goroutine (Snapshot, in a read transaction).
+// All methods but Snapshot are called from one goroutine at a time (Apply
+// from the applier, Restore from the loop while the applier is idle);
+// Snapshot from a snapshot goroutine, in a read transaction.
 type StateMachine interface {
 	// Apply applies one committed command of shard at log index. b is the
 	// shard's bucket (read-write). The result is returned to the proposer

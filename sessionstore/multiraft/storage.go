@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"hash/crc32"
+	"slices"
 	"sync"
 
 	bolt "go.etcd.io/bbolt"
@@ -13,32 +14,26 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// Storage layout. One bbolt file per node, <Dir>/raft.db:
+// Storage layout. The Raft logs and HardStates of all replicas are in the
+// node's WAL (<Dir>/wal/, see wal.go); the state machine is one bbolt file,
+// <Dir>/raft.db:
 //
 //	meta/                      store  → 4-byte store id (checked at Open)
-//	                           format → 1
+//	                           format → 2 (1: the log was in bbolt too;
+//	                                    migrated to the WAL at Open)
 //	shards/<shard BE u32>/     one bucket per hosted replica
 //	    replica → 8-byte ReplicaID of the local replica
-//	    hs      → crc | raftpb.HardState
-//	    trunc   → crc | index u64 | term u64   (last compacted entry)
 //	    applied → crc | index u64 | term u64 | raftpb.ConfState
-//	    log/    → index BE u64 → crc | raftpb.Entry
+//	    snapshot → index u64 of a restored snapshot, until the next apply
 //	    sm/     → the StateMachine's bucket for the shard
+//	  format 1 only: hs → crc | HardState, trunc → crc | index | term,
+//	    log/ → index BE u64 → crc | raftpb.Entry
 //
 // Every value the engine writes carries a CRC-32C of its payload, checked
-// when read and, for the whole log, at Open: bbolt's copy-on-write commit
-// protects against torn writes, but not against a page rotting or being
-// scribbled on; a bad checksum, a gap in the indexes, a term going
-// backwards or a commit index beyond the log fails Open with ErrCorrupt
-// instead of being used.
-//
-// Why bbolt rather than a WAL: one bbolt transaction is atomic across all
-// shards and across log, HardState, applied index and state-machine data,
-// so one commit (two fdatasyncs: pages, then meta page) is the group commit
-// of everything a loop iteration produced, crash consistency comes from
-// bbolt's shadow paging, and compaction is a range delete instead of
-// segment bookkeeping. A WAL would append faster for large entries; session
-// commands are small, and the log is compacted to a bounded length.
+// when read; a bad checksum, a gap in the indexes, a term going backwards
+// or a commit index beyond the log fails Open with ErrCorrupt instead of
+// being used. The applied index is written in the same bbolt transaction as
+// the state it describes, so a restart resumes applying exactly after it.
 var (
 	bktMeta    = []byte("meta")
 	bktShards  = []byte("shards")
@@ -50,6 +45,12 @@ var (
 	keyHS      = []byte("hs")
 	keyTrunc   = []byte("trunc")
 	keyApplied = []byte("applied")
+	// keySnapshot (format 2): index u64 of the snapshot the state machine
+	// was restored from, until an entry is applied after it.
+	keySnapshot = []byte("snapshot")
+
+	// formatWAL is the layout with the log in the WAL.
+	formatWAL byte = 2
 )
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
@@ -133,27 +134,27 @@ func decodeIndexTerm(v []byte) (indexTerm, *pb.ConfState, error) {
 	return it, cs, nil
 }
 
-// raftStorage is the raft.Storage of one replica, reading from bbolt. Writes
-// are done by the node loop inside its group-commit transaction; the
-// in-memory bounds below are updated after that transaction is durable.
+// raftStorage is the raft.Storage of one replica: its durable log and
+// HardState, kept in memory (the WAL holds them on disk; see wal.go). The
+// loop updates it once the WAL records of an iteration are durable.
 type raftStorage struct {
 	db    *bolt.DB
 	shard uint32
 	sm    StateMachine
 
-	mu        sync.Mutex
-	hs        *pb.HardState // durable HardState
-	cs        *pb.ConfState // ConfState as of the applied index (at open)
-	first     uint64        // first index in the log (trunc.index+1)
-	last      uint64        // last index in the log
-	truncTerm uint64        // term of entry first-1
+	mu    sync.Mutex
+	hs    *pb.HardState // durable HardState
+	cs    *pb.ConfState // ConfState as of the applied index (at open)
+	trunc indexTerm     // the last compacted entry (first index - 1)
+	ents  []*pb.Entry   // the log, from trunc.index+1
 
 	snapMu     sync.Mutex
 	snap       *pb.Snapshot // last generated snapshot, served to raft
 	generating bool
 }
 
-// loadReplica reads and verifies one replica's persisted state.
+// loadReplica reads and verifies one replica's persisted state as format 1
+// kept it (the log in bbolt), for the migration to the WAL.
 func loadReplica(b *bolt.Bucket, shard uint32) (id ReplicaID, st *raftStorage, applied indexTerm, err error) {
 	fail := func(format string, a ...any) error {
 		return fmt.Errorf("%w: shard %d: %s", ErrCorrupt, shard, fmt.Sprintf(format, a...))
@@ -173,9 +174,8 @@ func loadReplica(b *bolt.Bucket, shard uint32) (id ReplicaID, st *raftStorage, a
 			return 0, nil, applied, fail("hard state: %v", err)
 		}
 	}
-	trunc := indexTerm{}
 	if v := b.Get(keyTrunc); v != nil {
-		if trunc, _, err = decodeIndexTerm(v); err != nil {
+		if st.trunc, _, err = decodeIndexTerm(v); err != nil {
 			return 0, nil, applied, fail("trunc: %v", err)
 		}
 	}
@@ -184,40 +184,84 @@ func loadReplica(b *bolt.Bucket, shard uint32) (id ReplicaID, st *raftStorage, a
 			return 0, nil, applied, fail("applied: %v", err)
 		}
 	}
-	st.first, st.last, st.truncTerm = trunc.index+1, trunc.index, trunc.term
 	lb := b.Bucket(bktLog)
 	if lb == nil {
 		return 0, nil, applied, fail("missing log bucket")
 	}
-	// Verify the whole log: checksums, contiguous indexes starting right
-	// after the compaction point, non-decreasing terms.
-	prevTerm := trunc.term
 	c := lb.Cursor()
 	for k, v := c.First(); k != nil; k, v = c.Next() {
 		if len(k) != 8 {
 			return 0, nil, applied, fail("bad log key %x", k)
 		}
-		idx := binary.BigEndian.Uint64(k)
-		if idx != st.last+1 {
-			return 0, nil, applied, fail("log gap: expected index %d, found %d", st.last+1, idx)
-		}
 		e, err := decodeEntry(v)
 		if err != nil {
-			return 0, nil, applied, fail("entry %d: %v", idx, err)
+			return 0, nil, applied, fail("entry %d: %v", binary.BigEndian.Uint64(k), err)
 		}
-		if e.GetIndex() != idx || e.GetTerm() < prevTerm {
-			return 0, nil, applied, fail("entry %d: index %d term %d after term %d", idx, e.GetIndex(), e.GetTerm(), prevTerm)
+		if want := st.trunc.index + uint64(len(st.ents)) + 1; e.GetIndex() != want || binary.BigEndian.Uint64(k) != want {
+			return 0, nil, applied, fail("log gap: expected index %d, found %d", want, binary.BigEndian.Uint64(k))
 		}
-		prevTerm = e.GetTerm()
-		st.last = idx
+		st.ents = append(st.ents, e)
 	}
-	if st.hs.GetCommit() > st.last {
-		return 0, nil, applied, fail("commit %d beyond last log index %d (log lost its tail)", st.hs.GetCommit(), st.last)
-	}
-	if applied.index > st.hs.GetCommit() || applied.index < trunc.index {
-		return 0, nil, applied, fail("applied %d outside [%d, commit %d]", applied.index, trunc.index, st.hs.GetCommit())
+	st, err = fromWAL(shard, &walReplica{id: id, hs: st.hs, trunc: st.trunc, ents: st.ents}, applied, st.cs, 0)
+	if err != nil {
+		return 0, nil, applied, err
 	}
 	return id, st, applied, nil
+}
+
+// verify checks a loaded log against the applied index of the state
+// machine: non-decreasing terms, commit within the log, applied within
+// [compaction point, commit].
+func (s *raftStorage) verify(applied indexTerm) error {
+	fail := func(format string, a ...any) error {
+		return fmt.Errorf("%w: shard %d: %s", ErrCorrupt, s.shard, fmt.Sprintf(format, a...))
+	}
+	prevTerm := s.trunc.term
+	for i, e := range s.ents {
+		if e.GetIndex() != s.trunc.index+uint64(i)+1 || e.GetTerm() < prevTerm {
+			return fail("entry %d: index %d term %d after term %d", s.trunc.index+uint64(i)+1, e.GetIndex(), e.GetTerm(), prevTerm)
+		}
+		prevTerm = e.GetTerm()
+	}
+	last := s.trunc.index + uint64(len(s.ents))
+	if s.hs.GetCommit() > last {
+		return fail("commit %d beyond last log index %d (log lost its tail)", s.hs.GetCommit(), last)
+	}
+	if applied.index > s.hs.GetCommit() || applied.index < s.trunc.index {
+		return fail("applied %d outside [%d, commit %d]", applied.index, s.trunc.index, s.hs.GetCommit())
+	}
+	return nil
+}
+
+// fromWAL builds a replica's storage from its replayed WAL log and the
+// state machine's durable applied index. The state machine can be ahead of
+// the log's commit index: a commit index alone is not fsynced (it is
+// learnt again from the leader), so the applier may have made entries
+// durable past it; those are committed, so the commit index moves up to
+// them. If the log does not hold the applied entry, the state machine is a
+// snapshot whose restore was durable while its WAL records were not (the
+// restore is written first): the log restarts at the snapshot, as the
+// interrupted install would have left it.
+//
+// snapshot is the index of the last snapshot restored, if no entry was
+// applied after it (0 otherwise): only then may the state machine be
+// ahead of the log; else the log lost its tail.
+func fromWAL(shard uint32, l *walReplica, applied indexTerm, cs *pb.ConfState, snapshot uint64) (*raftStorage, error) {
+	st := &raftStorage{shard: shard, hs: l.hs, cs: cs, trunc: l.trunc, ents: l.ents}
+	if applied.index > st.hs.GetCommit() {
+		st.hs = proto.CloneOf(st.hs)
+		st.hs.Commit = new(applied.index)
+		last := st.trunc.index + uint64(len(st.ents))
+		if applied.index > last ||
+			(applied.index > st.trunc.index && st.ents[applied.index-st.trunc.index-1].GetTerm() != applied.term) {
+			if snapshot != applied.index {
+				return nil, fmt.Errorf("%w: shard %d: the state machine applied entry %d (term %d) that the log (up to %d) does not hold: the log lost its tail",
+					ErrCorrupt, shard, applied.index, applied.term, last)
+			}
+			st.trunc, st.ents = applied, nil
+		}
+	}
+	return st, st.verify(applied)
 }
 
 // InitialState implements raft.Storage.
@@ -241,83 +285,92 @@ func (s *raftStorage) sameTermVote(hs *pb.HardState) bool {
 func (s *raftStorage) bounds() (first, last, truncTerm uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.first, s.last, s.truncTerm
+	return s.trunc.index + 1, s.trunc.index + uint64(len(s.ents)), s.trunc.term
 }
 
 // Entries implements raft.Storage.
 func (s *raftStorage) Entries(lo, hi, maxSize uint64) ([]*pb.Entry, error) {
-	first, last, _ := s.bounds()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	first, last := s.trunc.index+1, s.trunc.index+uint64(len(s.ents))
 	if lo < first {
 		return nil, raft.ErrCompacted
 	}
 	if hi > last+1 {
 		return nil, raft.ErrUnavailable
 	}
-	var out []*pb.Entry
+	ents := s.ents[lo-first : hi-first]
 	var size uint64
-	err := s.db.View(func(tx *bolt.Tx) error {
-		b := shardBucket(tx, s.shard)
-		if b == nil {
-			return raft.ErrUnavailable
+	for i, e := range ents {
+		size += uint64(proto.Size(e))
+		if i > 0 && size > maxSize {
+			ents = ents[:i]
+			break
 		}
-		c := b.Bucket(bktLog).Cursor()
-		want := lo
-		for k, v := c.Seek(u64key(lo)); k != nil && want < hi; k, v = c.Next() {
-			if binary.BigEndian.Uint64(k) != want {
-				break
-			}
-			e, err := decodeEntry(v)
-			if err != nil {
-				return fmt.Errorf("shard %d entry %d: %w", s.shard, want, err)
-			}
-			size += uint64(proto.Size(e))
-			if len(out) > 0 && size > maxSize {
-				return nil
-			}
-			out = append(out, e)
-			want++
-		}
-		if len(out) == 0 {
-			// Compacted between reading the bounds and the transaction.
-			return raft.ErrCompacted
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, err
 	}
-	return out, nil
+	// A copy: the log is appended to and truncated under raft's feet.
+	return slices.Clone(ents), nil
 }
 
 // Term implements raft.Storage.
 func (s *raftStorage) Term(i uint64) (uint64, error) {
-	first, last, truncTerm := s.bounds()
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	switch {
-	case i == first-1:
-		return truncTerm, nil
-	case i < first-1:
+	case i == s.trunc.index:
+		return s.trunc.term, nil
+	case i < s.trunc.index:
 		return 0, raft.ErrCompacted
-	case i > last:
+	case i > s.trunc.index+uint64(len(s.ents)):
 		return 0, raft.ErrUnavailable
 	}
-	var term uint64
-	err := s.db.View(func(tx *bolt.Tx) error {
-		b := shardBucket(tx, s.shard)
-		if b == nil {
-			return raft.ErrUnavailable
-		}
-		v := b.Bucket(bktLog).Get(u64key(i))
-		if v == nil {
-			return raft.ErrCompacted
-		}
-		e, err := decodeEntry(v)
-		if err != nil {
-			return fmt.Errorf("shard %d entry %d: %w", s.shard, i, err)
-		}
-		term = e.GetTerm()
+	return s.ents[i-s.trunc.index-1].GetTerm(), nil
+}
+
+// appendDurable adds entries made durable by the WAL, replacing any
+// conflicting tail.
+func (s *raftStorage) appendDurable(ents []*pb.Entry) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	keep := ents[0].GetIndex() - s.trunc.index - 1
+	// Full slice expression: a truncated tail gets a new array, so no
+	// slice handed out earlier sees its entries change.
+	s.ents = append(s.ents[:keep:keep], ents...)
+}
+
+// compactTo drops the entries up to to.index.
+func (s *raftStorage) compactTo(to indexTerm) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ents = slices.Clone(s.ents[to.index-s.trunc.index:])
+	s.trunc = to
+}
+
+// resetTo empties the log, which restarts after trunc (a snapshot).
+func (s *raftStorage) resetTo(trunc indexTerm) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ents, s.trunc = nil, trunc
+}
+
+// checkpoint writes the replica's whole durable log to w (a new segment).
+func (s *raftStorage) checkpoint(w *wal, id ReplicaID) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	w.addReset(s.shard, id, s.trunc)
+	if err := w.addHardState(s.shard, id, s.hs); err != nil {
+		return err
+	}
+	if len(s.ents) == 0 {
 		return nil
-	})
-	return term, err
+	}
+	return w.addEntries(s.shard, id, s.ents)
+}
+
+// termAt is the term of entry i, which must be in the log.
+func (s *raftStorage) termAt(i uint64) uint64 {
+	t, _ := s.Term(i)
+	return t
 }
 
 // LastIndex implements raft.Storage.
@@ -384,59 +437,4 @@ func (s *raftStorage) generateSnapshot() {
 		s.snap = snap
 	}
 	s.snapMu.Unlock()
-}
-
-// writer helpers, used inside the loop's write transaction.
-
-func putHardState(b *bolt.Bucket, hs *pb.HardState) error {
-	p, err := proto.Marshal(hs)
-	if err != nil {
-		return err
-	}
-	return b.Put(keyHS, withCRC(p))
-}
-
-// appendEntries writes ents (contiguous) and deletes any old entries after
-// them (a conflicting tail being replaced). Returns the new last index.
-func appendEntries(b *bolt.Bucket, ents []*pb.Entry, oldLast uint64) (uint64, error) {
-	lb := b.Bucket(bktLog)
-	for _, e := range ents {
-		v, err := encodeEntry(e)
-		if err != nil {
-			return 0, err
-		}
-		if err := lb.Put(u64key(e.GetIndex()), v); err != nil {
-			return 0, err
-		}
-	}
-	newLast := ents[len(ents)-1].GetIndex()
-	for i := newLast + 1; i <= oldLast; i++ {
-		if err := lb.Delete(u64key(i)); err != nil {
-			return 0, err
-		}
-	}
-	return newLast, nil
-}
-
-// compactLog deletes entries [first, to] and records the truncation point.
-func compactLog(b *bolt.Bucket, first, to uint64) (term uint64, err error) {
-	lb := b.Bucket(bktLog)
-	v := lb.Get(u64key(to))
-	if v == nil {
-		return 0, fmt.Errorf("compact: entry %d missing", to)
-	}
-	e, err := decodeEntry(v)
-	if err != nil {
-		return 0, err
-	}
-	for i := first; i <= to; i++ {
-		if err := lb.Delete(u64key(i)); err != nil {
-			return 0, err
-		}
-	}
-	tv, err := encodeIndexTerm(indexTerm{to, e.GetTerm()}, nil)
-	if err != nil {
-		return 0, err
-	}
-	return e.GetTerm(), b.Put(keyTrunc, tv)
 }

@@ -163,6 +163,9 @@ func (n *Node) discard() {
 		r.leaderCh = make(chan struct{})
 		r.mu.Unlock()
 	}
+	// The applier drops its work from now on (n.err is set); wait for the
+	// transaction it may be in.
+	n.applier.barrier()
 	if db := n.dbp.Swap(nil); db != nil {
 		// Waits for read transactions in flight; the error of a close
 		// after a failed commit says nothing new.
@@ -175,6 +178,11 @@ func (n *Node) discard() {
 // ErrStorageFailed means the node cannot recover (it then has failed for
 // good); any other means try again later.
 func (n *Node) reopen() error {
+	// What the WAL's page cache holds past its last successful fsync may
+	// not be on disk: cut it off before anything reads the file again.
+	if err := n.wal.cutBack(); err != nil {
+		return fmt.Errorf("probe write: %w", err)
+	}
 	db, err := openDB(n.cfg.Dir)
 	if err != nil {
 		return err
@@ -231,7 +239,7 @@ func (n *Node) reopen() error {
 		// The state readers may have seen is now what is on disk: wake
 		// them as after a snapshot.
 		for _, r := range n.loopReplicas {
-			n.cfg.OnApplied(r.shard, r.applied.index, true)
+			n.cfg.OnApplied(r.shard, r.smApplied.index, true)
 		}
 	}
 	return nil

@@ -1,0 +1,408 @@
+package multiraft
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+
+	pb "go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/protobuf/proto"
+)
+
+// The write-ahead log: every replica's Raft log entries and HardState, for
+// all shards of a node, in one append-only file of records (<Dir>/wal/,
+// segments named by a hex sequence number). A loop iteration appends the
+// records of every group with one write and makes them durable with one
+// fdatasync: the group commit. The state machine (raft.db, bbolt) is
+// written by the applier off the loop; on start the log from the applied
+// index on is replayed into it (raft redelivers those committed entries).
+//
+// Why not the log in bbolt: a bbolt commit is two fdatasyncs plus one
+// pwrite per dirty page, and each shard touched dirties its own log, hard
+// state and state-machine pages; profiles of the store benchmark showed
+// the node loop spending most of its time in those commits, with the
+// commit time (and so write latency) growing with the number of shards in
+// a batch. An append is one write and one fdatasync whatever the shards.
+//
+// Record: u32 payload length | u32 CRC-32C of the payload | payload, the
+// payload being type u8 | shard u32 | replica u64 | body:
+//
+//	recReset     trunc index u64 | trunc term u64: the replica's log is now
+//	             empty, starting after trunc (creation, snapshot, checkpoint)
+//	recEntries   u32 count, then per entry u32 length | raftpb.Entry; they
+//	             replace any entries at or after the first one's index
+//	recHardState raftpb.HardState
+//	recCompact   index u64 | term u64: entries up to index are dropped
+//
+// Segments: when the current one grows walSegmentBytes past its
+// checkpoint, and at every
+// Open, a new segment starts with a checkpoint (reset, HardState and
+// entries of every replica), is fsynced with its directory entry, and the
+// older segments are deleted: the log never needs a separate cleaner, and
+// a torn tail of the previous segment is left behind for good.
+//
+// Damage: a record cut short at the end of the segment, or a tail of
+// zeros there, is a write that never completed (never fsynced, never
+// acknowledged) and ends the log. Anything else (a checksum mismatch, a
+// bad length) fails Open with ErrCorrupt: dropping it could lose an
+// acknowledged write.
+const (
+	recReset     byte = 1
+	recEntries   byte = 2
+	recHardState byte = 3
+	recCompact   byte = 4
+
+	walHeader       = 8
+	walRecordPrefix = 1 + 4 + 8
+	walSuffix       = ".wal"
+	walDirName      = "wal"
+	// walSegmentBytes: a new segment (with a checkpoint) past this size.
+	walSegmentBytes = 64 << 20
+	// walMaxRecord bounds one record (a sanity check at replay).
+	walMaxRecord = 1 << 30
+)
+
+// walReplica is one replica's log as replayed from the WAL.
+type walReplica struct {
+	id    ReplicaID
+	hs    *pb.HardState
+	trunc indexTerm
+	ents  []*pb.Entry // contiguous from trunc.index+1
+}
+
+// wal is the node's open log, written by the loop goroutine only.
+type wal struct {
+	dir    string
+	name   string // the segment's path (f may be named as before its rename)
+	f      *os.File
+	seq    uint64
+	size   int64 // bytes written to f
+	base   int64 // bytes of the checkpoint f starts with
+	synced int64 // bytes of f known durable
+	buf    []byte
+}
+
+func walRecord(buf []byte, typ byte, shard uint32, id ReplicaID, body []byte) []byte {
+	n := walRecordPrefix + len(body)
+	start := len(buf)
+	buf = binary.BigEndian.AppendUint32(buf, uint32(n))
+	buf = binary.BigEndian.AppendUint32(buf, 0)
+	buf = append(buf, typ)
+	buf = binary.BigEndian.AppendUint32(buf, shard)
+	buf = binary.BigEndian.AppendUint64(buf, uint64(id))
+	buf = append(buf, body...)
+	binary.BigEndian.PutUint32(buf[start+4:], crc32.Checksum(buf[start+walHeader:], crcTable))
+	return buf
+}
+
+func (w *wal) addReset(shard uint32, id ReplicaID, trunc indexTerm) {
+	var b [16]byte
+	binary.BigEndian.PutUint64(b[:], trunc.index)
+	binary.BigEndian.PutUint64(b[8:], trunc.term)
+	w.buf = walRecord(w.buf, recReset, shard, id, b[:])
+}
+
+func (w *wal) addCompact(shard uint32, id ReplicaID, to indexTerm) {
+	var b [16]byte
+	binary.BigEndian.PutUint64(b[:], to.index)
+	binary.BigEndian.PutUint64(b[8:], to.term)
+	w.buf = walRecord(w.buf, recCompact, shard, id, b[:])
+}
+
+func (w *wal) addHardState(shard uint32, id ReplicaID, hs *pb.HardState) error {
+	p, err := proto.Marshal(hs)
+	if err != nil {
+		return err
+	}
+	w.buf = walRecord(w.buf, recHardState, shard, id, p)
+	return nil
+}
+
+func (w *wal) addEntries(shard uint32, id ReplicaID, ents []*pb.Entry) error {
+	body := binary.BigEndian.AppendUint32(nil, uint32(len(ents)))
+	for _, e := range ents {
+		p, err := proto.Marshal(e)
+		if err != nil {
+			return err
+		}
+		body = binary.BigEndian.AppendUint32(body, uint32(len(p)))
+		body = append(body, p...)
+	}
+	w.buf = walRecord(w.buf, recEntries, shard, id, body)
+	return nil
+}
+
+// sync writes the pending records and fdatasyncs them. On an error nothing
+// of them may be trusted (see storagefail.go); w.synced still marks what
+// is durable.
+func (w *wal) sync(faults *diskFaults) error {
+	if err := faults.beforeCommit(); err != nil {
+		return err
+	}
+	if len(w.buf) > 0 {
+		if _, err := w.f.WriteAt(w.buf, w.size); err != nil {
+			return fmt.Errorf("write %s: %w", w.name, err)
+		}
+		w.size += int64(len(w.buf))
+		w.buf = w.buf[:0]
+	}
+	if err := fdatasync(w.f); err != nil {
+		return fmt.Errorf("fdatasync %s: %w", w.name, err)
+	}
+	if err := faults.afterCommit(); err != nil {
+		return err
+	}
+	w.synced = w.size
+	return nil
+}
+
+func (w *wal) close() {
+	if w != nil && w.f != nil {
+		_ = w.f.Close()
+		w.f = nil
+	}
+}
+
+// cutBack drops from the current segment whatever was written after the
+// last successful fsync: after a failed write or fsync the page cache may
+// show bytes that are not on disk, which a replay must not read.
+func (w *wal) cutBack() error {
+	if w == nil || w.f == nil {
+		return nil
+	}
+	if err := w.f.Truncate(w.synced); err != nil {
+		return fmt.Errorf("truncate %s: %w", w.name, err)
+	}
+	if err := w.f.Sync(); err != nil {
+		return fmt.Errorf("fsync %s: %w", w.name, err)
+	}
+	w.size = w.synced
+	return nil
+}
+
+func walSegments(dir string) ([]uint64, error) {
+	des, err := os.ReadDir(dir)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	var seqs []uint64
+	for _, de := range des {
+		name := de.Name()
+		if !strings.HasSuffix(name, walSuffix) {
+			continue
+		}
+		seq, err := strconv.ParseUint(strings.TrimSuffix(name, walSuffix), 16, 64)
+		if err != nil {
+			return nil, fmt.Errorf("%w: unexpected file %s in %s", ErrCorrupt, name, dir)
+		}
+		seqs = append(seqs, seq)
+	}
+	slices.Sort(seqs)
+	return seqs, nil
+}
+
+func segmentPath(dir string, seq uint64) string {
+	return filepath.Join(dir, fmt.Sprintf("%016x%s", seq, walSuffix))
+}
+
+// replayWAL reads the newest segment of dir into the replicas' logs and
+// returns its sequence number (0 if none). The newest is enough: every
+// segment starts with a complete checkpoint of every replica (it is
+// written under a temporary name and renamed once durable), so older ones
+// are superseded; they are only left over by a crash before their
+// deletion.
+func replayWAL(dir string) (map[uint32]*walReplica, uint64, error) {
+	seqs, err := walSegments(dir)
+	if err != nil {
+		return nil, 0, err
+	}
+	logs := map[uint32]*walReplica{}
+	if len(seqs) == 0 {
+		return logs, 0, nil
+	}
+	last := seqs[len(seqs)-1]
+	data, err := os.ReadFile(segmentPath(dir, last))
+	if err != nil {
+		return nil, 0, err
+	}
+	if err := replaySegment(data, logs); err != nil {
+		return nil, 0, fmt.Errorf("%w: %s: %v", ErrCorrupt, segmentPath(dir, last), err)
+	}
+	return logs, last, nil
+}
+
+func allZero(b []byte) bool { return len(bytes.TrimLeft(b, "\x00")) == 0 }
+
+func replaySegment(data []byte, logs map[uint32]*walReplica) error {
+	off := 0
+	for off < len(data) {
+		rest := data[off:]
+		if len(rest) < walHeader || allZero(rest) {
+			return nil // an append that never completed: the end of the log
+		}
+		n := int(binary.BigEndian.Uint32(rest))
+		if n < walRecordPrefix || n > walMaxRecord {
+			return fmt.Errorf("record at offset %d: bad length %d", off, n)
+		}
+		if len(rest) < walHeader+n {
+			return nil // cut short at the end: never completed
+		}
+		p := rest[walHeader : walHeader+n]
+		if crc32.Checksum(p, crcTable) != binary.BigEndian.Uint32(rest[4:]) {
+			return fmt.Errorf("record at offset %d: checksum mismatch", off)
+		}
+		if err := applyRecord(p, logs); err != nil {
+			return fmt.Errorf("record at offset %d: %v", off, err)
+		}
+		off += walHeader + n
+	}
+	return nil
+}
+
+func applyRecord(p []byte, logs map[uint32]*walReplica) error {
+	typ := p[0]
+	shard := binary.BigEndian.Uint32(p[1:])
+	id := ReplicaID(binary.BigEndian.Uint64(p[5:]))
+	body := p[walRecordPrefix:]
+	if typ == recReset {
+		if len(body) != 16 {
+			return errors.New("short reset")
+		}
+		old := logs[shard]
+		l := &walReplica{id: id, hs: &pb.HardState{}, trunc: indexTerm{binary.BigEndian.Uint64(body), binary.BigEndian.Uint64(body[8:])}}
+		if old != nil && old.id == id {
+			l.hs = old.hs // a snapshot or checkpoint keeps the term and vote
+		}
+		logs[shard] = l
+		return nil
+	}
+	l := logs[shard]
+	if l == nil || l.id != id {
+		return fmt.Errorf("shard %d: record type %d for replica %v without a reset", shard, typ, id)
+	}
+	switch typ {
+	case recHardState:
+		hs := &pb.HardState{}
+		if err := proto.Unmarshal(body, hs); err != nil {
+			return err
+		}
+		l.hs = hs
+	case recCompact:
+		if len(body) != 16 {
+			return errors.New("short compact")
+		}
+		to := indexTerm{binary.BigEndian.Uint64(body), binary.BigEndian.Uint64(body[8:])}
+		if to.index <= l.trunc.index {
+			return nil
+		}
+		drop := to.index - l.trunc.index
+		if drop > uint64(len(l.ents)) {
+			return fmt.Errorf("shard %d: compaction to %d beyond the log", shard, to.index)
+		}
+		l.ents = slices.Clone(l.ents[drop:])
+		l.trunc = to
+	case recEntries:
+		if len(body) < 4 {
+			return errors.New("short entries")
+		}
+		cnt := binary.BigEndian.Uint32(body)
+		body = body[4:]
+		for range cnt {
+			if len(body) < 4 {
+				return errors.New("short entry")
+			}
+			n := binary.BigEndian.Uint32(body)
+			if uint64(len(body)-4) < uint64(n) {
+				return errors.New("short entry")
+			}
+			e := &pb.Entry{}
+			if err := proto.Unmarshal(body[4:4+n], e); err != nil {
+				return err
+			}
+			body = body[4+n:]
+			idx := e.GetIndex()
+			if idx <= l.trunc.index {
+				return fmt.Errorf("shard %d: entry %d at or before the compaction point %d", shard, idx, l.trunc.index)
+			}
+			keep := idx - l.trunc.index - 1
+			if keep > uint64(len(l.ents)) {
+				return fmt.Errorf("shard %d: log gap: entry %d after %d", shard, idx, l.trunc.index+uint64(len(l.ents)))
+			}
+			l.ents = append(l.ents[:keep], e)
+		}
+	default:
+		return fmt.Errorf("unknown record type %d", typ)
+	}
+	return nil
+}
+
+// createSegment starts segment seq holding the checkpoint records in cp,
+// durable with its directory entry, then deletes every older segment.
+func createSegment(dir string, seq uint64, cp []byte, faults *diskFaults) (*wal, error) {
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, err
+	}
+	path := segmentPath(dir, seq)
+	// Under a temporary name until the checkpoint is durable: a segment
+	// file always starts with a complete one (see replayWAL).
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_RDWR|os.O_TRUNC, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	w := &wal{dir: dir, name: path, f: f, seq: seq, buf: cp}
+	if err := w.sync(faults); err != nil {
+		w.close()
+		_ = os.Remove(tmp)
+		return nil, err
+	}
+	w.base = w.size
+	if err := os.Rename(tmp, path); err != nil {
+		w.close()
+		_ = os.Remove(tmp)
+		return nil, err
+	}
+	if err := syncDir(dir); err != nil {
+		w.close()
+		return nil, err
+	}
+	seqs, err := walSegments(dir)
+	if err != nil {
+		w.close()
+		return nil, err
+	}
+	for _, s := range seqs {
+		if s < seq {
+			if err := os.Remove(segmentPath(dir, s)); err != nil {
+				w.close()
+				return nil, err
+			}
+		}
+	}
+	return w, nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("fsync directory %s: %w", dir, err)
+	}
+	return nil
+}
