@@ -396,7 +396,7 @@ func (s *raftStorage) Snapshot() (*pb.Snapshot, error) {
 	first, _, _ := s.bounds()
 	s.snapMu.Lock()
 	defer s.snapMu.Unlock()
-	if s.snap != nil && s.snap.GetMetadata().GetIndex() >= first-1 {
+	if s.snap != nil && s.snap.GetMetadata().GetIndex() >= first-1 && s.snapConfCurrent() {
 		return s.snap, nil
 	}
 	if !s.generating {
@@ -404,6 +404,38 @@ func (s *raftStorage) Snapshot() (*pb.Snapshot, error) {
 		go s.generateSnapshot()
 	}
 	return nil, raft.ErrSnapshotTemporarilyUnavailable
+}
+
+// snapConfCurrent says whether the cached snapshot's ConfState is the
+// applied one. A snapshot generated before a membership change lacks the
+// replica that change added, and that replica rejects it ("not in the
+// ConfState") every time it is sent: a learner would never catch up until
+// the next compaction (seen as a repair under erlmcp up that never
+// finished). The caller holds snapMu.
+func (s *raftStorage) snapConfCurrent() bool {
+	var cur *pb.ConfState
+	err := s.db.View(func(tx *bolt.Tx) error {
+		b := shardBucket(tx, s.shard)
+		if b == nil {
+			return ErrShardNotFound
+		}
+		var err error
+		_, cur, err = decodeIndexTerm(b.Get(keyApplied))
+		return err
+	})
+	return err == nil && sameConf(cur, s.snap.GetMetadata().GetConfState())
+}
+
+// sameConf compares two configurations as sets of replica ids.
+func sameConf(a, b *pb.ConfState) bool {
+	same := func(x, y []uint64) bool {
+		x, y = slices.Clone(x), slices.Clone(y)
+		slices.Sort(x)
+		slices.Sort(y)
+		return slices.Equal(x, y)
+	}
+	return same(a.GetVoters(), b.GetVoters()) && same(a.GetLearners(), b.GetLearners()) &&
+		same(a.GetVotersOutgoing(), b.GetVotersOutgoing()) && same(a.GetLearnersNext(), b.GetLearnersNext())
 }
 
 func (s *raftStorage) generateSnapshot() {
