@@ -236,7 +236,7 @@ if ((${#SIZES[@]})); then
 		for size in "${SIZES[@]}"; do
 			log "stored sessions: filling the store to $size (+$((size - have)))"
 			if ! "$PRELOAD" --etcd "http://127.0.0.1:$((base + 40))" --n "$((size - have))" \
-				>"$RESULTS/preload-$size.json" 2> >(awk '!/^preload +[0-9]/ || NR % 10 == 0' >&2); then
+				>"$RESULTS/preload-$size.json" 2> >(awk '!/^preload +[0-9]/ || NR % 10 == 0 { print; fflush() }' >&2); then
 				log "preload to $size failed"
 				FAILED=1
 				break
