@@ -220,12 +220,17 @@ type proxy struct {
 }
 
 func newProxy(p *pool, cfg Config, log *logrus.Entry) *proxy {
+	// No keep-alive to workers (HAProxy's config does the same with
+	// option httpclose): a request written on a pooled connection whose
+	// worker was just killed fails with a reset, and a POST may not be
+	// retried once written (a worker may have started it). With a fresh
+	// connection per request, a dead worker refuses the dial and the
+	// request goes to another one; only requests really in flight on the
+	// killed worker fail. A loopback connect costs tens of microseconds.
 	base := &http.Transport{
-		DialContext:         (&net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second}).DialContext,
-		MaxIdleConns:        512,
-		MaxIdleConnsPerHost: 128,
-		IdleConnTimeout:     90 * time.Second,
-		DisableCompression:  true,
+		DialContext:        (&net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second}).DialContext,
+		DisableKeepAlives:  true,
+		DisableCompression: true,
 	}
 	rp := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
