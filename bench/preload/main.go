@@ -26,9 +26,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/erlmcp/erlmcp/internal/etcdclient"
 	"github.com/erlmcp/erlmcp/sessionstore/client"
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 )
 
 // record is a session as a worker stores it after initialize (see
@@ -53,7 +52,7 @@ func main() {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{*etcd}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	cli, err := etcdclient.New(ctx, etcdclient.DefaultConfig(*etcd))
 	if err != nil {
 		fail(err)
 	}
