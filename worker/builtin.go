@@ -296,6 +296,7 @@ func AddEverything(s *Server) {
 	elicitSchema("test_elicitation_sep1034_defaults", "default values for every primitive type (SEP-1034)", sep1034Schema())
 	elicitSchema("test_elicitation_sep1330_enums", "every enum variant (SEP-1330)", sep1330Schema())
 	addModernFixture(s)
+	addTasksV2Fixture(s)
 
 	AddTool(s, &Tool{Name: "json_schema_2020_12_tool", Description: "Tool with JSON Schema 2020-12 features", InputSchema: schema2020()},
 		func(_ context.Context, _ *Request, in map[string]any) (*ToolResult, any, error) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"sort"
 	"strings"
 )
@@ -66,6 +67,15 @@ func (s *Server) callTool(ctx context.Context, c *call) (any, *Error) {
 	if !ok || (t.sessionOnly && c.sessionless()) {
 		return nil, errorf(CodeInvalidParams, "Unknown tool: %q", *p.Name)
 	}
+	if c.sessionless() {
+		// Tasks v2: the tool decides (ContinueAsTask); a legacy params.task
+		// is ignored, and a tool that only runs as a task needs the
+		// extension.
+		if t.support == "required" && !c.req.clientHas("extensions", TasksExtension) {
+			return nil, missingTasksExtension(fmt.Sprintf("Tool %q runs only as a task: declare the %s extension", *p.Name, TasksExtension))
+		}
+		return runTool(ctx, c, t, p.Arguments)
+	}
 	if len(p.Task) > 0 && !isNull(p.Task) {
 		return startTask(ctx, c, t, p)
 	}
@@ -99,7 +109,10 @@ func runTool(ctx context.Context, c *call, t *tool, raw json.RawMessage) (any, *
 	}
 	var je *Error
 	var ia *invalidArgs
+	var tc *taskCreated
 	switch {
+	case errors.As(err, &tc):
+		return tc.result, nil
 	case errors.As(err, &je):
 		return nil, je
 	case errors.As(err, &ia):

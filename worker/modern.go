@@ -134,6 +134,10 @@ func (h *Handler) modernMethods() map[string]modernMethod {
 		"prompts/list":             {fn: srv.listPrompts, cacheable: true},
 		"prompts/get":              {fn: srv.getPrompt, input: true},
 		"completion/complete":      {fn: srv.completion},
+		// Tasks v2 (tasksv2.go); tasks/result and tasks/list are gone.
+		"tasks/get":    {fn: methodTaskGetV2},
+		"tasks/update": {fn: methodTaskUpdateV2},
+		"tasks/cancel": {fn: methodTaskCancelV2},
 	}
 }
 
@@ -151,6 +155,7 @@ func (h *Handler) modernCapabilities() map[string]any {
 	if s.complete != nil {
 		caps["completions"] = map[string]any{}
 	}
+	caps["extensions"] = map[string]any{TasksExtension: map[string]any{}}
 	return caps
 }
 
@@ -207,8 +212,9 @@ func parseModernMeta(params json.RawMessage) (modernMeta, *Error) {
 // routingName is the value Mcp-Name must carry for method, if any.
 func routingName(method string, params json.RawMessage) (string, bool) {
 	var p struct {
-		Name *string `json:"name"`
-		URI  *string `json:"uri"`
+		Name   *string `json:"name"`
+		URI    *string `json:"uri"`
+		TaskID *string `json:"taskId"`
 	}
 	_ = json.Unmarshal(params, &p)
 	switch method {
@@ -219,6 +225,10 @@ func routingName(method string, params json.RawMessage) (string, bool) {
 	case "resources/read":
 		if p.URI != nil {
 			return *p.URI, true
+		}
+	case "tasks/get", "tasks/update", "tasks/cancel":
+		if p.TaskID != nil {
+			return *p.TaskID, true
 		}
 	}
 	return "", false
