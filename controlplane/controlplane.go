@@ -41,6 +41,8 @@ type ControlPlane struct {
 	reg     *membership.Registration
 	metrics *metrics
 	prober  *prober
+	// probes is the regions' probe history, kept on every instance.
+	probes *regionProbes
 	// actuator carries out autoheal and scaling (none: nothing is done).
 	actuator Actuator
 
@@ -106,6 +108,7 @@ func start(ctx context.Context, cfg Config, log *logrus.Entry, act Actuator) (*C
 		addr:    advertiseAddr(cfg.AdminAdvertise, ln.Addr().(*net.TCPAddr)),
 		metrics: newMetrics(cfg.Common.ID, cfg.Common.Region, cfg.Common.Zone),
 		prober:  newProber(),
+		probes:  newRegionProbes(),
 	}
 	if act == nil {
 		if act, err = newActuator(cfg, token); err != nil {
@@ -141,8 +144,9 @@ func start(ctx context.Context, cfg Config, log *logrus.Entry, act Actuator) (*C
 
 	rctx, cancel := context.WithCancel(context.Background())
 	cp.cancel = cancel
-	cp.wg.Add(2)
+	cp.wg.Add(3)
 	go func() { defer cp.wg.Done(); cp.electionLoop(rctx) }()
+	go func() { defer cp.wg.Done(); cp.probeLoop(rctx) }()
 	go func() { defer cp.wg.Done(); cp.observeLeader(rctx) }()
 	log.WithField("admin_addr", cp.addr).Info("control plane started; campaigning for leadership")
 	return cp, nil
@@ -232,39 +236,55 @@ func (cp *ControlPlane) term(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("grant election lease: %w", err)
 	}
-	// The session keeps the client's context (not ctx) so that Close can
-	// still revoke the lease after ctx has ended.
-	sess, err := concurrency.NewSession(cp.cli, concurrency.WithLease(g.ID), concurrency.WithTTL(ttl))
+	// The lease is renewed by etcdclient.KeepAlive (one short request per
+	// renewal, each free to use any member), not by the session: clientv3
+	// renews every lease of a client over one stream, which a frozen etcd
+	// member stalls until gRPC keepalive gives up (12 s), longer than the
+	// TTL. So the session is made with its own renewal already stopped (a
+	// done context); it only carries the lease for the Election.
+	stopped, stop := context.WithCancel(context.Background())
+	stop()
+	sess, err := concurrency.NewSession(cp.cli, concurrency.WithLease(g.ID), concurrency.WithTTL(ttl), concurrency.WithContext(stopped))
 	if err != nil {
 		return fmt.Errorf("election session: %w", err)
 	}
 	defer func() {
-		if err := sess.Close(); err != nil && cp.cli.Ctx().Err() == nil {
+		// Revoke at once so a standby need not wait for the TTL (the
+		// session's Close would use its done context).
+		rctx, cancel := etcdclient.RequestTimeout(context.Background())
+		defer cancel()
+		if _, err := cp.cli.Revoke(rctx, g.ID); err != nil && cp.cli.Ctx().Err() == nil {
 			cp.log.WithError(err).Debug("election: revoking the session lease failed; it expires by TTL")
 		}
 	}()
 
 	tctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// The term (or the campaign) ends when the lease can no longer be
+	// renewed: the channel closes when it is gone or a whole TTL passed
+	// without a renewal.
+	renewed := etcdclient.KeepAlive(tctx, cp.cli, g.ID)
+	lost := make(chan struct{})
 	go func() {
-		select {
-		case <-sess.Done():
-			cancel()
-		case <-tctx.Done():
+		for range renewed {
 		}
+		close(lost)
+		cancel()
 	}()
 
-	el := concurrency.NewElection(sess, cp.electionPrefix())
 	val, _ := json.Marshal(LeaderInfo{ID: cp.cfg.Common.ID, AdminAddr: cp.addr})
-	if err := el.Campaign(tctx, string(val)); err != nil {
+	el, err := campaign(tctx, cp.cli, sess, cp.electionPrefix(), string(val))
+	if err != nil {
 		if tctx.Err() != nil {
-			return nil // ctx ended or the session was lost: campaign again
+			return nil // ctx ended or the lease was lost: campaign again
 		}
 		return fmt.Errorf("campaign: %w", err)
 	}
-	// Campaign does not notice its own key vanishing while it waits; make
-	// sure the key is still ours before acting as leader.
-	resp, err := cp.cli.Get(tctx, el.Key())
+	// The key may have vanished (lease lost) while the wait ended; make
+	// sure it is still ours before acting as leader.
+	cctx, ccancel := etcdclient.RequestTimeout(tctx)
+	resp, err := cp.cli.Get(cctx, el.Key())
+	ccancel()
 	if err != nil {
 		return fmt.Errorf("check election key: %w", err)
 	}
@@ -272,7 +292,7 @@ func (cp *ControlPlane) term(ctx context.Context) error {
 		cp.log.Warn("election: won, but the election key is already gone; campaigning again")
 		return nil
 	}
-	lead := leadership{cli: cp.cli, key: el.Key(), rev: el.Rev()}
+	lead := leadership{cli: cp.cli, key: el.Key(), rev: el.Rev(), since: time.Now()}
 	log := cp.log.WithField("term", lead.rev)
 	cp.lead.Store(&lead)
 	cp.leader.Store(true)
@@ -291,8 +311,8 @@ func (cp *ControlPlane) term(ctx context.Context) error {
 		log.Warn("leadership lost: a fenced write was refused; campaigning again")
 	default:
 		select {
-		case <-sess.Done():
-			log.Warn("leadership lost: the election session expired; campaigning again")
+		case <-lost:
+			log.Warn("leadership lost: the election lease could not be renewed; campaigning again")
 		default:
 			log.WithError(err).Warn("leader loops ended; resigning and campaigning again")
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -20,6 +21,8 @@ type leadership struct {
 	cli *clientv3.Client
 	key string
 	rev int64
+	// since is when this instance saw itself elected (logs and tests).
+	since time.Time
 }
 
 // fence is the comparison that holds only while this term lasts.

@@ -8,8 +8,10 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"sync"
 	"time"
 
+	"github.com/erlmcp/erlmcp/internal/etcdclient"
 	"github.com/erlmcp/erlmcp/internal/membership"
 	"github.com/sirupsen/logrus"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -203,7 +205,13 @@ func (rr regionsRead) names() []string {
 
 func (cp *ControlPlane) readRegions(ctx context.Context) (regionsRead, error) {
 	p := RegionsPrefix(cp.cfg.Common.Prefix)
-	resp, err := cp.cli.Get(ctx, p, clientv3.WithPrefix())
+	// Hedged within a request timeout: the region loops must go on while
+	// an etcd member of a failed region stops answering.
+	rctx, cancel := etcdclient.RequestTimeout(ctx)
+	defer cancel()
+	resp, err := etcdclient.Hedge(rctx, etcdclient.DefaultHedgeAfter, func(c context.Context) (*clientv3.GetResponse, error) {
+		return cp.cli.Get(c, p, clientv3.WithPrefix())
+	})
 	if err != nil {
 		return regionsRead{}, err
 	}
@@ -378,16 +386,100 @@ type probeRound struct {
 	ok bool
 }
 
-// regionLoop registers regions as members appear, probes them every
-// ProbeInterval, and fails over the active region when the detector says
-// it failed. It runs on the leader in both replication modes (it moves no
-// shard itself; in raft mode the planner follows the active region).
-func (cp *ControlPlane) regionLoop(ctx context.Context, lead leadership) error {
-	rounds := map[string][]probeRound{}
+// regionProbes is the probe history of every region. Every instance keeps
+// one, leader or standby: a standby elected because the old leader's
+// region went down (the usual way a region failure takes the leader with
+// it) then judges that region from the rounds it has already seen, instead
+// of starting from an empty window and adding FailAfter probe intervals to
+// the failover.
+type regionProbes struct {
+	mu      sync.Mutex
+	rounds  map[string][]probeRound
+	members []membership.Member
+	at      time.Time // when the last round finished
+	// round is signalled (without blocking) after every round, so the
+	// leader judges each round once, as soon as it is in.
+	round chan struct{}
+}
+
+func newRegionProbes() *regionProbes {
+	return &regionProbes{rounds: map[string][]probeRound{}, round: make(chan struct{}, 1)}
+}
+
+// record adds one round: health has every known region's result; regions
+// no longer in it are forgotten; each history keeps the last keep rounds.
+func (p *regionProbes) record(now time.Time, health map[string]bool, ms []membership.Member, keep int) {
+	p.mu.Lock()
+	for name, ok := range health {
+		rs := append(p.rounds[name], probeRound{at: now, ok: ok})
+		p.rounds[name] = rs[max(0, len(rs)-keep):]
+	}
+	for name := range p.rounds {
+		if _, ok := health[name]; !ok {
+			delete(p.rounds, name)
+		}
+	}
+	p.members, p.at = ms, now
+	p.mu.Unlock()
+	select {
+	case p.round <- struct{}{}:
+	default:
+	}
+}
+
+// snapshot copies the histories and the members of the last round; ok is
+// false when there is no round newer than maxAge (the prober is stuck, for
+// example cut off from etcd: stale rounds must not fail a region over).
+func (p *regionProbes) snapshot(now time.Time, maxAge time.Duration) (rounds map[string][]probeRound, ms []membership.Member, ok bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.at.IsZero() || now.Sub(p.at) > maxAge {
+		return nil, nil, false
+	}
+	rounds = make(map[string][]probeRound, len(p.rounds))
+	for name, rs := range p.rounds {
+		rounds[name] = append([]probeRound(nil), rs...)
+	}
+	return rounds, p.members, true
+}
+
+// probeLoop probes every region once per ProbeInterval into cp.probes, on
+// every instance, until ctx ends. A round that cannot list the members
+// (etcd unreachable) is skipped, not recorded as failed: the regions were
+// not seen, which says nothing about them.
+func (cp *ControlPlane) probeLoop(ctx context.Context) {
 	t := time.NewTicker(cp.cfg.ProbeInterval)
 	defer t.Stop()
+	keep := max(cp.cfg.Detector.Window, cp.cfg.Detector.RecoverAfter)
 	for {
-		if err := cp.regionPass(ctx, lead, rounds); err != nil {
+		rr, err := cp.readRegions(ctx)
+		if err == nil {
+			var health map[string]bool
+			var ms []membership.Member
+			health, ms, err = cp.regionHealth(ctx, rr.names())
+			if err == nil {
+				cp.probes.record(time.Now(), health, ms, keep)
+			}
+		}
+		if err != nil && ctx.Err() == nil {
+			cp.log.WithError(err).Debug("regions: probe round skipped")
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// regionLoop registers regions as members appear and fails over the
+// active region when the detector says it failed, judging every probe
+// round of probeLoop once, and the history already there at once when the
+// term starts. It runs on the leader in both replication modes (it moves
+// no shard itself; in raft mode the planner follows the active region).
+func (cp *ControlPlane) regionLoop(ctx context.Context, lead leadership) error {
+	for {
+		if err := cp.regionPass(ctx, lead); err != nil {
 			if errors.Is(err, ErrNotLeader) || ctx.Err() != nil {
 				return err
 			}
@@ -396,7 +488,7 @@ func (cp *ControlPlane) regionLoop(ctx context.Context, lead leadership) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-t.C:
+		case <-cp.probes.round:
 		}
 	}
 }
@@ -404,7 +496,11 @@ func (cp *ControlPlane) regionLoop(ctx context.Context, lead leadership) error {
 // regionHealth probes all members once and returns each region's round
 // result (regions without members fail their round).
 func (cp *ControlPlane) regionHealth(ctx context.Context, regions []string) (map[string]bool, []membership.Member, error) {
-	ms, err := membership.List(ctx, cp.cli, cp.cfg.Common.Prefix, "")
+	lctx, cancel := etcdclient.RequestTimeout(ctx)
+	ms, err := etcdclient.Hedge(lctx, etcdclient.DefaultHedgeAfter, func(c context.Context) ([]membership.Member, error) {
+		return membership.List(c, cp.cli, cp.cfg.Common.Prefix, "")
+	})
+	cancel()
 	if err != nil {
 		return nil, nil, err
 	}
@@ -428,29 +524,22 @@ func (cp *ControlPlane) regionHealth(ctx context.Context, regions []string) (map
 	return out, ms, nil
 }
 
-func (cp *ControlPlane) regionPass(ctx context.Context, lead leadership, rounds map[string][]probeRound) error {
-	rr, err := cp.readRegions(ctx)
-	if err != nil {
-		return err
+func (cp *ControlPlane) regionPass(ctx context.Context, lead leadership) error {
+	now := time.Now()
+	// Two missed intervals of slack: a round takes up to probeTimeout.
+	rounds, ms, fresh := cp.probes.snapshot(now, 2*cp.cfg.ProbeInterval+probeTimeout)
+	if !fresh {
+		return nil
 	}
-	health, ms, err := cp.regionHealth(ctx, rr.names())
+	rr, err := cp.readRegions(ctx)
 	if err != nil {
 		return err
 	}
 	if err := cp.ensureRegions(ctx, lead, rr, ms); err != nil {
 		return err
 	}
-	now := time.Now()
 	healthyNow := map[string]bool{}
-	for name, ok := range health {
-		rs := append(rounds[name], probeRound{at: now, ok: ok})
-		rounds[name] = rs[max(0, len(rs)-max(cp.cfg.Detector.Window, cp.cfg.Detector.RecoverAfter)):]
-	}
 	for name, rs := range rounds {
-		if _, ok := health[name]; !ok {
-			delete(rounds, name)
-			continue
-		}
 		doc, _ := rr.get(name)
 		probes := make([]bool, len(rs))
 		for i, r := range rs {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -42,6 +43,9 @@ const electionTTL = 5 * time.Second
 //     recreated after it ends; each shard gains one new replica per
 //     replica lost, a removed replica never comes back, conf epochs only
 //     grow);
+//   - then the new leader is SIGSTOPped past its election TTL: another
+//     instance leads, and the frozen one, resumed, reports it does not
+//     lead and writes nothing (the same watch checks);
 //   - the load loses no session and no acknowledged write.
 func TestStoreLossAndLeaderKillUnderLoad(t *testing.T) {
 	// The victim chosen below makes every run hit the case a multiraft
@@ -273,6 +277,47 @@ func TestStoreLossAndLeaderKillUnderLoad(t *testing.T) {
 		t.Errorf("standby took over after %s, want within TTL + 1 s = %s", took, electionTTL+time.Second)
 	}
 
+	// The new leader freezes past its election TTL (SIGSTOP: a long GC
+	// pause, a frozen VM) while repairs may still be in flight: another
+	// instance leads, and the frozen one, once resumed, finds its term over
+	// and writes nothing. A write it made from its stale view (an operator
+	// step redone, a removed replica put back) would show in the watch of
+	// ops/ and shards/ checked at the end.
+	frozenAddr := controlPlaneAddr(ctx, t, c.up, newLeader)
+	fpid := memberPID(ctx, t, c.up, "controlplane", newLeader)
+	if err := syscall.Kill(fpid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	resumed := false
+	resume := func() {
+		if !resumed {
+			resumed = true
+			_ = syscall.Kill(fpid, syscall.SIGCONT)
+		}
+	}
+	defer resume()
+	frozen := time.Now()
+	var third string
+	waitFor(t, 60*time.Second, "a leader other than the frozen "+newLeader, func() error {
+		l, err := c.up.Leader(ctx)
+		if err != nil {
+			return err
+		}
+		if l == newLeader {
+			return fmt.Errorf("%s still leads", l)
+		}
+		third = l
+		return nil
+	})
+	t.Logf("control-plane leader %s SIGSTOPped; %s leads after %s", newLeader, third, time.Since(frozen).Round(time.Millisecond))
+	resume()
+	waitFor(t, 30*time.Second, "the resumed "+newLeader+" to know it does not lead", func() error {
+		return notLeaderMetric(ctx, frozenAddr)
+	})
+	if l, err := c.up.Leader(ctx); err != nil || l != third {
+		t.Errorf("after %s resumed the leader is %q (err %v), want %s still", newLeader, l, err, third)
+	}
+
 	// Replication factor restored: every shard has 3 voters, none on the
 	// victim, a leader, and nothing in flight.
 	waitFor(t, 4*time.Minute, "every shard back to 3 voters without "+victim, func() error {
@@ -365,6 +410,52 @@ func memberPID(ctx context.Context, t *testing.T, up *loadgen.UpCluster, role, i
 	}
 	t.Fatalf("no %s %s in %+v", role, id, ms)
 	return 0
+}
+
+// controlPlaneAddr is the admin host:port a control-plane instance
+// registered in membership.
+func controlPlaneAddr(ctx context.Context, t *testing.T, up *loadgen.UpCluster, id string) string {
+	t.Helper()
+	var ms []struct{ Role, ID, Addr string }
+	if err := up.Get(ctx, "/v1/members", &ms); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range ms {
+		if m.Role == "controlplane" && m.ID == id && m.Addr != "" {
+			return m.Addr
+		}
+	}
+	t.Fatalf("no control plane %s in %+v", id, ms)
+	return ""
+}
+
+// notLeaderMetric: the instance at addr answers its /metrics with
+// erlmcp_controlplane_is_leader 0.
+func notLeaderMetric(ctx context.Context, addr string) error {
+	rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(rctx, http.MethodGet, "http://"+addr+"/metrics", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "erlmcp_controlplane_is_leader{") {
+			if strings.HasSuffix(line, " 0") {
+				return nil
+			}
+			return fmt.Errorf("still says %q", line)
+		}
+	}
+	return fmt.Errorf("no erlmcp_controlplane_is_leader in its metrics")
 }
 
 // placementRecord is what a watch of ops/ and shards/ saw.
