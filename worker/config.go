@@ -95,6 +95,17 @@ type Config struct {
 	// (sweep.go). It must exceed ShutdownTimeout: a draining worker leaves
 	// membership before its last requests end.
 	SweepDelay time.Duration
+	// SessionCacheTTL is how long a session record read from the store
+	// may be served again without reading it (sessioncache.go); a worker
+	// that changes a record (logging/setLevel, DELETE) waits a little
+	// longer than this before answering, so the client's next request
+	// sees the change on any worker. Every worker sharing a store must
+	// use the same value. 0 turns the cache off.
+	SessionCacheTTL time.Duration
+	// Pprof serves net/http/pprof under /debug/pprof/ on the worker's
+	// port, to profile CPU per request under load. Off by default: a
+	// profile exposes internals and costs CPU while it is taken.
+	Pprof bool
 }
 
 // Defaults.
@@ -112,7 +123,12 @@ const (
 	DefaultSSERetry             = time.Second
 	DefaultPollWait             = 2 * time.Second
 	DefaultInflightDelay        = time.Second
+	DefaultSessionCacheTTL      = 200 * time.Millisecond
 )
+
+// maxSessionCacheTTL bounds SessionCacheTTL: changes to a session record
+// wait about that long before they are acknowledged.
+const maxSessionCacheTTL = 5 * time.Second
 
 // DefaultConfig returns a worker config with every default set.
 func DefaultConfig() Config {
@@ -132,6 +148,7 @@ func DefaultConfig() Config {
 		SSERetry:             DefaultSSERetry,
 		PollWait:             DefaultPollWait,
 		InflightDelay:        DefaultInflightDelay,
+		SessionCacheTTL:      DefaultSessionCacheTTL,
 		Sessionless:          true,
 		SweepDelay:           DefaultSweepDelay,
 	}
@@ -153,6 +170,9 @@ func (c Config) Validate() error {
 	}
 	if c.InflightDelay < 0 {
 		return fmt.Errorf("--inflight-delay %s: must not be negative (0 records requests in flight at once)", c.InflightDelay)
+	}
+	if c.SessionCacheTTL < 0 || c.SessionCacheTTL > maxSessionCacheTTL {
+		return fmt.Errorf("--session-cache-ttl %s: must be between 0 (off) and %s (logging/setLevel and DELETE wait about this long)", c.SessionCacheTTL, maxSessionCacheTTL)
 	}
 	if c.SweepDelay <= ShutdownTimeout {
 		return fmt.Errorf("--sweep-delay %s: must exceed the drain's %s, or requests of a draining worker would be failed", c.SweepDelay, ShutdownTimeout)

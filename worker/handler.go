@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"net/http"
+	"net/http/pprof"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -51,6 +52,8 @@ type Handler struct {
 	// incarnation names this worker process; its in-flight records are
 	// indexed under it for the death sweep (sweep.go).
 	incarnation string
+	// cache holds session records read from the store (sessioncache.go).
+	cache sessionCache
 }
 
 // Option changes how NewHandler builds a Handler.
@@ -159,6 +162,7 @@ func NewHandler(store SessionStore, opts ...Option) *Handler {
 		}
 		h.server = srv
 	}
+	h.cache.ttl = h.cfg.SessionCacheTTL
 	h.metrics = newMetrics(h.cfg.Common.ID, h.cfg.Common.Region, h.cfg.Common.Zone)
 	h.disp = newDispatcher(h)
 	h.mux = http.NewServeMux()
@@ -166,6 +170,13 @@ func NewHandler(store SessionStore, opts ...Option) *Handler {
 	h.mux.HandleFunc("/healthz", h.serveHealthz)
 	h.mux.HandleFunc("/readyz", h.serveReadyz)
 	h.mux.Handle("/metrics", h.metrics.handler())
+	if h.cfg.Pprof {
+		h.mux.HandleFunc("/debug/pprof/", pprof.Index)
+		h.mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		h.mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		h.mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		h.mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	return h
 }
 

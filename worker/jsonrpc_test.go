@@ -77,6 +77,11 @@ func FuzzDecode(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		m, e := Decode(b)
+		// Decode checks validity only once (inside Unmarshal): a parse
+		// error must still be exactly the bodies that are not JSON.
+		if parseErr := e != nil && e.Code == CodeParseError; parseErr == json.Valid(b) {
+			t.Fatalf("parse error %v for a body whose json.Valid is %v", parseErr, json.Valid(b))
+		}
 		if e != nil {
 			if e.Code != CodeParseError && e.Code != CodeInvalidRequest {
 				t.Fatalf("unexpected error code %d", e.Code)

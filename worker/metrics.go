@@ -3,6 +3,7 @@ package worker
 import (
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -36,6 +37,9 @@ type metrics struct {
 	// and the records they handled (sweep.go).
 	sweeps *prometheus.CounterVec
 	swept  *prometheus.CounterVec
+	// children caches observe's per-label children (observeKey ->
+	// *observers).
+	children sync.Map
 }
 
 func newMetrics(node, region, zone string) *metrics {
@@ -79,9 +83,33 @@ func newMetrics(node, region, zone string) *metrics {
 	return m
 }
 
+// observeKey names one (method, code) pair of children in metrics.children.
+type observeKey struct {
+	method string
+	code   int
+}
+
+// observers are the children one request updates, looked up once per
+// (method, code) instead of hashing label values on every request.
+type observers struct {
+	requests prometheus.Counter
+	duration prometheus.Observer
+}
+
 func (m *metrics) observe(method string, code int, d time.Duration) {
-	m.requests.WithLabelValues(method, strconv.Itoa(code)).Inc()
-	m.duration.WithLabelValues(method).Observe(d.Seconds())
+	k := observeKey{method, code}
+	v, ok := m.children.Load(k)
+	if !ok {
+		// Bounded: method is one of the dispatcher's names or a fixed
+		// label, code an HTTP status the worker writes.
+		v, _ = m.children.LoadOrStore(k, &observers{
+			requests: m.requests.WithLabelValues(method, strconv.Itoa(code)),
+			duration: m.duration.WithLabelValues(method),
+		})
+	}
+	o := v.(*observers)
+	o.requests.Inc()
+	o.duration.Observe(d.Seconds())
 }
 
 func (m *metrics) handler() http.Handler {

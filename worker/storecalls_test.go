@@ -77,10 +77,12 @@ func (c *countingStore) ListState(ctx context.Context, sid, prefix string) ([]St
 // before it ends, tools/call included, is answered as plain JSON although
 // the client accepts SSE, and costs the store one read: the session, not
 // touched while its idle timer is fresh. No in-flight record, no events.
+// (With the session cache off: with it, even that read is skipped, see
+// TestSessionCacheSkipsReads.)
 func TestQuickRequestsOneRead(t *testing.T) {
 	mem := newMemStore()
 	cs := &countingStore{SessionStore: mem}
-	c := clusterOver(t, []string{"a"}, nil, func() SessionStore { return cs })
+	c := clusterOver(t, []string{"a"}, func(cfg *Config) { cfg.SessionCacheTTL = 0 }, func() SessionStore { return cs })
 	for _, v := range supportedVersions {
 		t.Run(v, func(t *testing.T) {
 			sid := initOn(t, c.urls["a"], v, `{}`)

@@ -124,7 +124,7 @@ func (h *Handler) serveMCP(rw http.ResponseWriter, r *http.Request) {
 
 // post handles one JSON-RPC message and returns the method label.
 func (h *Handler) post(w http.ResponseWriter, r *http.Request) string {
-	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
+	if ct := r.Header.Get("Content-Type"); ct != "application/json" && !isJSONMediaType(ct) {
 		h.fail(w, http.StatusUnsupportedMediaType, nil, errorf(CodeTransport, "Unsupported Media Type: Content-Type must be application/json"))
 		return labelInvalid
 	}
@@ -444,11 +444,18 @@ func (h *Handler) delete(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), h.cfg.RequestTimeout)
 	defer cancel()
 	// Only the session's principal may end it.
-	if _, err := h.loadSessionNoTouch(ctx, sid); err != nil {
+	sess, err := h.loadSessionNoTouch(ctx, sid)
+	if err != nil {
 		h.storeFail(w, nil, "get", err)
 		return
 	}
+	h.cache.forget(sid)
 	if err := h.store.Delete(ctx, sid); err != nil {
+		h.storeFail(w, nil, "delete", err)
+		return
+	}
+	// 204 only once no worker can serve the session from its cache.
+	if err := h.cache.settle(ctx, sess.rec); err != nil {
 		h.storeFail(w, nil, "delete", err)
 		return
 	}
@@ -465,8 +472,9 @@ type session struct {
 // errCorruptRecord marks a session record that does not decode.
 var errCorruptRecord = errors.New("session record does not decode")
 
-// loadSession reads the session from the store (no cache: any worker may
-// have changed it) and keeps its idle timer running.
+// loadSession reads the session, from this worker's session cache when it
+// holds a fresh record of it (sessioncache.go says why that is safe),
+// else from the store, and keeps its idle timer running.
 //
 // It reads without touching, and writes a touch only when the record's
 // updated_at is older than touchInterval (min(idle TTL/10, 60 s)); every
@@ -474,16 +482,25 @@ var errCorruptRecord = errors.New("session record does not decode")
 // updated_at in the store too. So a session expires at the earliest
 // idle TTL − touchInterval after its last request (up to a tenth of the
 // TTL early, never late), plus any skew between this worker's clock and
-// the store's.
+// the store's. A cached record whose touch is due is read again.
 func (h *Handler) loadSession(ctx context.Context, id string) (*session, error) {
 	if strings.HasPrefix(id, indexSessionPrefix) {
 		return nil, ErrSessionNotFound // a worker's index, not an MCP session
 	}
+	now := time.Now()
+	if e, ok := h.cache.fresh(id, now); ok && !h.touchDue(e.sess, now) {
+		// Another principal is refused from the cache as from the store.
+		if err := h.checkPrincipal(ctx, e.rec); err != nil {
+			return nil, err
+		}
+		return &session{id: id, version: e.sess.Version, rec: e.rec}, nil
+	}
 	s, err := h.store.Get(ctx, id, false)
 	if err != nil {
+		h.cache.forget(id)
 		return nil, err
 	}
-	rec, err := decodeRecord(s.Data)
+	rec, err := h.cache.decode(id, s, now)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", errCorruptRecord, err)
 	}
@@ -491,12 +508,14 @@ func (h *Handler) loadSession(ctx context.Context, id string) (*session, error) 
 	if err := h.checkPrincipal(ctx, rec); err != nil {
 		return nil, err
 	}
-	if h.touchDue(s, time.Now()) {
+	if h.touchDue(s, now) {
+		sent := time.Now()
 		if s, err = h.store.Get(ctx, id, true); err != nil {
+			h.cache.forget(id)
 			return nil, err
 		}
 		// Another worker may have changed the record in between.
-		if rec, err = decodeRecord(s.Data); err != nil {
+		if rec, err = h.cache.decode(id, s, sent); err != nil {
 			return nil, fmt.Errorf("%w: %v", errCorruptRecord, err)
 		}
 	}
@@ -546,10 +565,13 @@ func (h *Handler) updateSession(ctx context.Context, s *session, change func(*se
 		if !change(&next) {
 			return nil
 		}
+		h.cache.forget(s.id)
 		stored, err := h.store.CompareAndSet(ctx, s.id, s.version, next.encode())
 		if err == nil {
+			old := s.rec
 			s.version, s.rec = stored.Version, next
-			return nil
+			// Acknowledged only once no worker can serve the old record.
+			return h.cache.settle(ctx, old)
 		}
 		if !errors.Is(err, ErrVersionConflict) {
 			return err
@@ -567,11 +589,13 @@ func (h *Handler) loadSessionNoTouch(ctx context.Context, id string) (*session, 
 	if strings.HasPrefix(id, indexSessionPrefix) {
 		return nil, ErrSessionNotFound // a worker's index, not an MCP session
 	}
+	sent := time.Now()
 	s, err := h.store.Get(ctx, id, false)
 	if err != nil {
+		h.cache.forget(id)
 		return nil, err
 	}
-	rec, err := decodeRecord(s.Data)
+	rec, err := h.cache.decode(id, s, sent)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", errCorruptRecord, err)
 	}
@@ -634,10 +658,26 @@ func (h *Handler) answer(w http.ResponseWriter, id json.RawMessage, result any, 
 // acceptance is what a request's Accept headers allow.
 type acceptance struct{ json, sse bool }
 
+// isJSONMediaType reports whether a Content-Type is application/json
+// (parameters allowed).
+func isJSONMediaType(ct string) bool {
+	mt, _, err := mime.ParseMediaType(ct)
+	return err == nil && mt == "application/json"
+}
+
 // accepted reads Accept headers. No Accept header accepts JSON.
 func accepted(accept []string) acceptance {
 	if len(accept) == 0 {
 		return acceptance{json: true}
+	}
+	// What MCP clients send, without parsing it on every request.
+	if len(accept) == 1 {
+		switch accept[0] {
+		case "application/json, text/event-stream", "text/event-stream, application/json":
+			return acceptance{json: true, sse: true}
+		case "application/json":
+			return acceptance{json: true}
+		}
 	}
 	var a acceptance
 	for _, line := range accept {

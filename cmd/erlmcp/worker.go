@@ -59,6 +59,8 @@ func cmdWorker(ctx context.Context, args []string, _, stderr io.Writer) int {
 	fs.DurationVar(&cfg.SweepDelay, "sweep-delay", cfg.SweepDelay, "a worker out of membership this long has its in-flight requests answered with errors and its running tasks failed by a live worker (must exceed the 10s drain)")
 	fs.StringVar(&cfg.AuthTokensFile, "auth-tokens", cfg.AuthTokensFile, "turns auth on: file of \"<sha256 hex of a token> <principal>\" lines; clients send Authorization: Bearer <token> (401 otherwise) and a session is served only to the principal that initialized it")
 	fs.StringVar(&cfg.AuthPrincipalHeader, "auth-principal-header", cfg.AuthPrincipalHeader, "turns auth on: a header a trusted gateway sets to the authenticated principal (the gateway must strip it from client requests)")
+	fs.DurationVar(&cfg.SessionCacheTTL, "session-cache-ttl", cfg.SessionCacheTTL, "a session record read from the store is served again for this long without reading it; logging/setLevel and DELETE then wait a little longer before answering so the next request sees them on any worker (every worker of a store must use the same value; 0: off, every request reads the store)")
+	fs.BoolVar(&cfg.Pprof, "pprof", cfg.Pprof, "serve Go's profiler under /debug/pprof/ on the worker's port (for performance work; keep it off in production)")
 	if err := config.Parse(fs, args, nil); err != nil {
 		if errors.Is(err, config.ErrHelp) {
 			return exitOK
