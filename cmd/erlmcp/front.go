@@ -13,8 +13,11 @@ import (
 
 const frontSummary = `Run the etcd-aware HTTP front: it watches <etcd-prefix>members/worker/ and
 spreads MCP traffic over the non-draining workers by health-aware round robin
-(no stickiness), streams SSE unbuffered, and retries a request on another
-worker only when the connection to the first could not be made. With no
+(no stickiness), streams SSE unbuffered, and resends a request to another
+worker only when the first provably did not process it (connection refused,
+or reset before any byte of the answer) or it is read-only. A worker whose
+requests stall is probed and, when it stops answering, taken out of
+rotation. With no
 worker available it answers 503 with Retry-After. It serves /healthz and
 /readyz itself and registers under <etcd-prefix>members/front/<id>.`
 
@@ -30,6 +33,11 @@ func cmdFront(ctx context.Context, args []string, _, stderr io.Writer) int {
 	fs.DurationVar(&cfg.DialTimeout, "dial-timeout", cfg.DialTimeout, "timeout for connecting to a worker")
 	fs.DurationVar(&cfg.Cooldown, "cooldown", cfg.Cooldown, "how long a worker that refused a connection or failed a probe is skipped")
 	fs.DurationVar(&cfg.ProbeInterval, "probe-interval", cfg.ProbeInterval, "period of GET /healthz probes of each worker (0 disables)")
+	fs.DurationVar(&cfg.ProbeTimeout, "probe-timeout", cfg.ProbeTimeout, "a worker health probe not answered within this failed")
+	fs.IntVar(&cfg.ProbeFailAfter, "probe-fail-after", cfg.ProbeFailAfter, "consecutive failed probes that take a worker out of rotation and cancel its in-flight requests")
+	fs.DurationVar(&cfg.SuspectAfter, "suspect-after", cfg.SuspectAfter, "probe a worker when a request has waited this long for response headers (0 disables)")
+	fs.BoolVar(&cfg.WorkerKeepAlive, "worker-keepalive", cfg.WorkerKeepAlive, "reuse connections to workers (false: one connection per request)")
+	fs.IntVar(&cfg.MaxIdlePerWorker, "max-idle-per-worker", cfg.MaxIdlePerWorker, "idle keep-alive connections kept per worker")
 	if err := config.Parse(fs, args, nil); err != nil {
 		if errors.Is(err, config.ErrHelp) {
 			return exitOK

@@ -2,8 +2,11 @@
 // small installs: it discovers workers from etcd membership, spreads
 // requests over the non-draining ones by health-aware round robin (no
 // stickiness: any worker serves any session), streams responses (SSE)
-// unbuffered, and retries a request on another worker only when it never
-// reached the first (the connection could not be made).
+// unbuffered, and resends a request to another worker only when the first
+// provably did not process it (the connection could not be made, or was
+// reset before any byte of the answer) or it is read-only (proxy.go). It
+// finds dead and paused workers by probes that slow or failed requests
+// trigger (health.go).
 package front
 
 import (
@@ -47,8 +50,28 @@ type Config struct {
 	// probe) is skipped while others are available.
 	Cooldown time.Duration
 	// ProbeInterval is the period of active GET /healthz probes of each
-	// worker; 0 disables probing.
+	// worker; 0 disables the periodic probes (suspicion from requests
+	// still triggers confirmation probes).
 	ProbeInterval time.Duration
+	// ProbeTimeout bounds one health probe; a probe that takes longer
+	// failed. A paused (SIGSTOPped) worker is found by these timeouts.
+	ProbeTimeout time.Duration
+	// ProbeFailAfter is how many consecutive failed probes take a worker
+	// out of rotation and cancel its in-flight requests (a refused
+	// connection counts as all of them): more than one, so one slow
+	// answer on a busy machine does not abort a live worker's requests.
+	ProbeFailAfter int
+	// SuspectAfter is how long a request may wait for its response
+	// headers before its worker is probed (0: only the periodic probes and
+	// failed requests raise suspicion). It only starts probes, so it may be
+	// well below the slowest legitimate answer.
+	SuspectAfter time.Duration
+	// WorkerKeepAlive reuses connections to workers; false opens one per
+	// request.
+	WorkerKeepAlive bool
+	// MaxIdlePerWorker bounds the idle keep-alive connections kept per
+	// worker.
+	MaxIdlePerWorker int
 	// ShutdownTimeout bounds the graceful HTTP shutdown when ctx ends.
 	ShutdownTimeout time.Duration
 }
@@ -57,13 +80,18 @@ type Config struct {
 func DefaultConfig() Config {
 	c := config.DefaultCommon()
 	return Config{
-		Common:          c,
-		Listen:          "127.0.0.1:8080",
-		MaxBodyBytes:    DefaultMaxBodyBytes,
-		DialTimeout:     time.Second,
-		Cooldown:        2 * time.Second,
-		ProbeInterval:   2 * time.Second,
-		ShutdownTimeout: 5 * time.Second,
+		Common:           c,
+		Listen:           "127.0.0.1:8080",
+		MaxBodyBytes:     DefaultMaxBodyBytes,
+		DialTimeout:      time.Second,
+		Cooldown:         2 * time.Second,
+		ProbeInterval:    time.Second,
+		ProbeTimeout:     200 * time.Millisecond,
+		ProbeFailAfter:   2,
+		SuspectAfter:     150 * time.Millisecond,
+		WorkerKeepAlive:  true,
+		MaxIdlePerWorker: 256,
+		ShutdownTimeout:  5 * time.Second,
 	}
 }
 
@@ -84,6 +112,14 @@ func (c Config) Validate() error {
 		return fmt.Errorf("--cooldown %s: must not be negative", c.Cooldown)
 	case c.ProbeInterval < 0:
 		return fmt.Errorf("--probe-interval %s: must not be negative (0 disables probing)", c.ProbeInterval)
+	case c.ProbeTimeout <= 0:
+		return fmt.Errorf("--probe-timeout %s: must be positive", c.ProbeTimeout)
+	case c.ProbeFailAfter < 1:
+		return fmt.Errorf("--probe-fail-after %d: must be at least 1", c.ProbeFailAfter)
+	case c.SuspectAfter < 0:
+		return fmt.Errorf("--suspect-after %s: must not be negative (0 disables it)", c.SuspectAfter)
+	case c.MaxIdlePerWorker < 0:
+		return fmt.Errorf("--max-idle-per-worker %d: must not be negative", c.MaxIdlePerWorker)
 	}
 	return nil
 }
@@ -93,6 +129,7 @@ type Front struct {
 	cfg    Config
 	log    *logrus.Entry
 	pool   *pool
+	det    *detector
 	ln     net.Listener
 	srv    *http.Server
 	reg    *membership.Registration
@@ -152,6 +189,7 @@ func Start(ctx context.Context, cfg Config, cli *clientv3.Client, log *logrus.En
 		done:   make(chan struct{}),
 		served: make(chan error, 1),
 	}
+	f.det = newDetector(bctx, f.pool, cfg, log)
 	f.srv = &http.Server{
 		Handler:           f.handler(),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -181,7 +219,7 @@ func Start(ctx context.Context, cfg Config, cli *clientv3.Client, log *logrus.En
 		loops++
 		go func() {
 			defer func() { finished <- struct{}{} }()
-			f.probeLoop(bctx)
+			f.det.probeLoop(cfg.ProbeInterval)
 		}()
 	}
 	go func() {
@@ -262,7 +300,7 @@ func (f *Front) handler() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "workers": n})
 	})
-	mux.Handle("/", newProxy(f.pool, f.cfg, f.log))
+	mux.Handle("/", newProxy(f.pool, f.det, f.cfg, f.log))
 	return mux
 }
 

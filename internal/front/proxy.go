@@ -10,11 +10,14 @@ import (
 	stdlog "log"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/http/httputil"
 	"net/url"
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/erlmcp/erlmcp/internal/membership"
@@ -45,14 +48,25 @@ type pool struct {
 	mu        sync.Mutex
 	backends  []*backend // sorted by id
 	downUntil map[string]time.Time
-	next      uint64
+	// inflight holds the requests in flight to each worker (by addr), so a
+	// worker found down can have them cancelled; confirming the workers
+	// whose confirmation probes run (health.go).
+	inflight   map[string]map[*attempt]struct{}
+	confirming map[string]bool
+	// confirmedUp is when a confirmation last found each worker up.
+	confirmedUp map[string]time.Time
+	// lastAnswer is when each worker last sent a byte of an answer.
+	lastAnswer map[string]time.Time
+	next       uint64
 	// traffic is the deploy split (traffic.go); splitAcc its accumulator.
 	traffic  Traffic
 	splitAcc int
 }
 
 func newPool(cooldown time.Duration) *pool {
-	return &pool{cooldown: cooldown, now: time.Now, downUntil: map[string]time.Time{}}
+	return &pool{cooldown: cooldown, now: time.Now, downUntil: map[string]time.Time{},
+		inflight: map[string]map[*attempt]struct{}{}, confirming: map[string]bool{}, lastAnswer: map[string]time.Time{},
+		confirmedUp: map[string]time.Time{}}
 }
 
 // set replaces the pool with the non-draining workers among ms.
@@ -83,6 +97,13 @@ func (p *pool) set(ms []membership.Member) {
 		}
 	}
 	p.downUntil = keep
+	answered := map[string]time.Time{}
+	for _, b := range bs {
+		if t, ok := p.lastAnswer[b.addr]; ok {
+			answered[b.addr] = t
+		}
+	}
+	p.lastAnswer = answered
 }
 
 func (p *pool) list() []*backend {
@@ -165,16 +186,65 @@ func neverReached(err error) bool {
 	return errors.As(err, &op) && op.Op == "dial"
 }
 
-// retryTransport sends a request to a worker picked from the pool and, when
-// the connection cannot be made, to the next one.
+// unprocessed reports whether err, seen before any byte of the answer,
+// proves the worker never handled the request: the worker's kernel reset
+// the connection. A socket closed with unread data, or one already closed
+// when the request arrived, answers with a reset; a worker that read the
+// request and then died closes with a FIN instead (EOF here), which proves
+// nothing. This is what makes keep-alive to workers safe: a request
+// written on a pooled connection to a just-killed worker meets a reset and
+// goes to another worker.
+func unprocessed(err error) bool {
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+// idemKey marks a request whose repetition changes nothing (see
+// idempotent); its value is a bool.
+type idemKey struct{}
+
+// readOnlyMethods are the JSON-RPC methods that only read, so sending one
+// twice is harmless. tools/call is not among them: the front cannot know
+// what a tool does.
+var readOnlyMethods = map[string]bool{
+	"ping": true, "tools/list": true, "resources/list": true, "resources/templates/list": true,
+	"resources/read": true, "prompts/list": true, "prompts/get": true, "server/discover": true,
+}
+
+// idempotent reports whether a request may be sent again after a failure
+// whose outcome is unknown: a GET (a stream opened or resumed with
+// Last-Event-ID) or a POST of one JSON-RPC request with a read-only method.
+// DELETE is not: repeating a delete that was applied answers 404, which a
+// client takes for a lost session.
+func idempotent(method string, body []byte) bool {
+	switch method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions:
+		return true
+	case http.MethodPost:
+		var msg struct {
+			Method string `json:"method"`
+		}
+		return json.Unmarshal(body, &msg) == nil && readOnlyMethods[msg.Method]
+	}
+	return false
+}
+
+// retryTransport sends a request to a worker picked from the pool and,
+// when the request provably did not reach a worker's handler (the dial
+// failed, the connection was reset before any byte of the answer) or may
+// be repeated (idempotent), to the next one.
 type retryTransport struct {
 	pool *pool
 	base *http.Transport
-	log  *logrus.Entry
+	det  *detector
+	// suspectAfter is how long a request may wait for its response headers
+	// before its worker is suspected (0: never).
+	suspectAfter time.Duration
+	log          *logrus.Entry
 }
 
 func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	tried := map[string]bool{}
+	idem, _ := req.Context().Value(idemKey{}).(bool)
 	var last error
 	for {
 		b := t.pool.pick(tried)
@@ -185,30 +255,111 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 			return nil, &noWorkerError{tried: len(tried), last: last}
 		}
 		tried[b.addr] = true
-		out := req.Clone(req.Context())
-		out.URL.Scheme, out.URL.Host = b.url.Scheme, b.url.Host
-		if out.Body != nil && req.GetBody != nil {
-			body, err := req.GetBody()
-			if err != nil {
-				return nil, err
-			}
-			out.Body = body
-		}
-		resp, err := t.base.RoundTrip(out)
+		resp, answered, err := t.send(req, b)
 		if err == nil {
-			t.pool.markUp(b.addr)
-			if resp.Header.Get(WorkerHeader) == "" {
-				resp.Header.Set(WorkerHeader, b.id)
-			}
 			return resp, nil
 		}
-		if req.Context().Err() != nil || !neverReached(err) {
+		if req.Context().Err() != nil {
 			return nil, fmt.Errorf("worker %s (%s): %w", b.id, b.addr, err)
 		}
-		t.pool.markDown(b.addr)
-		t.log.WithError(err).WithFields(logrus.Fields{"worker": b.id, "addr": b.addr}).Warn("worker refused the connection; trying another")
+		switch {
+		case neverReached(err):
+			t.pool.markDown(b.addr)
+			t.det.suspect(b, "connection refused")
+			t.log.WithError(err).WithFields(logrus.Fields{"worker": b.id, "addr": b.addr}).Warn("worker refused the connection; trying another")
+		case !answered && (unprocessed(err) || idem):
+			t.det.suspect(b, "request failed")
+			t.log.WithError(err).WithFields(logrus.Fields{"worker": b.id, "addr": b.addr, "idempotent": idem}).
+				Warn("worker failed a request it did not process (or one safe to repeat); trying another")
+		default:
+			t.det.suspect(b, "request failed")
+			return nil, fmt.Errorf("worker %s (%s): %w", b.id, b.addr, err)
+		}
 		last = err
 	}
+}
+
+// send makes one attempt on b. answered is true once any byte of b's
+// answer arrived. The attempt is tracked until its body is closed, so the
+// detector can cancel it when b is found down.
+func (t *retryTransport) send(req *http.Request, b *backend) (resp *http.Response, answered bool, err error) {
+	actx, cancel := context.WithCancelCause(req.Context())
+	var gotByte atomic.Bool
+	actx = httptrace.WithClientTrace(actx, &httptrace.ClientTrace{GotFirstResponseByte: func() {
+		gotByte.Store(true)
+		t.pool.answered(b.addr)
+	}})
+	out := req.Clone(actx)
+	out.URL.Scheme, out.URL.Host = b.url.Scheme, b.url.Host
+	if out.Body != nil && req.GetBody != nil {
+		body, err := req.GetBody()
+		if err != nil {
+			cancel(nil)
+			return nil, false, err
+		}
+		out.Body = body
+	}
+	// Only an idempotent request may be cancelled when b is found down
+	// (and is then sent to another worker). Any other request stays with
+	// b: a paused worker still holds its bytes and would run it on
+	// resuming, after its client, told it failed, had moved on (a counter
+	// increment applied out of order: seen as a skipped increment).
+	a := &attempt{cancel: cancel}
+	idem, _ := req.Context().Value(idemKey{}).(bool)
+	if idem {
+		t.pool.track(b.addr, a)
+	}
+	done := func() {
+		if idem {
+			t.pool.untrack(b.addr, a)
+		}
+		cancel(nil)
+	}
+	var timer *time.Timer
+	if t.suspectAfter > 0 {
+		timer = time.AfterFunc(t.suspectAfter, func() { t.det.suspect(b, "slow response headers") })
+	}
+	resp, err = t.base.RoundTrip(out)
+	if timer != nil {
+		timer.Stop()
+	}
+	if err != nil {
+		if cause := context.Cause(actx); errors.Is(cause, errWorkerDown) && !errors.Is(err, errWorkerDown) {
+			err = fmt.Errorf("%w: %w", cause, err)
+		}
+		done()
+		return nil, gotByte.Load(), err
+	}
+	t.pool.markUp(b.addr)
+	if resp.Header.Get(WorkerHeader) == "" {
+		resp.Header.Set(WorkerHeader, b.id)
+	}
+	resp.Body = &trackedBody{ReadCloser: resp.Body, done: done, progress: func() { t.pool.answered(b.addr) }}
+	return resp, true, nil
+}
+
+// trackedBody ends an attempt's tracking when the proxy closes the body,
+// and reports each read that brought bytes as progress of the worker (an
+// SSE stream that goes on is a worker that is not paused).
+type trackedBody struct {
+	io.ReadCloser
+	once     sync.Once
+	done     func()
+	progress func()
+}
+
+func (b *trackedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if n > 0 {
+		b.progress()
+	}
+	return n, err
+}
+
+func (b *trackedBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.once.Do(b.done)
+	return err
 }
 
 // proxy buffers the request body (so a retry can resend it) and hands the
@@ -219,17 +370,24 @@ type proxy struct {
 	log     *logrus.Entry
 }
 
-func newProxy(p *pool, cfg Config, log *logrus.Entry) *proxy {
-	// No keep-alive to workers (HAProxy's config does the same with
-	// option httpclose): a request written on a pooled connection whose
-	// worker was just killed fails with a reset, and a POST may not be
-	// retried once written (a worker may have started it). With a fresh
-	// connection per request, a dead worker refuses the dial and the
-	// request goes to another one; only requests really in flight on the
-	// killed worker fail. A loopback connect costs tens of microseconds.
+func newProxy(p *pool, det *detector, cfg Config, log *logrus.Entry) *proxy {
+	// Keep-alive to workers saves a TCP handshake (and a worker-side
+	// accept and goroutine) per request. Its hazard is a request written on
+	// a pooled connection whose worker was just killed. guardedConn does not
+	// write on a connection the worker already closed (the transport then
+	// retries on a new one); retryTransport resends a request the worker
+	// provably did not process (reset before any answer byte) or an
+	// idempotent one; otherwise the client gets a 502, as it would for any
+	// request in flight on a killed process.
+	// WorkerKeepAlive=false restores a connection per request (as HAProxy's
+	// option httpclose).
 	base := &http.Transport{
-		DialContext:        (&net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second}).DialContext,
-		DisableKeepAlives:  true,
+		DialContext:         guardedDialer(&net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second}),
+		DisableKeepAlives:   !cfg.WorkerKeepAlive,
+		MaxIdleConnsPerHost: cfg.MaxIdlePerWorker,
+		// Below the worker's 2 min idle timeout, so it is the front that
+		// closes an idle connection, never a worker while the front writes.
+		IdleConnTimeout:    30 * time.Second,
 		DisableCompression: true,
 	}
 	rp := &httputil.ReverseProxy{
@@ -240,7 +398,7 @@ func newProxy(p *pool, cfg Config, log *logrus.Entry) *proxy {
 			pr.Out.Host = pr.In.Host
 			pr.SetXForwarded()
 		},
-		Transport:     &retryTransport{pool: p, base: base, log: log},
+		Transport:     &retryTransport{pool: p, base: base, det: det, suspectAfter: cfg.SuspectAfter, log: log},
 		FlushInterval: -1,
 		ErrorLog:      stdlog.New(logWriter{log}, "", 0),
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
@@ -262,8 +420,10 @@ func newProxy(p *pool, cfg Config, log *logrus.Entry) *proxy {
 }
 
 func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	var body []byte
 	if r.Body != nil && r.Body != http.NoBody {
-		body, err := io.ReadAll(io.LimitReader(r.Body, p.maxBody+1))
+		var err error
+		body, err = io.ReadAll(io.LimitReader(r.Body, p.maxBody+1))
 		if err != nil {
 			writeRPCError(w, http.StatusBadRequest, -32700, "could not read the request body: "+err.Error())
 			return
@@ -276,6 +436,9 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		r.ContentLength = int64(len(body))
 		r.TransferEncoding = nil
 		r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+	}
+	if idempotent(r.Method, body) {
+		r = r.WithContext(context.WithValue(r.Context(), idemKey{}, true))
 	}
 	p.rp.ServeHTTP(w, r)
 }
@@ -290,52 +453,6 @@ func writeRPCError(w http.ResponseWriter, status, code int, msg string) {
 		"id":      nil,
 		"error":   map[string]any{"code": code, "message": msg},
 	})
-}
-
-// probeLoop GETs /healthz of every worker each ProbeInterval and cools
-// down the ones that do not answer (or answer 5xx).
-func (f *Front) probeLoop(ctx context.Context) {
-	cl := &http.Client{
-		Timeout:   min(f.cfg.ProbeInterval, 2*time.Second),
-		Transport: &http.Transport{DialContext: (&net.Dialer{Timeout: f.cfg.DialTimeout}).DialContext, DisableKeepAlives: true},
-	}
-	t := time.NewTicker(f.cfg.ProbeInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		var wg sync.WaitGroup
-		for _, b := range f.pool.list() {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				req, _ := http.NewRequestWithContext(ctx, http.MethodGet, b.health, nil)
-				resp, err := cl.Do(req)
-				if err == nil {
-					_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
-					resp.Body.Close()
-					if resp.StatusCode >= 500 {
-						err = fmt.Errorf("status %s", resp.Status)
-					}
-				}
-				if ctx.Err() != nil {
-					return
-				}
-				if err != nil {
-					if !f.pool.isDown(b.addr) {
-						f.log.WithError(err).WithField("worker", b.id).Warn("worker health probe failed")
-					}
-					f.pool.markDown(b.addr)
-					return
-				}
-				f.pool.markUp(b.addr)
-			}()
-		}
-		wg.Wait()
-	}
 }
 
 type logWriter struct{ e *logrus.Entry }

@@ -24,9 +24,12 @@ import (
 //   - a value above what the unknown increments explain is skipped
 //     increments.
 //
-// Availability: a run of failures opens a gap at the last success before it
-// (or at the first attempt, if the slot never succeeded); the next success
-// closes it. The longest gap is the slot's failover time.
+// Availability: a run of failures opens a gap at the start of its first
+// failed request (the first moment the session was asked for and not
+// served; the time the slot sat unused before it says nothing about the
+// service); the next success closes it. The longest gap is the slot's
+// failover time. The caller retries a failing slot at once, so a gap ends
+// when the service is back.
 type Continuity struct {
 	By int64
 
@@ -35,8 +38,6 @@ type Continuity struct {
 	pending int64 // increments sent since last ack whose outcome is unknown
 
 	// availability
-	haveOK    bool
-	lastOK    time.Time
 	failing   bool
 	failStart time.Time
 	maxGap    time.Duration
@@ -150,10 +151,6 @@ func (c *Continuity) Success(now time.Time) {
 	if c.failing {
 		c.closeGap(now)
 	}
-	c.haveOK = true
-	if now.After(c.lastOK) {
-		c.lastOK = now
-	}
 }
 
 // Failure records a request, started at start, that failed at now.
@@ -162,11 +159,7 @@ func (c *Continuity) Failure(start, now time.Time) {
 		return
 	}
 	c.failing = true
-	if c.haveOK {
-		c.failStart = c.lastOK
-	} else {
-		c.failStart = start
-	}
+	c.failStart = start
 }
 
 func (c *Continuity) closeGap(now time.Time) {

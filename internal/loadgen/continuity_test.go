@@ -158,27 +158,28 @@ func TestContinuityGaps(t *testing.T) {
 	c := NewContinuity(1)
 	c.Success(clk.at(1 * time.Second))
 	c.Success(clk.at(2 * time.Second))
-	// failures from 2.5 s to 4 s, next success at 5 s: gap from the last
-	// success (2 s) to the next (5 s)
+	// failures from 2.5 s to 4 s, next success at 5 s: gap from the start
+	// of the first failed request (2.5 s, not the last success at 2 s: the
+	// slot was not asked for in between) to the next success (5 s)
 	c.Failure(clk.at(2500*time.Millisecond), clk.at(3*time.Second))
 	c.Failure(clk.at(3*time.Second), clk.at(4*time.Second))
 	if !c.Failing() {
 		t.Fatal("not failing after failures")
 	}
 	c.Success(clk.at(5 * time.Second))
-	if c.MaxGap() != 3*time.Second || c.Gaps() != 1 {
-		t.Fatalf("gap %s (%d gaps), want 3s", c.MaxGap(), c.Gaps())
+	if c.MaxGap() != 2500*time.Millisecond || c.Gaps() != 1 {
+		t.Fatalf("gap %s (%d gaps), want 2.5s", c.MaxGap(), c.Gaps())
 	}
 	// a shorter gap later does not lower the max; a longer one raises it
 	c.Failure(clk.at(5100*time.Millisecond), clk.at(5200*time.Millisecond))
 	c.Success(clk.at(6 * time.Second))
-	if c.MaxGap() != 3*time.Second || c.Gaps() != 2 {
+	if c.MaxGap() != 2500*time.Millisecond || c.Gaps() != 2 {
 		t.Fatalf("after short gap: %s (%d)", c.MaxGap(), c.Gaps())
 	}
 	c.Failure(clk.at(7*time.Second), clk.at(8*time.Second))
 	c.Success(clk.at(10 * time.Second))
-	if c.MaxGap() != 4*time.Second {
-		t.Fatalf("after long gap: %s, want 4s", c.MaxGap())
+	if c.MaxGap() != 3*time.Second {
+		t.Fatalf("after long gap: %s, want 3s", c.MaxGap())
 	}
 }
 
@@ -196,8 +197,8 @@ func TestContinuityGapNeverServedAndOpenAtEnd(t *testing.T) {
 	d.Success(clk.at(1 * time.Second))
 	d.Failure(clk.at(2*time.Second), clk.at(3*time.Second))
 	d.Finish(clk.at(9 * time.Second))
-	if d.MaxGap() != 8*time.Second || d.Failing() {
-		t.Fatalf("open gap %s, want 8s", d.MaxGap())
+	if d.MaxGap() != 7*time.Second || d.Failing() {
+		t.Fatalf("open gap %s, want 7s", d.MaxGap())
 	}
 	// Finish without a failure changes nothing
 	e := NewContinuity(1)
@@ -216,7 +217,7 @@ func TestSummarize(t *testing.T) {
 		c.Success(clk.at(0))
 		if i < 3 {
 			// three slots with gaps of 1, 2, 3 s
-			c.Failure(clk.at(time.Millisecond), clk.at(time.Millisecond))
+			c.Failure(clk.at(0), clk.at(time.Millisecond))
 			c.Success(clk.at(time.Duration(i+1) * time.Second))
 		}
 		c.Counter(1)

@@ -263,6 +263,13 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (Report, error) {
 			defer workers.Done()
 			rng := rand.New(rand.NewPCG(cfg.Seed, uint64(w)))
 			var backoff time.Duration
+			// held is a failing slot this worker keeps to retry.
+			var held *slot
+			defer func() {
+				if held != nil {
+					free <- held
+				}
+			}()
 			if tokens == nil && cfg.Ramp > 0 && w > 0 {
 				// closed-loop ramp: worker w starts at ramp*w/concurrency
 				t := time.NewTimer(cfg.Ramp * time.Duration(w) / time.Duration(cfg.Concurrency))
@@ -291,14 +298,25 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (Report, error) {
 						return
 					}
 				}
-				var s *slot
-				select {
-				case s = <-free:
-				case <-runCtx.Done():
-					return
+				s := held
+				if s == nil {
+					select {
+					case s = <-free:
+					case <-runCtx.Done():
+						return
+					}
 				}
 				kind := runOp(ctx, cfg, mix, client, s, rng, col)
-				free <- s
+				// A slot whose request failed is retried at once by the
+				// same worker, as a client retries, rather than queued
+				// behind the other slots: its unserved window then ends
+				// when the service is back, not when its turn comes.
+				held = nil
+				if s.cont.Failing() && runCtx.Err() == nil {
+					held = s
+				} else {
+					free <- s
+				}
 				if tokens == nil && !refusedBackoff(runCtx, kind, &backoff) {
 					return
 				}

@@ -1,0 +1,248 @@
+package front
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/sirupsen/logrus"
+)
+
+// errWorkerDown is the cause an idempotent request in flight to a worker
+// is cancelled with once the detector has confirmed that worker dead or
+// paused: it goes to another worker now instead of waiting for a process
+// that may never answer (a SIGSTOPped worker accepts connections in the
+// kernel and answers nothing). Other requests are not cancelled (see
+// retryTransport.send).
+var errWorkerDown = errors.New("the worker stopped answering health probes and was taken out of rotation")
+
+// attempt is one request in flight to one worker, which the detector may
+// cancel.
+type attempt struct {
+	cancel context.CancelCauseFunc
+}
+
+// track registers a request in flight to addr; untrack removes it.
+func (p *pool) track(addr string, a *attempt) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	m := p.inflight[addr]
+	if m == nil {
+		m = map[*attempt]struct{}{}
+		p.inflight[addr] = m
+	}
+	m[a] = struct{}{}
+}
+
+func (p *pool) untrack(addr string, a *attempt) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.inflight[addr], a)
+}
+
+// abort cancels every request in flight to addr with cause and returns how
+// many there were.
+func (p *pool) abort(addr string, cause error) int {
+	p.mu.Lock()
+	as := p.inflight[addr]
+	delete(p.inflight, addr)
+	p.mu.Unlock()
+	for a := range as {
+		a.cancel(cause)
+	}
+	return len(as)
+}
+
+// answered records that addr sent a byte of an answer now.
+func (p *pool) answered(addr string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.lastAnswer[addr] = p.now()
+}
+
+// answeredSince reports whether addr answered anything after t.
+func (p *pool) answeredSince(addr string, t time.Time) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.lastAnswer[addr].After(t)
+}
+
+// startConfirm claims the right to run the confirmation probes of addr; it
+// is false while another confirmation of it runs, so a burst of suspicions
+// costs one probe sequence, and for quiet after one that found addr up:
+// when every answer is slow (a loaded machine), each slow request would
+// otherwise start a probe the moment the last one ended.
+func (p *pool) startConfirm(addr string, quiet time.Duration) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.confirming[addr] || p.now().Sub(p.confirmedUp[addr]) < quiet {
+		return false
+	}
+	p.confirming[addr] = true
+	return true
+}
+
+// endConfirm ends a confirmation; up says it found addr answering.
+func (p *pool) endConfirm(addr string, up bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.confirming, addr)
+	if up {
+		p.confirmedUp[addr] = p.now()
+	}
+}
+
+// detector decides that a worker is down. Suspicion is cheap and comes
+// from anywhere (the periodic probe tick, a request that waits too long for
+// its response headers, a request that failed on the connection); the
+// verdict is not: it takes ProbeFailAfter consecutive probe failures, each
+// bounded by ProbeTimeout, or one refused connection (nothing listens: the
+// process is gone). A worker found down is skipped, and its in-flight
+// idempotent requests are cancelled (and resent to another worker), but
+// only when some other worker answers a probe:
+// if every worker is slow, the front (or the whole machine) is starved and
+// cancelling would turn slowness into errors with nowhere better to go.
+type detector struct {
+	pool      *pool
+	client    *http.Client
+	failAfter int
+	// quiet is how long after finding a worker up a suspicion of it is
+	// ignored (the periodic probe still runs).
+	quiet time.Duration
+	log   *logrus.Entry
+	// ctx ends with the front; confirmations stop with it.
+	ctx context.Context
+	// confirms counts confirmation sequences that ended; tests wait on it.
+	confirms atomic.Int64
+}
+
+func newDetector(ctx context.Context, p *pool, cfg Config, log *logrus.Entry) *detector {
+	return &detector{
+		pool: p,
+		client: &http.Client{
+			Timeout: cfg.ProbeTimeout,
+			// A fresh connection per probe: it must show whether the
+			// process accepts and answers now, and a paused worker's
+			// kernel still completes handshakes, so the answer is what
+			// counts, not the connect.
+			Transport: &http.Transport{DialContext: (&net.Dialer{Timeout: cfg.ProbeTimeout}).DialContext, DisableKeepAlives: true},
+		},
+		failAfter: cfg.ProbeFailAfter,
+		quiet:     cfg.ProbeTimeout,
+		log:       log,
+		ctx:       ctx,
+	}
+}
+
+// probe GETs b's /healthz once; a 5xx is a failure.
+func (d *detector) probe(b *backend) error {
+	req, err := http.NewRequestWithContext(d.ctx, http.MethodGet, b.health, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := d.client.Do(req)
+	if err != nil {
+		return err
+	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
+	resp.Body.Close()
+	if resp.StatusCode >= 500 {
+		return fmt.Errorf("health probe answered %s", resp.Status)
+	}
+	return nil
+}
+
+// refused reports whether err means nothing listens at the address.
+func refused(err error) bool { return errors.Is(err, syscall.ECONNREFUSED) }
+
+// suspect starts confirming whether b is down, unless a confirmation of b
+// already runs. It does not block.
+func (d *detector) suspect(b *backend, why string) {
+	if !d.pool.startConfirm(b.addr, d.quiet) {
+		return
+	}
+	go func() {
+		defer d.confirms.Add(1)
+		up := d.confirm(b, why)
+		d.pool.endConfirm(b.addr, up)
+	}()
+}
+
+// confirm probes b up to failAfter times in a row and reports whether b
+// answered; the first success ends it (b is up), a refusal declares b
+// down, and so do failAfter failures
+// during which b answered nothing at all. That last condition tells a
+// paused worker from a starved one: on a machine short of CPU a live
+// worker's probes can time out, but its other requests keep finishing,
+// while a stopped process answers no byte on any connection.
+func (d *detector) confirm(b *backend, why string) bool {
+	since := time.Now()
+	var err error
+	for range d.failAfter {
+		if err = d.probe(b); err == nil {
+			d.pool.markUp(b.addr)
+			return true
+		}
+		if d.ctx.Err() != nil {
+			return false
+		}
+		if refused(err) {
+			break
+		}
+	}
+	if !refused(err) && d.pool.answeredSince(b.addr, since) {
+		d.log.WithError(err).WithFields(logrus.Fields{"worker": b.id, "addr": b.addr, "suspected": why}).
+			Debug("worker probes failed but it keeps answering requests: slow, not down")
+		return true
+	}
+	wasDown := d.pool.isDown(b.addr)
+	d.pool.markDown(b.addr)
+	aborted := 0
+	if d.peerAnswers(b) {
+		aborted = d.pool.abort(b.addr, errWorkerDown)
+	}
+	if !wasDown || aborted > 0 {
+		d.log.WithError(err).WithFields(logrus.Fields{"worker": b.id, "addr": b.addr, "suspected": why, "aborted": aborted}).
+			Warn("worker down: taken out of rotation")
+	}
+	return false
+}
+
+// peerAnswers reports whether some other worker not marked down answers a
+// probe now. Without one there is no better place for b's requests to go.
+func (d *detector) peerAnswers(b *backend) bool {
+	for _, o := range d.pool.list() {
+		if o.addr == b.addr || d.pool.isDown(o.addr) {
+			continue
+		}
+		if d.probe(o) == nil {
+			return true
+		}
+	}
+	return false
+}
+
+// probeLoop suspects every worker each interval: a worker that answers its
+// first probe is (again) up, one that does not is confirmed as above. It
+// finds a worker that no request touched lately, and brings a recovered
+// one back.
+func (d *detector) probeLoop(interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-d.ctx.Done():
+			return
+		case <-t.C:
+		}
+		for _, b := range d.pool.list() {
+			d.suspect(b, "periodic probe")
+		}
+	}
+}
