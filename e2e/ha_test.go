@@ -136,13 +136,15 @@ func haSeed(t *testing.T) string {
 // that the client never sent), when a fault was not injected or when no
 // load was served. Every other miss the script reports (failover time per
 // fault, p95 under steady load, client errors beyond those in flight on
-// the faulty processes or outside any fault, the stopped region not failed
-// over before it came back: when the region holds the control-plane leader
-// and an etcd member, the new leader's election can outlast the 14 s hold)
-// fails it only with ERLMCP_HA_STRICT=1 (make chaos); otherwise it
+// the faulty processes or outside any fault) fails it only with
+// ERLMCP_HA_STRICT=1 (make chaos); otherwise it
 // is logged as MISSED, so make test on a shared 2-core machine is a
-// data-safety gate that still shows every figure. ERLMCP_HA_LONG=1 runs
-// the long version.
+// data-safety gate that still shows every figure. The stopped region must
+// be failed over (a history entry) before it comes back, always: 20 s of
+// hold leave room for the worst case, a region holding the control-plane
+// leader and the etcd leader (the etcd election, then the leader's lease
+// renewed to a full TTL, then the standby's term; 12-13 s at load 30).
+// ERLMCP_HA_LONG=1 runs the long version.
 func TestHALoadScenarios(t *testing.T) {
 	seed := haSeed(t)
 	long := os.Getenv("ERLMCP_HA_LONG") == "1"
@@ -150,7 +152,7 @@ func TestHALoadScenarios(t *testing.T) {
 	c := startHAUp(t, haEnv, "--stores", "4", "--fronts", "2", "--etcd-members", "3", "--store-fault-proxies")
 	t.Logf("seed %s (replay with ERLMCP_HA_SEED=%s); cluster in %s", seed, seed, c.dataDir)
 
-	phase, regionHold := "3", "14s"
+	phase, regionHold := "3", "20s"
 	if long {
 		phase, regionHold = "20", "40s"
 	}
@@ -195,7 +197,7 @@ func TestHALoadScenarios(t *testing.T) {
 			}
 			if sc == "region_failure" {
 				if err := regionFailedOver(t, c, rep); err != nil {
-					missed("%v", err)
+					t.Errorf("seed %s: %v", seed, err)
 				}
 			}
 			if t.Failed() {

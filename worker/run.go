@@ -16,6 +16,7 @@ import (
 	"github.com/erlmcp/erlmcp/internal/clusterstate"
 	"github.com/erlmcp/erlmcp/internal/etcdclient"
 	"github.com/erlmcp/erlmcp/internal/membership"
+	"github.com/erlmcp/erlmcp/internal/peerconn"
 	"github.com/erlmcp/erlmcp/sessionstore/client"
 )
 
@@ -91,6 +92,7 @@ func Run(ctx context.Context, cfg Config, log *logrus.Entry, opts ...Option) (er
 	srv := &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: 10 * time.Second,
+		ConnContext:       peerconn.ConnContext, // see Handler.post
 		IdleTimeout:       2 * time.Minute,
 	}
 	serveErr := make(chan error, 1)

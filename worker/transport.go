@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/erlmcp/erlmcp/internal/peerconn"
 	"github.com/sirupsen/logrus"
 )
 
@@ -157,6 +158,15 @@ func (h *Handler) post(w http.ResponseWriter, r *http.Request) string {
 		return labelInvalid
 	}
 	label := h.disp.label(msg)
+	if msg.Kind == KindRequest && peerconn.Gone(r) {
+		// Its sender (the front, a client) gave up before this worker
+		// started it: the request sat here while the worker was frozen
+		// or starved. Run now, it would run after whatever was sent since
+		// (for a counter: an increment applied after a later one). Once
+		// started, a disconnect no longer stops it (below).
+		h.log.WithFields(logrus.Fields{"method": msg.Method, "remote": r.RemoteAddr}).Warn("sender gone before the request started; not run")
+		return label
+	}
 
 	// A client disconnect is not a cancellation (MCP): finish store writes
 	// even when the client went away, bounded by the request timeout.

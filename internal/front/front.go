@@ -24,6 +24,7 @@ import (
 	"github.com/erlmcp/erlmcp/internal/etcdclient"
 	"github.com/erlmcp/erlmcp/internal/etcdwatch"
 	"github.com/erlmcp/erlmcp/internal/membership"
+	"github.com/erlmcp/erlmcp/internal/peerconn"
 	"github.com/sirupsen/logrus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -193,6 +194,7 @@ func Start(ctx context.Context, cfg Config, cli *clientv3.Client, log *logrus.En
 	f.srv = &http.Server{
 		Handler:           f.handler(),
 		ReadHeaderTimeout: 10 * time.Second,
+		ConnContext:       peerconn.ConnContext, // see proxy.ServeHTTP
 		ErrorLog:          nil,
 	}
 	go func() {

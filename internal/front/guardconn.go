@@ -5,6 +5,8 @@ import (
 	"errors"
 	"net"
 	"syscall"
+
+	"github.com/erlmcp/erlmcp/internal/peerconn"
 )
 
 // errPeerClosed refuses a write on a connection the worker already closed.
@@ -25,7 +27,7 @@ type guardedConn struct {
 }
 
 func (c *guardedConn) Write(p []byte) (int, error) {
-	if c.raw != nil && peerClosed(c.raw) {
+	if c.raw != nil && peerconn.Closed(c.raw) {
 		return 0, &net.OpError{Op: "write", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: errPeerClosed}
 	}
 	return c.Conn.Write(p)

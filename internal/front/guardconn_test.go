@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/erlmcp/erlmcp/internal/testcluster"
+
+	"github.com/erlmcp/erlmcp/internal/peerconn"
 )
 
 // Once the worker has closed a connection, the guard refuses to write a
@@ -43,7 +45,7 @@ func TestGuardedConnRefusesWriteAfterPeerClosed(t *testing.T) {
 	}
 	srv.Close() // the worker exits: its kernel sends a FIN
 	testcluster.WaitFor(t, 10*time.Second, "the FIN to arrive", func() error {
-		if !peerClosed(c.(*guardedConn).raw) {
+		if !peerconn.Closed(c.(*guardedConn).raw) {
 			return fmt.Errorf("peer not seen closed yet")
 		}
 		return nil

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/erlmcp/erlmcp/internal/membership"
+	"github.com/erlmcp/erlmcp/internal/peerconn"
 	"github.com/sirupsen/logrus"
 	"go.uber.org/zap"
 )
@@ -437,10 +438,27 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		r.TransferEncoding = nil
 		r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
 	}
+	if r.Method == http.MethodPost && isRequest(body) && peerconn.Gone(r) {
+		// The client gave up before this request was forwarded (this front
+		// was frozen or starved with it): forwarded now it would run after
+		// whatever the client sent since, elsewhere. Nobody waits for it.
+		p.log.WithField("client", r.RemoteAddr).Warn("client gone before its request was forwarded; dropped")
+		return
+	}
 	if idempotent(r.Method, body) {
 		r = r.WithContext(context.WithValue(r.Context(), idemKey{}, true))
 	}
 	p.rp.ServeHTTP(w, r)
+}
+
+// isRequest: body is a JSON-RPC request (a method and an id), not a
+// notification or a response.
+func isRequest(body []byte) bool {
+	var msg struct {
+		ID     json.RawMessage `json:"id"`
+		Method string          `json:"method"`
+	}
+	return json.Unmarshal(body, &msg) == nil && msg.Method != "" && len(msg.ID) > 0 && string(msg.ID) != "null"
 }
 
 // writeRPCError answers with a JSON-RPC error object, as an MCP client

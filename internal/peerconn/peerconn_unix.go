@@ -1,13 +1,13 @@
 //go:build unix
 
-package front
+package peerconn
 
 import "syscall"
 
-// peerClosed reports whether the peer has closed the connection (a FIN or
-// a reset is waiting to be read), without consuming anything: a
-// non-blocking MSG_PEEK returns 0 bytes only at end of stream.
-func peerClosed(raw syscall.RawConn) bool {
+// Closed reports whether the peer has closed the connection (a FIN or a
+// reset is waiting to be read), without consuming anything: a non-blocking
+// MSG_PEEK returns 0 bytes only at end of stream.
+func Closed(raw syscall.RawConn) bool {
 	closed := false
 	_ = raw.Control(func(fd uintptr) {
 		var b [1]byte
