@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -24,7 +25,10 @@ import (
 //
 // (make bench runs it through scripts/bench-store.sh). Every sub-benchmark
 // reports ops/s and the p50 and p99 latency of one call in ms, measured
-// by the calling goroutine, as C concurrent clients would see them.
+// by the calling goroutine, as C concurrent clients would see them, and
+// cpu-us/op: the CPU time of this process (three store nodes, the client,
+// etcd's client side) per call, which unlike latency hardly depends on
+// what else runs on the machine.
 
 const (
 	benchShards      = 64
@@ -149,6 +153,7 @@ func runConcurrent(b *testing.B, conc int, calls []func(context.Context, int) er
 	var firstErr atomic.Pointer[error]
 	var wg sync.WaitGroup
 	b.ResetTimer()
+	cpu0 := processCPU()
 	start := time.Now()
 	for w := range conc {
 		wg.Add(1)
@@ -173,6 +178,7 @@ func runConcurrent(b *testing.B, conc int, calls []func(context.Context, int) er
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
+	cpu := processCPU() - cpu0
 	b.StopTimer()
 	if f := failed.Load(); f > 0 {
 		b.Fatalf("%d of %d calls failed; first: %v", f, b.N, *firstErr.Load())
@@ -184,4 +190,14 @@ func runConcurrent(b *testing.B, conc int, calls []func(context.Context, int) er
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "ops/s")
 	b.ReportMetric(pct(0.50), "p50-ms")
 	b.ReportMetric(pct(0.99), "p99-ms")
+	b.ReportMetric(float64(cpu)/float64(b.N)/float64(time.Microsecond), "cpu-us/op")
+}
+
+// processCPU is the user and system CPU time this process used so far.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

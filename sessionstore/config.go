@@ -23,9 +23,12 @@ import (
 
 // Defaults.
 const (
-	DefaultListen            = "127.0.0.1:9090"
-	DefaultMaxValueBytes     = 1 << 20
-	DefaultRaftTickInterval  = 100 * time.Millisecond
+	DefaultListen        = "127.0.0.1:9090"
+	DefaultMaxValueBytes = 1 << 20
+	// DefaultRaftTickInterval: 50ms ticks make the election timeout
+	// (raftElectionTicks) 0.5-1s, for the 2s store leader failover budget;
+	// heartbeats go every 2 ticks (multiraft's default).
+	DefaultRaftTickInterval  = 50 * time.Millisecond
 	DefaultReconcileInterval = time.Second
 	DefaultStatusInterval    = 500 * time.Millisecond
 	DefaultSweepInterval     = 5 * time.Second
@@ -60,7 +63,7 @@ type Config struct {
 	MaxStreamsPerSession int
 
 	// RaftTickInterval is the Raft logical clock period: heartbeats every
-	// tick, elections after 10-20 ticks without a leader.
+	// 2 ticks, elections after 10-20 ticks without a leader.
 	RaftTickInterval time.Duration
 	// ReconcileInterval is how often the node re-checks its replicas
 	// against the shard map (it also does on every map change).

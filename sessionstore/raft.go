@@ -59,7 +59,8 @@ type raftStorage struct {
 	// on this replica).
 	clocks map[uint32]int64
 	// wakes are the long-poll wake-ups of entries applied in the current
-	// group-commit transaction, run once it is durable (OnApplied).
+	// group-commit transaction, run once it is committed (OnApplied: the
+	// state is readable; its entries are durable in the WAL).
 	wakes map[uint32][]func()
 }
 
@@ -102,7 +103,7 @@ func (sm stateMachine) Restore(b *bolt.Bucket, shard uint32, r io.Reader) error 
 	return nil
 }
 
-// onApplied runs the wake-ups of shard's entries once they are durable,
+// onApplied runs the wake-ups of shard's entries once they are readable,
 // on every replica (a long-poll may be served by any of them).
 func (rs *raftStorage) onApplied(shard uint32, _ uint64, snapshot bool) {
 	rs.mu.Lock()
@@ -117,7 +118,7 @@ func (rs *raftStorage) onApplied(shard uint32, _ uint64, snapshot bool) {
 	}
 }
 
-// wakeFor is the wake-up a durable command causes: the stream's waiters on
+// wakeFor is the wake-up an applied command causes: the stream's waiters on
 // an append, every stream's of a session that went.
 func wakeFor(cmd command, out outcome) func(*waiters) {
 	switch {

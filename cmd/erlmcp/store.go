@@ -35,7 +35,7 @@ func cmdStore(ctx context.Context, args []string, _, stderr io.Writer) int {
 	fs.IntVar(&cfg.MaxValueBytes, "max-value-bytes", cfg.MaxValueBytes, "largest session data, state value, task result+data, or one append's event data accepted, in bytes")
 	fs.IntVar(&cfg.EventRetention, "event-retention", cfg.EventRetention, "events kept per session stream (the newest; older ones are dropped)")
 	fs.IntVar(&cfg.MaxStreamsPerSession, "max-streams-per-session", cfg.MaxStreamsPerSession, "event streams kept per session (appending to a new one beyond it drops the least recently appended stream)")
-	fs.DurationVar(&cfg.RaftTickInterval, "raft-tick", cfg.RaftTickInterval, "Raft logical clock period: the leader heartbeats every tick, followers elect a new leader after 10-20 ticks without one")
+	fs.DurationVar(&cfg.RaftTickInterval, "raft-tick", cfg.RaftTickInterval, "Raft logical clock period: the leader heartbeats every 2 ticks, followers elect a new leader after 10-20 ticks without one")
 	if err := config.Parse(fs, args, nil); err != nil {
 		if errors.Is(err, config.ErrHelp) {
 			return exitOK

@@ -30,6 +30,7 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 )
@@ -88,19 +89,30 @@ func (expiredError) Unwrap() error { return ErrSessionNotFound }
 const (
 	DefaultPrefix         = "/erlmcp/"
 	DefaultRequestTimeout = 2 * time.Second
-	// DefaultAttemptTimeout is the first attempt's timeout: below the
-	// store's Raft election timeout (10 ticks of 100 ms by default), so a
-	// paused or partitioned shard leader costs one short attempt and the
-	// retry, sent to another replica, reaches the new leader about when it
-	// is elected. Attempts that time out again get longer (up to
-	// RequestTimeout), so an overloaded but live store is not hammered with
-	// retries it cannot answer in time.
+	// DefaultAttemptTimeout is the first attempt's timeout: within the
+	// store's Raft election timeout (10 ticks of 50 ms by default,
+	// randomized to 0.5-1 s), so even without hedges a paused or
+	// partitioned shard leader costs one short attempt and the retry, sent
+	// to another replica, reaches the new leader about when it is elected.
+	// Attempts that time out again get longer (up to RequestTimeout), so an
+	// overloaded but live store is not hammered with retries it cannot
+	// answer in time.
 	DefaultAttemptTimeout = 750 * time.Millisecond
+	// DefaultHedgeDelay is how long an attempt waits for its store before
+	// the request is also sent to another replica of the shard (see
+	// Client.hedged): well above a healthy store's write latency (p99 a
+	// few ms), so hedges are rare unless the leader stopped answering, and
+	// a fraction of the election timeout, so a hedge finds the new leader
+	// soon after it is elected.
+	DefaultHedgeDelay = 150 * time.Millisecond
 	// defaultBudgetAttempts: a call whose ctx has no deadline retries for
 	// at most this many request timeouts.
 	defaultBudgetAttempts = 5
-	maxBackoff            = 200 * time.Millisecond
-	maxRecvMsgBytes       = 128 << 20
+	// maxBackoff caps the pause between attempts that found no leader: a
+	// fraction of the election timeout, so a call notices the new leader
+	// soon after it is elected.
+	maxBackoff      = 100 * time.Millisecond
+	maxRecvMsgBytes = 128 << 20
 )
 
 // Config configures a Client.
@@ -116,7 +128,50 @@ type Config struct {
 	// DefaultAttemptTimeout, at most RequestTimeout); attempts that time
 	// out double it, up to RequestTimeout.
 	AttemptTimeout time.Duration
-	Log            *logrus.Entry
+	// HedgeDelay: an attempt that has not answered after this long is
+	// joined by one to another replica of the shard, and again every
+	// HedgeDelay while the first is pending (default DefaultHedgeDelay;
+	// negative: never). Long-polls are never hedged.
+	HedgeDelay time.Duration
+	Log        *logrus.Entry
+}
+
+// setDefaults fills in the zero fields.
+func (c *Config) setDefaults() {
+	if c.Prefix == "" {
+		c.Prefix = DefaultPrefix
+	}
+	if c.RequestTimeout == 0 {
+		c.RequestTimeout = DefaultRequestTimeout
+	}
+	if c.AttemptTimeout == 0 {
+		c.AttemptTimeout = DefaultAttemptTimeout
+	}
+	if c.HedgeDelay == 0 {
+		c.HedgeDelay = DefaultHedgeDelay
+	}
+	if c.Log == nil {
+		l := logrus.New()
+		l.SetOutput(io.Discard)
+		c.Log = logrus.NewEntry(l)
+	}
+}
+
+// Validate reports the first setting that cannot work.
+func (c Config) Validate() error {
+	if c.Etcd == nil {
+		return errors.New("sessionstore client: Config.Etcd is nil: give an etcd client")
+	}
+	if !strings.HasPrefix(c.Prefix, "/") || !strings.HasSuffix(c.Prefix, "/") {
+		return fmt.Errorf("sessionstore client: prefix %q must start and end with '/'", c.Prefix)
+	}
+	if c.RequestTimeout < 0 {
+		return fmt.Errorf("sessionstore client: request timeout %s must not be negative", c.RequestTimeout)
+	}
+	if c.AttemptTimeout < 0 {
+		return fmt.Errorf("sessionstore client: attempt timeout %s must not be negative", c.AttemptTimeout)
+	}
+	return nil
 }
 
 // Client talks to the session store. It is safe for concurrent use.
@@ -152,28 +207,9 @@ const stallMemory = 2 * time.Second
 // New starts following the cluster config, the shard map and the store
 // members in etcd. It does not wait for them; see Ready.
 func New(ctx context.Context, cfg Config) (*Client, error) {
-	if cfg.Etcd == nil {
-		return nil, errors.New("sessionstore client: Config.Etcd is nil: give an etcd client")
-	}
-	if cfg.Prefix == "" {
-		cfg.Prefix = DefaultPrefix
-	}
-	if !strings.HasPrefix(cfg.Prefix, "/") || !strings.HasSuffix(cfg.Prefix, "/") {
-		return nil, fmt.Errorf("sessionstore client: prefix %q must start and end with '/'", cfg.Prefix)
-	}
-	if cfg.RequestTimeout <= 0 {
-		cfg.RequestTimeout = DefaultRequestTimeout
-	}
-	if cfg.AttemptTimeout < 0 {
-		return nil, fmt.Errorf("sessionstore client: attempt timeout %s must not be negative", cfg.AttemptTimeout)
-	}
-	if cfg.AttemptTimeout == 0 {
-		cfg.AttemptTimeout = DefaultAttemptTimeout
-	}
-	if cfg.Log == nil {
-		l := logrus.New()
-		l.SetOutput(io.Discard)
-		cfg.Log = logrus.NewEntry(l)
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
 	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	c := &Client{cfg: cfg, cancel: cancel, changed: make(chan struct{}), conns: map[string]*grpc.ClientConn{}, leaders: map[int]target{}}
@@ -285,10 +321,8 @@ func (c *Client) Create(ctx context.Context, id string, data []byte, idleTTL tim
 	if idleTTL > 0 && req.IdleTtlMs == 0 {
 		req.IdleTtlMs = 1
 	}
-	var resp *pb.CreateSessionResponse
-	err := c.do(ctx, "create", id, func(ctx context.Context, sc pb.SessionStoreServiceClient) (err error) {
-		resp, err = sc.CreateSession(ctx, req)
-		return err
+	resp, err := call(ctx, c, "create", id, 0, func(ctx context.Context, sc pb.SessionStoreServiceClient) (*pb.CreateSessionResponse, error) {
+		return sc.CreateSession(ctx, req)
 	})
 	if err != nil {
 		return Session{}, err
@@ -299,10 +333,8 @@ func (c *Client) Create(ctx context.Context, id string, data []byte, idleTTL tim
 // Get returns the session; touch refreshes its idle expiry.
 func (c *Client) Get(ctx context.Context, id string, touch bool) (Session, error) {
 	req := &pb.GetSessionRequest{Id: id, Touch: touch}
-	var resp *pb.GetSessionResponse
-	err := c.do(ctx, "get", id, func(ctx context.Context, sc pb.SessionStoreServiceClient) (err error) {
-		resp, err = sc.GetSession(ctx, req)
-		return err
+	resp, err := call(ctx, c, "get", id, 0, func(ctx context.Context, sc pb.SessionStoreServiceClient) (*pb.GetSessionResponse, error) {
+		return sc.GetSession(ctx, req)
 	})
 	if err != nil {
 		return Session{}, err
@@ -314,10 +346,8 @@ func (c *Client) Get(ctx context.Context, id string, touch bool) (Session, error
 // expectedVersion and returns the session at its new version.
 func (c *Client) CompareAndSet(ctx context.Context, id string, expectedVersion uint64, data []byte) (Session, error) {
 	req := &pb.CompareAndSetSessionRequest{Id: id, ExpectedVersion: expectedVersion, Data: data, RequestId: newRequestID()}
-	var resp *pb.CompareAndSetSessionResponse
-	err := c.do(ctx, "compare-and-set", id, func(ctx context.Context, sc pb.SessionStoreServiceClient) (err error) {
-		resp, err = sc.CompareAndSetSession(ctx, req)
-		return err
+	resp, err := call(ctx, c, "compare-and-set", id, 0, func(ctx context.Context, sc pb.SessionStoreServiceClient) (*pb.CompareAndSetSessionResponse, error) {
+		return sc.CompareAndSetSession(ctx, req)
 	})
 	if err != nil {
 		return Session{}, err
@@ -436,17 +466,40 @@ func (c *Client) conn(addr string) (*grpc.ClientConn, error) {
 	return cc, nil
 }
 
-// do runs call against the store hosting id, retrying on a moved shard
+// attemptFunc is one RPC of a call against one store. Attempts of a call
+// may run concurrently (see hedged), so each returns its own result rather
+// than setting a variable they share.
+type attemptFunc func(context.Context, pb.SessionStoreServiceClient) (any, error)
+
+// do runs fn against the store hosting id, retrying on a moved shard
 // (FAILED_PRECONDITION), UNAVAILABLE and per-attempt timeouts until ctx's
 // deadline (or, without one, defaultBudgetAttempts request timeouts).
-func (c *Client) do(ctx context.Context, what, id string, call func(context.Context, pb.SessionStoreServiceClient) error) error {
-	return c.doWait(ctx, what, id, 0, call)
+func (c *Client) do(ctx context.Context, what, id string, fn func(context.Context, pb.SessionStoreServiceClient) error) error {
+	_, err := c.run(ctx, what, id, 0, func(ctx context.Context, sc pb.SessionStoreServiceClient) (any, error) {
+		return nil, fn(ctx, sc)
+	})
+	return err
 }
 
-// doWait is do for a call that may block up to wait on the store (a
-// long-poll): each attempt gets wait + RequestTimeout, and a ctx without
-// deadline a budget longer by wait.
-func (c *Client) doWait(ctx context.Context, what, id string, wait time.Duration, call func(context.Context, pb.SessionStoreServiceClient) error) error {
+// call is do for an RPC with a result; wait > 0 marks a long-poll (see
+// run).
+func call[T any](ctx context.Context, c *Client, what, id string, wait time.Duration, fn func(context.Context, pb.SessionStoreServiceClient) (T, error)) (T, error) {
+	v, err := c.run(ctx, what, id, wait, func(ctx context.Context, sc pb.SessionStoreServiceClient) (any, error) {
+		return fn(ctx, sc)
+	})
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	r, _ := v.(T)
+	return r, nil
+}
+
+// run is the retry loop of do and call. A call that may block up to wait
+// on the store (a long-poll) gets wait + the attempt timeout per attempt,
+// a budget longer by wait for a ctx without deadline, and no hedges (its
+// slow answer is the expected one).
+func (c *Client) run(ctx context.Context, what, id string, wait time.Duration, fn attemptFunc) (any, error) {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, wait+defaultBudgetAttempts*c.cfg.RequestTimeout)
@@ -457,10 +510,11 @@ func (c *Client) doWait(ctx context.Context, what, id string, wait time.Duration
 	backoff := 5 * time.Millisecond
 	timeouts := 0 // attempts that ran out of time
 	// stalledAt: the attempt at which a store let an attempt of this call
-	// time out (paused, partitioned). For the next few attempts it is
-	// avoided, its hints included: a follower may name a paused leader
-	// until it notices the election. Then it is tried again (with a longer
-	// timeout), in case it was only slow.
+	// time out (paused, partitioned) or refused the connection (dead).
+	// For the next few attempts it is avoided, its hints included: a
+	// follower may name a paused or killed leader until it notices the
+	// election. Then it is tried again (with a longer timeout), in case it
+	// was only slow or has restarted.
 	stalledAt := map[string]int{}
 	stalled := func(addr string, attempt int) bool {
 		if at, ok := stalledAt[addr]; ok {
@@ -471,7 +525,7 @@ func (c *Client) doWait(ctx context.Context, what, id string, wait time.Duration
 	for attempt := 0; ; attempt++ {
 		t, changed, err := c.resolve(id, attempt)
 		if errors.Is(err, errClosed) {
-			return fmt.Errorf("%s session %q: %w", what, id, err)
+			return nil, fmt.Errorf("%s session %q: %w", what, id, err)
 		}
 		for k := 1; err == nil && stalled(t.addr, attempt) && k < 4; k++ {
 			if alt, _, aerr := c.resolve(id, attempt+k); aerr == nil && !stalled(alt.addr, attempt) {
@@ -488,13 +542,33 @@ func (c *Client) doWait(ctx context.Context, what, id string, wait time.Duration
 		}
 		hint = nil
 		if err == nil {
-			err = c.attempt(ctx, t, wait+c.attemptTimeout(timeouts), call)
+			var v any
+			var won target
+			v, won, err = c.hedged(ctx, t, wait+c.attemptTimeout(timeouts), wait == 0, fn)
 			if err == nil {
-				c.setStall(t.addr, false)
-				return nil
+				c.setStall(won.addr, false)
+				// Only a shard's leader serves a request: later calls go
+				// there directly, not first to the map's (perhaps former)
+				// leader or, after a hedge won, to the store that did not
+				// answer.
+				c.setLeader(won)
+				return v, nil
+			}
+			if won != t {
+				// A hedge's definite answer (only a leader gives one).
+				if st, ok := status.FromError(err); ok {
+					return nil, mapStatus(what, id, st)
+				}
+				return nil, fmt.Errorf("%s session %q: %w", what, id, err)
 			}
 			if status.Code(err) == codes.DeadlineExceeded && ctx.Err() == nil {
 				timeouts++
+				stalledAt[t.addr] = attempt
+				c.setStall(t.addr, true)
+			}
+			if status.Code(err) == codes.Unavailable && c.unreachable(t.addr) {
+				// Nothing listens there (killed, restarting): do not
+				// follow hints back to it while the shard elects.
 				stalledAt[t.addr] = attempt
 				c.setStall(t.addr, true)
 			}
@@ -511,31 +585,170 @@ func (c *Client) doWait(ctx context.Context, what, id string, wait time.Duration
 				lastErr = fmt.Errorf("%w: store %q at %s does not host shard %d: %s", ErrUnavailable, t.store, t.addr, t.shard, st.Message())
 			case (st.Code() == codes.Canceled || st.Code() == codes.DeadlineExceeded) && ctx.Err() != nil:
 				// The caller's ctx ended during the attempt.
-				return fmt.Errorf("%s session %q: %w", what, id, ctx.Err())
+				return nil, fmt.Errorf("%s session %q: %w", what, id, ctx.Err())
 			case st.Code() == codes.Unavailable,
 				st.Code() == codes.DeadlineExceeded && ctx.Err() == nil,
 				st.Code() == codes.Canceled && ctx.Err() == nil:
 				lastErr = fmt.Errorf("%w: store %q at %s: %s", ErrUnavailable, t.store, t.addr, st.Message())
 			default:
-				return mapStatus(what, id, st)
+				return nil, mapStatus(what, id, st)
 			}
 		} else {
 			lastErr = err
 		}
-		if hint != nil && hint.GetAddr() != "" && hint.GetAddr() != t.addr {
+		if hint != nil && hint.GetAddr() != "" && hint.GetAddr() != t.addr && !stalled(hint.GetAddr(), attempt+1) {
 			continue // follow the hint at once
 		}
 		timer := time.NewTimer(backoff)
 		select {
 		case <-ctx.Done():
 			timer.Stop()
-			return fmt.Errorf("%s session %q: %w (gave up: %w)", what, id, lastErr, ctx.Err())
+			return nil, fmt.Errorf("%s session %q: %w (gave up: %w)", what, id, lastErr, ctx.Err())
 		case <-changed:
 			timer.Stop()
 		case <-timer.C:
 		}
 		backoff = min(2*backoff, maxBackoff)
 	}
+}
+
+// attemptResult is the outcome of one attempt of a hedged call.
+type attemptResult struct {
+	t   target
+	v   any
+	err error
+}
+
+// retryable reports whether an attempt's error says nothing about the
+// call itself: the store is not (or no longer) the shard's leader, is
+// unreachable, or did not answer in time.
+func retryable(err error) bool {
+	st, ok := status.FromError(err)
+	if !ok {
+		return true
+	}
+	switch st.Code() {
+	case codes.Unavailable, codes.FailedPrecondition, codes.DeadlineExceeded, codes.Canceled:
+		return true
+	}
+	return false
+}
+
+// hedged runs one attempt at t. While t has not answered, every HedgeDelay
+// the same request also goes to another replica of the shard (one hedge in
+// flight at a time, the replicas in turn), and a hedge's not-leader answer
+// whose hint names a store other than t is followed at once, alongside.
+// So a leader that neither answers nor refuses (paused, partitioned) costs
+// about the election, not a whole attempt timeout: a follower asked once
+// the shard elected names the new leader, or, elected itself, serves the
+// request; one asked during the election waits for it (the store holds a
+// request for a shard without a leader until one is elected).
+//
+// A hedge never applies a write twice: followers refuse proposals (they
+// answer with a hint, never forward), and a write that reaches the old and
+// the new leader carries one request id, which the state machine applies
+// once.
+//
+// All of them share the attempt's timeout, so a hedged attempt takes no
+// longer than a plain one, and a store a hint names is asked once per
+// attempt (hints cannot bounce it between stores); a leader found too late
+// is remembered and asked first by the next attempt.
+//
+// It returns the first success or definite answer (a version conflict, a
+// missing session: only a leader gives one) with the store that gave it;
+// when every attempt failed, t's own outcome, for the retry loop to act on.
+func (c *Client) hedged(ctx context.Context, t target, timeout time.Duration, hedge bool, fn attemptFunc) (any, target, error) {
+	if !hedge || c.cfg.HedgeDelay <= 0 {
+		v, err := c.attempt(ctx, t, timeout, fn)
+		return v, t, err
+	}
+	// Cancelled on return: attempts still running have lost.
+	hctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	results := make(chan attemptResult)
+	inflight := map[string]bool{}
+	hinted := map[string]bool{t.addr: true}
+	launch := func(to target) {
+		inflight[to.addr] = true
+		go func() {
+			v, err := c.attempt(hctx, to, timeout, fn)
+			select {
+			case results <- attemptResult{t: to, v: v, err: err}:
+			case <-hctx.Done():
+			}
+		}()
+	}
+	launch(t)
+	var primary *attemptResult
+	timer := time.NewTimer(c.cfg.HedgeDelay)
+	defer timer.Stop()
+	turn := 0
+	for {
+		select {
+		case <-hctx.Done():
+			if ctx.Err() != nil {
+				return nil, t, status.FromContextError(ctx.Err()).Err()
+			}
+			if primary != nil {
+				return primary.v, t, primary.err
+			}
+			return nil, t, status.Errorf(codes.DeadlineExceeded, "store %q at %s did not answer within %s", t.store, t.addr, timeout)
+		case r := <-results:
+			delete(inflight, r.t.addr)
+			if r.err == nil || !retryable(r.err) {
+				return r.v, r.t, r.err
+			}
+			if r.t == t {
+				primary = &r
+				timer.Stop() // no new hedges once t has answered
+			} else if st, ok := status.FromError(r.err); ok && st.Code() == codes.FailedPrecondition {
+				if h := shardHint(st); h != nil && h.GetAddr() != "" && !hinted[h.GetAddr()] && !inflight[h.GetAddr()] && !c.stalledRecently(h.GetAddr()) {
+					hinted[h.GetAddr()] = true
+					c.rememberLeader(h)
+					launch(target{shard: int(h.GetShard()), store: h.GetNodeId(), addr: h.GetAddr()})
+				}
+			}
+			if primary != nil && len(inflight) == 0 {
+				return primary.v, t, primary.err
+			}
+		case <-timer.C:
+			if len(inflight) == 1 { // only t: no hedge pending
+				if alt, ok := c.alternate(t, turn); ok {
+					launch(alt)
+				}
+				turn++
+			}
+			timer.Reset(c.cfg.HedgeDelay)
+		}
+	}
+}
+
+// alternate is the turn-th (cyclically) voter replica of t's shard other
+// than t whose store is registered and not known to be stalled.
+func (c *Client) alternate(t target, turn int) (target, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.shards == nil || t.shard < 0 || t.shard >= len(c.shards) {
+		return target{}, false
+	}
+	var cands []target
+	for _, r := range c.shards[t.shard].Replicas {
+		if r.Role != clusterstate.RoleVoter && r.Role != "" {
+			continue
+		}
+		m, ok := c.stores[r.Store]
+		if !ok || m.Addr == "" || m.Addr == t.addr {
+			continue
+		}
+		if until, ok := c.stalls[m.Addr]; ok && time.Now().Before(until) {
+			continue
+		}
+		cands = append(cands, target{shard: t.shard, store: r.Store, addr: m.Addr})
+	}
+	if len(cands) == 0 {
+		return target{}, false
+	}
+	return cands[turn%len(cands)], true
 }
 
 // attemptTimeout is the timeout of the next attempt after timeouts
@@ -549,6 +762,16 @@ func (c *Client) attemptTimeout(timeouts int) time.Duration {
 		base = c.cfg.RequestTimeout
 	}
 	return min(base<<min(timeouts/2, 4), c.cfg.RequestTimeout)
+}
+
+// unreachable reports whether the connection to addr is not up: an
+// UNAVAILABLE from it then means nothing listens there, not that a live
+// store refused the request.
+func (c *Client) unreachable(addr string) bool {
+	c.mu.Lock()
+	cc, ok := c.conns[addr]
+	c.mu.Unlock()
+	return ok && cc.GetState() != connectivity.Ready
 }
 
 // setStall records that addr let an attempt time out (on), or answered.
@@ -580,12 +803,22 @@ func (c *Client) rememberLeader(h *pb.ShardHint) {
 	if h == nil || h.GetAddr() == "" || h.GetNodeId() == "" {
 		return
 	}
+	c.setLeader(target{shard: int(h.GetShard()), store: h.GetNodeId(), addr: h.GetAddr()})
+}
+
+// setLeader remembers t's store as its shard's leader.
+func (c *Client) setLeader(t target) {
+	if t.store == "" || t.addr == "" {
+		return
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.leaders == nil {
 		c.leaders = map[int]target{}
 	}
-	c.leaders[int(h.GetShard())] = target{shard: int(h.GetShard()), store: h.GetNodeId(), addr: h.GetAddr()}
+	if c.leaders[t.shard] != t {
+		c.leaders[t.shard] = t
+	}
 }
 
 func (c *Client) forgetLeader(t target) {
@@ -596,14 +829,14 @@ func (c *Client) forgetLeader(t target) {
 	c.mu.Unlock()
 }
 
-func (c *Client) attempt(ctx context.Context, t target, timeout time.Duration, call func(context.Context, pb.SessionStoreServiceClient) error) error {
+func (c *Client) attempt(ctx context.Context, t target, timeout time.Duration, fn attemptFunc) (any, error) {
 	cc, err := c.conn(t.addr)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	actx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	return call(actx, pb.NewSessionStoreServiceClient(cc))
+	return fn(actx, pb.NewSessionStoreServiceClient(cc))
 }
 
 func shardHint(st *status.Status) *pb.ShardHint {

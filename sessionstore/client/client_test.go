@@ -14,6 +14,7 @@ import (
 	"github.com/erlmcp/erlmcp/internal/membership"
 	"github.com/erlmcp/erlmcp/internal/testcluster"
 	"github.com/erlmcp/erlmcp/sessionstore"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -135,5 +136,37 @@ func TestFollowsShardHint(t *testing.T) {
 	_, err = c.Get(short, "hinted", false)
 	if !errors.Is(err, ErrUnavailable) || !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), `"hinted"`) {
 		t.Fatalf("unreachable store: %v", err)
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	etcd := &clientv3.Client{} // only checked for nil
+	for _, tc := range []struct {
+		cfg  Config
+		want string
+	}{
+		{Config{}, "Config.Etcd is nil"},
+		{Config{Etcd: etcd, Prefix: "erlmcp"}, "must start and end with '/'"},
+		{Config{Etcd: etcd, AttemptTimeout: -time.Second}, "attempt timeout"},
+		{Config{Etcd: etcd, RequestTimeout: -time.Second}, "request timeout"},
+	} {
+		tc.cfg.setDefaults()
+		err := tc.cfg.Validate()
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%+v: got %v, want an error about %q", tc.cfg, err, tc.want)
+		}
+	}
+	cfg := Config{Etcd: etcd}
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("defaults: %v", err)
+	}
+	if cfg.HedgeDelay != DefaultHedgeDelay || cfg.AttemptTimeout != DefaultAttemptTimeout || cfg.RequestTimeout != DefaultRequestTimeout || cfg.Prefix != DefaultPrefix {
+		t.Fatalf("defaults not applied: %+v", cfg)
+	}
+	off := Config{Etcd: etcd, HedgeDelay: -1}
+	off.setDefaults()
+	if off.HedgeDelay >= 0 {
+		t.Fatalf("a negative HedgeDelay (hedging off) became %s", off.HedgeDelay)
 	}
 }

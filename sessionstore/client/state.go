@@ -24,10 +24,8 @@ func stateFromPB(e *pb.StateEntry) StateEntry {
 // (ErrSessionNotFound as well when the session is).
 func (c *Client) GetState(ctx context.Context, sessionID, key string) (StateEntry, error) {
 	req := &pb.GetStateRequest{SessionId: sessionID, Key: key}
-	var resp *pb.GetStateResponse
-	err := c.do(ctx, fmt.Sprintf("get state %q of", key), sessionID, func(ctx context.Context, sc pb.SessionStoreServiceClient) (err error) {
-		resp, err = sc.GetState(ctx, req)
-		return err
+	resp, err := call(ctx, c, fmt.Sprintf("get state %q of", key), sessionID, 0, func(ctx context.Context, sc pb.SessionStoreServiceClient) (*pb.GetStateResponse, error) {
+		return sc.GetState(ctx, req)
 	})
 	if err != nil {
 		return StateEntry{}, err
@@ -45,10 +43,8 @@ func (c *Client) PutState(ctx context.Context, sessionID, key string, value []by
 		v := *expectedVersion
 		req.ExpectedVersion = &v
 	}
-	var resp *pb.PutStateResponse
-	err := c.do(ctx, fmt.Sprintf("put state %q of", key), sessionID, func(ctx context.Context, sc pb.SessionStoreServiceClient) (err error) {
-		resp, err = sc.PutState(ctx, req)
-		return err
+	resp, err := call(ctx, c, fmt.Sprintf("put state %q of", key), sessionID, 0, func(ctx context.Context, sc pb.SessionStoreServiceClient) (*pb.PutStateResponse, error) {
+		return sc.PutState(ctx, req)
 	})
 	if err != nil {
 		return StateEntry{}, err
@@ -68,10 +64,8 @@ func (c *Client) DeleteState(ctx context.Context, sessionID, key string) error {
 // ListState returns the entries whose key starts with prefix, in key order.
 func (c *Client) ListState(ctx context.Context, sessionID, prefix string) ([]StateEntry, error) {
 	req := &pb.ListStateRequest{SessionId: sessionID, Prefix: prefix}
-	var resp *pb.ListStateResponse
-	err := c.do(ctx, fmt.Sprintf("list state %q of", prefix), sessionID, func(ctx context.Context, sc pb.SessionStoreServiceClient) (err error) {
-		resp, err = sc.ListState(ctx, req)
-		return err
+	resp, err := call(ctx, c, fmt.Sprintf("list state %q of", prefix), sessionID, 0, func(ctx context.Context, sc pb.SessionStoreServiceClient) (*pb.ListStateResponse, error) {
+		return sc.ListState(ctx, req)
 	})
 	if err != nil {
 		return nil, err

@@ -53,10 +53,8 @@ func (c *Client) PutTask(ctx context.Context, sessionID string, t Task, expected
 		v := *expectedVersion
 		req.ExpectedVersion = &v
 	}
-	var resp *pb.PutTaskResponse
-	err := c.do(ctx, fmt.Sprintf("put task %q of", t.ID), sessionID, func(ctx context.Context, sc pb.SessionStoreServiceClient) (err error) {
-		resp, err = sc.PutTask(ctx, req)
-		return err
+	resp, err := call(ctx, c, fmt.Sprintf("put task %q of", t.ID), sessionID, 0, func(ctx context.Context, sc pb.SessionStoreServiceClient) (*pb.PutTaskResponse, error) {
+		return sc.PutTask(ctx, req)
 	})
 	if err != nil {
 		return Task{}, err
@@ -68,10 +66,8 @@ func (c *Client) PutTask(ctx context.Context, sessionID string, t Task, expected
 // (ErrSessionNotFound as well when the session is).
 func (c *Client) GetTask(ctx context.Context, sessionID, taskID string) (Task, error) {
 	req := &pb.GetTaskRequest{SessionId: sessionID, TaskId: taskID}
-	var resp *pb.GetTaskResponse
-	err := c.do(ctx, fmt.Sprintf("get task %q of", taskID), sessionID, func(ctx context.Context, sc pb.SessionStoreServiceClient) (err error) {
-		resp, err = sc.GetTask(ctx, req)
-		return err
+	resp, err := call(ctx, c, fmt.Sprintf("get task %q of", taskID), sessionID, 0, func(ctx context.Context, sc pb.SessionStoreServiceClient) (*pb.GetTaskResponse, error) {
+		return sc.GetTask(ctx, req)
 	})
 	if err != nil {
 		return Task{}, err
@@ -84,10 +80,8 @@ func (c *Client) GetTask(ctx context.Context, sessionID, taskID string) (Task, e
 // pass as afterTaskID for the next page ("" when there are no more).
 func (c *Client) ListTasks(ctx context.Context, sessionID, afterTaskID string, limit int) ([]Task, string, error) {
 	req := &pb.ListTasksRequest{SessionId: sessionID, AfterTaskId: afterTaskID, Limit: uint32(min(max(int64(limit), 0), math.MaxUint32))}
-	var resp *pb.ListTasksResponse
-	err := c.do(ctx, "list tasks of", sessionID, func(ctx context.Context, sc pb.SessionStoreServiceClient) (err error) {
-		resp, err = sc.ListTasks(ctx, req)
-		return err
+	resp, err := call(ctx, c, "list tasks of", sessionID, 0, func(ctx context.Context, sc pb.SessionStoreServiceClient) (*pb.ListTasksResponse, error) {
+		return sc.ListTasks(ctx, req)
 	})
 	if err != nil {
 		return nil, "", err

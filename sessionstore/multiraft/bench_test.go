@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -25,9 +26,12 @@ import (
 //
 // It reports writes/s, the p50 and p99 latency of one proposal in ms,
 // commits/write (WAL group commits on all nodes per write) with their
-// ms/commit, apply-commits/write (the appliers' bbolt transactions), and
-// disk-KB/write: bytes the process wrote to disk (/proc/self/io
-// write_bytes) per write per node.
+// ms/commit, apply-commits/write (the appliers' bbolt transactions, not
+// fsynced), fsyncs/write (WAL commits plus two per raft.db checkpoint,
+// all nodes), cpu-us/write (the process's CPU time: three nodes and their
+// transports, per write; unlike latency it hardly depends on what else
+// runs on the machine) and disk-KB/write: bytes the process wrote to
+// disk (/proc/self/io write_bytes) per write per node.
 func BenchmarkPropose(b *testing.B) {
 	b.Run("path=new", func(b *testing.B) { benchPropose(b, false) })
 	b.Run("path=legacy", func(b *testing.B) { benchPropose(b, true) })
@@ -70,7 +74,9 @@ func benchPropose(b *testing.B, legacy bool) {
 				st0.Syncs += st.Syncs
 				st0.SyncTime += st.SyncTime
 				st0.ApplyCommits += st.ApplyCommits
+				st0.Checkpoints += st.Checkpoints
 			}
+			cpu0 := processCPU()
 			b.ResetTimer()
 			start := time.Now()
 			var wg sync.WaitGroup
@@ -113,17 +119,23 @@ func benchPropose(b *testing.B, legacy bool) {
 			b.ReportMetric(float64(len(merged))/elapsed.Seconds(), "writes/s")
 			b.ReportMetric(ms(0.50), "p50-ms")
 			b.ReportMetric(ms(0.99), "p99-ms")
+			cpu := processCPU() - cpu0
 			var st1 Stats
 			for _, s := range c.stores() {
 				st := c.node(s).Stats()
 				st1.Syncs += st.Syncs
 				st1.SyncTime += st.SyncTime
 				st1.ApplyCommits += st.ApplyCommits
+				st1.Checkpoints += st.Checkpoints
 			}
 			st1.Syncs -= st0.Syncs
 			st1.SyncTime -= st0.SyncTime
 			st1.ApplyCommits -= st0.ApplyCommits
-			b.ReportMetric(float64(st1.ApplyCommits)/float64(len(merged)), "apply-commits/write")
+			st1.Checkpoints -= st0.Checkpoints
+			writes := float64(len(merged))
+			b.ReportMetric(float64(st1.ApplyCommits)/writes, "apply-commits/write")
+			b.ReportMetric(float64(st1.Syncs+2*st1.Checkpoints)/writes, "fsyncs/write")
+			b.ReportMetric(float64(cpu)/writes/float64(time.Microsecond), "cpu-us/write")
 			if st1.Syncs > 0 {
 				b.ReportMetric(float64(st1.Syncs)/float64(len(merged)), "commits/write")
 				b.ReportMetric(float64(st1.SyncTime)/float64(st1.Syncs)/float64(time.Millisecond), "ms/commit")
@@ -133,6 +145,15 @@ func benchPropose(b *testing.B, legacy bool) {
 			}
 		})
 	}
+}
+
+// processCPU is the user and system CPU time this process used so far.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // procWriteBytes is this process's write_bytes from /proc/self/io (bytes

@@ -24,7 +24,8 @@
 // ONE fdatasync: proposals arriving on any shard while the previous append
 // was syncing share the next one (group commit; TestGroupCommitSharesFsyncs
 // measures it). A HardState that only moves the commit index is written
-// but needs no fsync of its own. A leader's messages (appends to
+// (at once, so a restart can tell a lost log tail) but needs no fsync of
+// its own. A leader's messages (appends to
 // followers) go out before that fsync when its term and vote are
 // unchanged, so followers fsync while the leader does (Raft thesis
 // §10.2.1; the leader counts itself for a quorum only after its own
@@ -33,24 +34,32 @@
 // number of shards, so the heartbeats of all shards to a peer share one
 // stream message). The committed entries then go to the applier, which
 // applies them to raft.db in its own bbolt transactions (batched across
-// shards and iterations, see applier.go) while the loop carries on, and
-// each group is Advanced. Readies that only carry messages (heartbeats)
-// need no fsync.
+// shards and iterations, see applier.go, and not fsynced: raft.db is
+// fsynced by a checkpoint every 100ms, see checkpoint.go) while the loop
+// carries on, and each group is Advanced. Readies that only carry messages
+// (heartbeats) need no fsync.
 //
-// Defaults: TickInterval 100ms, ElectionTicks 10 (randomized by raft to
-// [1s, 2s)), HeartbeatTicks 1 (100ms); CheckQuorum and PreVote on; the
+// So an acknowledged write waits for its share of one WAL fdatasync on
+// the leader and on a follower, and for no other disk flush;
+// BenchmarkPropose reports fsyncs/write and cpu-us/write.
+//
+// Defaults: TickInterval 50ms, ElectionTicks 10 (randomized by raft to
+// [500ms, 1s)), HeartbeatTicks 2 (100ms); CheckQuorum and PreVote on; the
 // tests run with 10ms ticks.
 //
 // # Durability and failure
 //
 // A proposal is answered only after its entry is committed by a quorum
 // (durable in their WALs) and applied here, while the applier's
-// transaction that applied it is being fsynced (its result is what a replay
-// of the log would give; linearizable reads wait for the applied index,
-// which moves only once that transaction is durable). On start the WAL is
-// replayed and raft redelivers the committed entries after the state
-// machine's durable applied index. If a WAL append or an apply commit
-// fails (write or fsync error, e.g. a full disk), nothing of that
+// transaction that applied it commits (its result is what a replay of the
+// log would give; linearizable reads wait for the applied index, which
+// moves once that transaction is committed). On start raft.db is rolled
+// back to its last checkpoint (checkpoint.go: a state whose pages were
+// fsynced and never overwritten since), the WAL is replayed and raft
+// redelivers the committed entries after that state's applied index; the
+// log is compacted only up to a checkpoint, so they are there. If a WAL
+// append, an apply commit or a checkpoint fails (write or fsync error,
+// e.g. a full disk), nothing of that
 // iteration is sent or acknowledged and the node refuses every call with
 // ErrStorageUnavailable (Node.StorageErr reports it); it discards its
 // in-memory Raft state, cuts the WAL back to its last successful fsync,
@@ -71,7 +80,10 @@
 // a lease read is correct only if clocks drift boundedly and a leader
 // cannot be paused past its lease, and a SIGSTOPped or GC-paused leader is
 // in this project's failure model. ReadIndex costs a heartbeat round but
-// assumes nothing about time. Followers serve ReadIndex reads too.
+// assumes nothing about time. The reads of a shard that arrive while the
+// loop is busy share one ReadIndex request (one round to a quorum, not
+// one per read: replica.issueReads; TestConcurrentReadsShareReadIndex).
+// Followers serve ReadIndex reads too.
 //
 // # Snapshots
 //
@@ -98,6 +110,6 @@
 //
 // Config.OnApplied is called (on the applier, or on the loop for a
 // restored snapshot) once a transaction that applied entries (or restored
-// a snapshot) of a shard is durable, on every replica: the hook for waking
-// readers that wait for new state.
+// a snapshot) of a shard is committed, on every replica: the hook for
+// waking readers that wait for new state.
 package multiraft

@@ -47,6 +47,17 @@ func (f *diskFaults) beforeCommit() error {
 	return err
 }
 
+// beforeWrite runs before a write transaction that is not fsynced: a
+// failed write (a slow disk does not delay it: the page cache takes it).
+func (f *diskFaults) beforeWrite() error {
+	if f == nil {
+		return nil
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.writeErr
+}
+
 // afterCommit runs after a transaction committed: a failed fsync of data
 // that did reach the file.
 func (f *diskFaults) afterCommit() error {

@@ -30,13 +30,21 @@ type Config struct {
 	// Transport carries Raft messages to other nodes (required).
 	Transport Transport
 
-	// TickInterval is the Raft logical clock period: 100ms. One ticker per
-	// node ticks every hosted group.
+	// TickInterval is the Raft logical clock period: 50ms. One ticker per
+	// node ticks every hosted group. A tick is cheap (no I/O, no message
+	// unless a heartbeat or election is due), so a fine tick buys a short
+	// election timeout; what costs is the heartbeat rate (HeartbeatTicks).
 	TickInterval time.Duration
-	// ElectionTicks is the election timeout in ticks: 10 (1s at 100ms;
-	// raft randomizes it to [10, 20) ticks per replica).
+	// ElectionTicks is the election timeout in ticks: 10 (500ms at 50ms;
+	// raft randomizes it to [10, 20) ticks per replica, so a dead leader
+	// is replaced 0.5-1s after its last heartbeat, well inside the 2s
+	// failover budget of a store shard leader).
 	ElectionTicks int
-	// HeartbeatTicks is the heartbeat period in ticks: 1.
+	// HeartbeatTicks is the heartbeat period in ticks: 2 (100ms at 50ms):
+	// five heartbeats per election timeout, so a few late or lost ones on
+	// a loaded machine do not depose a live leader, and the heartbeat rate
+	// (one message per shard and follower, all of a node pair's in one
+	// Transport.Send per tick) stays what it was with a 100ms tick.
 	HeartbeatTicks int
 
 	// CompactThreshold: a shard's log is compacted once it holds more than
@@ -63,10 +71,11 @@ type Config struct {
 	// OnApplied, if set, is called on the applier goroutine (on the loop
 	// for a restored snapshot, never concurrently) once the transaction
 	// that applied entries (or restored a snapshot) of shard up to index is
-	// durable (the proposers of those entries may have been answered
-	// already: see applier.go): the place to wake readers waiting for new
-	// state, on every replica. It must not block or call back into the
-	// Node.
+	// committed, so readable (the entries are durable in the WAL; raft.db
+	// itself at the next checkpoint, see checkpoint.go; the proposers may
+	// have been answered already: see applier.go): the place to wake
+	// readers waiting for new state, on every replica. It must not block or
+	// call back into the Node.
 	OnApplied func(shard uint32, index uint64, snapshot bool)
 
 	// StorageRetryInterval is how often a node that refuses work after a
@@ -87,13 +96,13 @@ type Config struct {
 
 func (c *Config) setDefaults() {
 	if c.TickInterval == 0 {
-		c.TickInterval = 100 * time.Millisecond
+		c.TickInterval = 50 * time.Millisecond
 	}
 	if c.ElectionTicks == 0 {
 		c.ElectionTicks = 10
 	}
 	if c.HeartbeatTicks == 0 {
-		c.HeartbeatTicks = 1
+		c.HeartbeatTicks = 2
 	}
 	if c.CompactThreshold == 0 {
 		c.CompactThreshold = 4000
@@ -133,10 +142,14 @@ type Stats struct {
 	// SyncTime is the time spent in those commits.
 	SyncTime time.Duration
 	// ApplyCommits counts the applier's bbolt transactions (state machine
-	// writes of any number of shards and iterations), ApplyTime the time
-	// spent in them.
+	// writes of any number of shards and iterations, not fsynced: see
+	// checkpoint.go), ApplyTime the time spent in them.
 	ApplyCommits uint64
 	ApplyTime    time.Duration
+	// Checkpoints counts raft.db's fsyncs (checkpoint.go), CheckpointTime
+	// the time spent in them.
+	Checkpoints    uint64
+	CheckpointTime time.Duration
 	// Proposals counts commands and conf changes accepted by Propose & co.
 	Proposals uint64
 	// Applied counts log entries applied.
@@ -145,6 +158,9 @@ type Stats struct {
 	SnapshotsApplied uint64
 	// Sends counts Transport.Send calls; Messages the messages in them.
 	Sends, Messages uint64
+	// Reads counts ReadIndex calls; ReadIndexRounds the ReadIndex requests
+	// handed to raft for them (concurrent reads of a shard share one).
+	Reads, ReadIndexRounds uint64
 	// StorageFailures counts failed writes/fsyncs that made the node refuse
 	// work; StorageRecoveries the in-process restarts after them.
 	StorageFailures, StorageRecoveries uint64
@@ -154,6 +170,8 @@ type counters struct {
 	syncs, syncNanos, proposals, applied, snaps, sends, msgs atomic.Uint64
 	storFails, storRecoveries                                atomic.Uint64
 	applyCommits, applyNanos                                 atomic.Uint64
+	reads, readRounds                                        atomic.Uint64
+	ckpts, ckptNanos                                         atomic.Uint64
 }
 
 // Node hosts the replicas of many shards in one process: one WAL, one
@@ -165,6 +183,11 @@ type Node struct {
 	// dbp is the open raft.db, nil while the node refuses work after a
 	// storage failure (it is closed and reopened to recover).
 	dbp atomic.Pointer[bolt.DB]
+	// writeMu serializes raft.db's write transactions with the
+	// checkpoints (checkpoint.go) and guards ck and every
+	// replica's commitApplied.
+	writeMu sync.Mutex
+	ck      *checkpointer
 
 	mu       sync.RWMutex
 	replicas map[uint32]*replica
@@ -201,7 +224,7 @@ func Open(cfg Config) (*Node, error) {
 	if err := os.MkdirAll(cfg.Dir, 0o750); err != nil {
 		return nil, err
 	}
-	db, err := openDB(cfg.Dir)
+	db, ck, err := openDB(cfg.Dir)
 	if err != nil {
 		return nil, err
 	}
@@ -218,13 +241,14 @@ func Open(cfg Config) (*Node, error) {
 	_, _ = rand.Read(rb[:])
 	n.idBase = binary.BigEndian.Uint64(rb[:])
 	n.dbp.Store(db)
+	n.ck = ck
 	if err := n.load(); err != nil {
-		db.Close()
+		n.closeDB()
 		n.wal.close()
 		return nil, err
 	}
 	if err := cfg.Transport.Start((*nodeHandler)(n)); err != nil {
-		db.Close()
+		n.closeDB()
 		n.wal.close()
 		return nil, err
 	}
@@ -233,16 +257,43 @@ func Open(cfg Config) (*Node, error) {
 	return n, nil
 }
 
-func openDB(dir string) (*bolt.DB, error) {
+// openDB rolls raft.db back to its last checkpoint and opens it (see
+// checkpoint.go).
+func openDB(dir string) (*bolt.DB, *checkpointer, error) {
+	if err := rollbackToCheckpoint(dir); err != nil {
+		return nil, nil, fmt.Errorf("multiraft: open raft.db: %w", err)
+	}
 	db, err := bolt.Open(filepath.Join(dir, "raft.db"), 0o600, &bolt.Options{
 		Timeout:        time.Second,
 		NoFreelistSync: true, // rebuilt at open; halves the pages each commit writes
 		FreelistType:   bolt.FreelistMapType,
+		// Durability comes from checkpoints (checkpoint.go), whose pin
+		// needs a mapping that never has to grow.
+		NoSync:          true,
+		InitialMmapSize: ckptMmapBytes,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("multiraft: open raft.db: %w", err)
+		return nil, nil, fmt.Errorf("multiraft: open raft.db: %w", err)
 	}
-	return db, nil
+	ck, err := newCheckpointer(dir, db)
+	if err != nil {
+		_ = db.Close()
+		return nil, nil, fmt.Errorf("multiraft: raft.db checkpoint: %w", err)
+	}
+	return db, ck, nil
+}
+
+// closeDB releases the checkpoint's pin (bbolt's Close waits for it) and
+// closes raft.db.
+func (n *Node) closeDB() error {
+	n.writeMu.Lock()
+	n.ck.close()
+	n.ck = nil
+	n.writeMu.Unlock()
+	if db := n.dbp.Swap(nil); db != nil {
+		return db.Close()
+	}
+	return nil
 }
 
 // db is the open raft.db, or nil while the node recovers from a storage
@@ -265,7 +316,7 @@ func (n *Node) load() error {
 	}
 	var all []*loaded
 	legacy := false
-	err := n.db().Update(func(tx *bolt.Tx) error {
+	err := n.update("load", func(tx *bolt.Tx) error {
 		meta, err := tx.CreateBucketIfNotExists(bktMeta)
 		if err != nil {
 			return err
@@ -385,17 +436,18 @@ func (n *Node) load() error {
 func (n *Node) startReplica(shard uint32, id ReplicaID, st *raftStorage, applied indexTerm) error {
 	st.db, st.sm = n.db(), n.cfg.StateMachine
 	r := &replica{
-		n:          n,
-		shard:      shard,
-		id:         id,
-		st:         st,
-		smApplied:  applied,
-		smCS:       proto.CloneOf(st.cs),
-		appliedIx:  applied.index,
-		durApplied: applied,
-		leaderCh:   make(chan struct{}),
-		proposals:  map[uint64]*proposal{},
-		reads:      map[uint64]*readReq{},
+		n:             n,
+		shard:         shard,
+		id:            id,
+		st:            st,
+		smApplied:     applied,
+		smCS:          proto.CloneOf(st.cs),
+		commitApplied: applied,
+		appliedIx:     applied.index,
+		durApplied:    applied,
+		leaderCh:      make(chan struct{}),
+		proposals:     map[uint64]*proposal{},
+		reads:         map[uint64][]*readReq{},
 	}
 	rn, err := raft.NewRawNode(&raft.Config{
 		ID:                        uint64(id),
@@ -447,11 +499,15 @@ func (n *Node) Stats() Stats {
 		SyncTime:         time.Duration(n.stats.syncNanos.Load()),
 		ApplyCommits:     n.stats.applyCommits.Load(),
 		ApplyTime:        time.Duration(n.stats.applyNanos.Load()),
+		Checkpoints:      n.stats.ckpts.Load(),
+		CheckpointTime:   time.Duration(n.stats.ckptNanos.Load()),
 		Proposals:        n.stats.proposals.Load(),
 		Applied:          n.stats.applied.Load(),
 		SnapshotsApplied: n.stats.snaps.Load(),
 		Sends:            n.stats.sends.Load(),
 		Messages:         n.stats.msgs.Load(),
+		Reads:            n.stats.reads.Load(),
+		ReadIndexRounds:  n.stats.readRounds.Load(),
 
 		StorageFailures:   n.stats.storFails.Load(),
 		StorageRecoveries: n.stats.storRecoveries.Load(),
@@ -479,10 +535,9 @@ func (n *Node) Close() error {
 		n.fail(ErrStopped)
 		n.wal.close()
 	})
-	if db := n.dbp.Swap(nil); db != nil {
-		return db.Close()
-	}
-	return nil
+	// No checkpoint: a restart rolls back to the last one and replays,
+	// crash or not (see checkpoint.go).
+	return n.closeDB()
 }
 
 // err is nil while the node works, else why it stopped or why it refuses
@@ -659,6 +714,9 @@ func (n *Node) processReady() error {
 	needSync, needWrite, snaps, confs := false, false, false, false
 	for _, r := range n.loopReplicas {
 		r.mu.Lock()
+		if !r.destroyed {
+			r.issueReads()
+		}
 		if r.destroyed || !r.rn.HasReady() {
 			r.mu.Unlock()
 			continue
@@ -699,6 +757,13 @@ func (n *Node) processReady() error {
 			if err := n.persist(w); err != nil {
 				return fmt.Errorf("shard %d: %w", w.r.shard, err)
 			}
+		}
+		// Written now, not fsynced: a commit index in the file is what
+		// tells a restart that the log lost a tail it had acknowledged
+		// (verify), and raft.db's applied index, which used to tell it
+		// too, may be a checkpoint behind (checkpoint.go).
+		if err := n.wal.write(n.cfg.faults); err != nil {
+			return n.storageFailed("WAL write", err)
 		}
 	}
 	if needSync {
@@ -873,8 +938,9 @@ func (n *Node) restoreSnapshot(w *readyWork, snap *pb.Snapshot) error {
 			return err
 		}
 		// Counted before the commit: readers of the bucket may see the
-		// restored state while the commit's last fsync runs.
+		// restored state while the checkpoint's fsync runs.
 		n.stats.snaps.Add(1)
+		w.r.commitApplied = it // under writeMu (update)
 		return b.Put(keyApplied, av)
 	})
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 
 	"go.etcd.io/raft/v3"
@@ -23,6 +24,10 @@ type replica struct {
 	// open transaction) and the ConfState at it.
 	smApplied indexTerm
 	smCS      *pb.ConfState
+	// commitApplied is the applied index of raft.db's latest committed
+	// transaction (guarded by Node.writeMu): durable at the next
+	// checkpoint (checkpoint.go).
+	commitApplied indexTerm
 
 	mu        sync.Mutex // guards everything below and rn
 	rn        *raft.RawNode
@@ -30,17 +35,22 @@ type replica struct {
 	lead      ReplicaID
 	role      raft.StateType
 	leaderCh  chan struct{} // closed and replaced when lead or role changes
-	appliedIx uint64        // durable applied index, for readers
-	// durApplied is the durable applied index with its term: the log can
-	// be compacted up to it.
+	appliedIx uint64        // committed applied index, for readers
+	// durApplied is the applied index, with its term, of raft.db's last
+	// checkpoint: the log can be compacted up to it.
 	durApplied indexTerm
 	// confDone are applied conf changes whose proposers are answered after
 	// the loop's next Advance.
 	confDone  []applyResult
 	proposals map[uint64]*proposal
 	unplaced  []uint64 // proposals accepted since the last Ready
-	reads     map[uint64]*readReq
-	readWait  []*readReq // read index known, waiting for apply
+	// readQueue are reads not yet handed to raft: the loop issues one
+	// ReadIndex for all of them (issueReads), so concurrent reads of a
+	// shard share one quorum round instead of a heartbeat broadcast each.
+	readQueue []*readReq
+	// reads are the batches handed to raft, by request context.
+	reads    map[uint64][]*readReq
+	readWait []*readReq // read index known, waiting for apply
 }
 
 type proposal struct {
@@ -72,15 +82,40 @@ func (r *replica) failAll(err error) {
 	for id, p := range r.proposals {
 		r.complete(id, p, nil, err)
 	}
-	for id, q := range r.reads {
+	for id, qs := range r.reads {
 		delete(r.reads, id)
+		for _, q := range qs {
+			q.ch <- err
+		}
+	}
+	for _, q := range r.readQueue {
 		q.ch <- err
 	}
+	r.readQueue = nil
 	for _, q := range r.readWait {
 		q.ch <- err
 	}
 	r.readWait = nil
 	r.unplaced = nil
+}
+
+// issueReads hands the queued reads to raft as one ReadIndex request, once
+// a leader is known (a follower without one drops the request; the queue
+// waits for the next iteration instead). Called on the loop with r.mu held.
+//
+// Batching is safe: the read index raft returns for the request is at
+// least the leader's commit index when the request reached it, which is
+// after every queued read started, so each read still sees every write
+// acknowledged before it began.
+func (r *replica) issueReads() {
+	if len(r.readQueue) == 0 || r.rn.BasicStatus().Lead == raft.None {
+		return
+	}
+	id := r.n.newID()
+	r.reads[id] = r.readQueue
+	r.readQueue = nil
+	r.rn.ReadIndex(binary.BigEndian.AppendUint64(nil, id))
+	r.n.stats.readRounds.Add(1)
 }
 
 func entryProposalID(e *pb.Entry) (uint64, bool) {
@@ -162,10 +197,11 @@ func (r *replica) answer(results []applyResult) {
 	}
 }
 
-// appliedDurable runs on the applier once the transaction that applied
-// entries up to applied is durable: readers waiting for it go, conf
-// changes wait for the loop's Advance (advance answers them).
-func (r *replica) appliedDurable(applied indexTerm, results []applyResult, answerAll bool) {
+// appliedCommitted runs on the applier once the transaction that applied
+// entries up to applied is committed (readable; durable through the WAL
+// until the next checkpoint: see checkpoint.go): readers waiting for it
+// go, conf changes wait for the loop's Advance (advance answers them).
+func (r *replica) appliedCommitted(applied indexTerm, results []applyResult, answerAll bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.destroyed {
@@ -173,7 +209,6 @@ func (r *replica) appliedDurable(applied indexTerm, results []applyResult, answe
 	}
 	if applied.index > r.appliedIx {
 		r.appliedIx = applied.index
-		r.durApplied = applied
 	}
 	for _, res := range results {
 		p := r.proposals[res.id]
@@ -218,7 +253,7 @@ func (r *replica) confWaiting(id uint64) bool {
 	return false
 }
 
-// releaseReads answers the reads whose index is applied durably. With r.mu.
+// releaseReads answers the reads whose index is applied. With r.mu.
 func (r *replica) releaseReads() {
 	if len(r.readWait) == 0 {
 		return
@@ -261,10 +296,12 @@ func (r *replica) advance(w *readyWork) {
 			continue
 		}
 		id := binary.BigEndian.Uint64(rs.RequestCtx)
-		if q := r.reads[id]; q != nil {
+		if qs, ok := r.reads[id]; ok {
 			delete(r.reads, id)
-			q.index = rs.Index
-			r.readWait = append(r.readWait, q)
+			for _, q := range qs {
+				q.index = rs.Index
+				r.readWait = append(r.readWait, q)
+			}
 		}
 	}
 	r.releaseReads()
@@ -276,9 +313,11 @@ func (r *replica) advance(w *readyWork) {
 			r.leaderCh = make(chan struct{})
 			// Read requests in flight went to the old leader, which may
 			// never answer; they are reissued.
-			for id, q := range r.reads {
+			for id, qs := range r.reads {
 				delete(r.reads, id)
-				q.ch <- errRetryRead
+				for _, q := range qs {
+					q.ch <- errRetryRead
+				}
 			}
 		}
 	}
@@ -330,8 +369,8 @@ func (r *replica) wait(ctx context.Context, id uint64, p *proposal) ([]byte, err
 
 // Propose replicates cmd through shard's Raft group and returns the state
 // machine's result once the command is committed by a quorum (durable in
-// their logs) and applied on this replica (in the transaction whose fsync
-// is still under way: reads see it once that is done, see processReady).
+// their logs) and applied on this replica (in the transaction that is
+// still being committed: reads see it once that is done, see applier.go).
 // It fails with *NotLeaderError when this replica does not lead the shard,
 // ErrProposalDropped when the command is definitely not committed,
 // ErrStorageUnavailable without ErrResultUnknown when the node refused it
@@ -359,15 +398,16 @@ func (n *Node) Propose(ctx context.Context, shard uint32, cmd []byte) ([]byte, e
 // applied index ≥ it is linearizable, and waits until this replica has
 // applied it. It works on followers too (raft forwards the request to the
 // leader, which confirms its leadership with a quorum of heartbeats before
-// answering). A request lost with a leader change is reissued until ctx
-// ends.
+// answering). The reads of a shard that arrive while the loop is busy
+// share one such request (see issueReads). A request lost with a leader
+// change is reissued until ctx ends.
 func (n *Node) ReadIndex(ctx context.Context, shard uint32) (uint64, error) {
 	r, err := n.replica(shard)
 	if err != nil {
 		return 0, err
 	}
+	n.stats.reads.Add(1)
 	for {
-		id := n.newID()
 		q := &readReq{ch: make(chan error, 1)}
 		r.mu.Lock()
 		if err := n.err(); err != nil {
@@ -388,8 +428,7 @@ func (n *Node) ReadIndex(ctx context.Context, shard uint32) (uint64, error) {
 				return 0, ctx.Err()
 			}
 		}
-		r.reads[id] = q
-		r.rn.ReadIndex(binary.BigEndian.AppendUint64(nil, id))
+		r.readQueue = append(r.readQueue, q)
 		r.mu.Unlock()
 		n.signal()
 		select {
@@ -402,8 +441,12 @@ func (n *Node) ReadIndex(ctx context.Context, shard uint32) (uint64, error) {
 			}
 			return q.index, nil
 		case <-ctx.Done():
+			// Still queued: dropped. Already issued: its batch answers
+			// q.ch (buffered) and forgets it.
 			r.mu.Lock()
-			delete(r.reads, id)
+			if i := slices.Index(r.readQueue, q); i >= 0 {
+				r.readQueue = slices.Delete(r.readQueue, i, i+1)
+			}
 			r.mu.Unlock()
 			return 0, ctx.Err()
 		}

@@ -18,12 +18,12 @@ import (
 // index. So:
 //
 //   - the applied index is persisted atomically with the state it describes:
-//     after a crash the node restarts from exactly the state at the recorded
-//     applied index and replays the log (the WAL) from there; it never
-//     applies an entry twice or skips one (no "consistent index"
-//     bookkeeping in the state machine);
+//     after a crash the node restarts from exactly the state at the applied
+//     index of raft.db's last checkpoint (checkpoint.go) and replays the
+//     log (the WAL) from there; it never applies an entry twice or skips
+//     one (no "consistent index" bookkeeping in the state machine);
 //   - one apply transaction covers the committed entries of every shard
-//     that arrived while the previous one was being fsynced, off the Raft
+//     that arrived while the previous one was committing, off the Raft
 //     loop (whose WAL append is the fsync on a write's path);
 //   - snapshots are cheap: a snapshot of a shard is a consistent bbolt read
 //     transaction that reads the applied index and the bucket together, so
@@ -35,7 +35,8 @@ import (
 type StateMachine interface {
 	// Apply applies one committed command of shard at log index. b is the
 	// shard's bucket (read-write). The result is returned to the proposer
-	// once the transaction is durable. Apply must be deterministic: every
+	// (the entry is committed in a quorum's logs, and a replay gives the
+	// same result). Apply must be deterministic: every
 	// replica applies the same commands in the same order and must reach the
 	// same state. A refusal (a failed compare-and-set, a missing key) is a
 	// result, not an error: a returned error means the state machine cannot

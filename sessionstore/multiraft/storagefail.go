@@ -27,14 +27,14 @@ import (
 //  2. discards all in-memory state that may not be on disk: every RawNode
 //     with its unstable log and unsent messages, pending proposals, cached
 //     snapshots, and closes raft.db (its mmap and in-memory freelist);
-//  3. every StorageRetryInterval reopens raft.db and commits a probe write
-//     (probeBytes of data, then deletes it). A successful probe commit is
-//     fsynced, and it also makes durable whatever this process now reads
-//     from the file: bbolt writes (and fsyncs) a transaction's pages
-//     before its meta page, so the only part of a failed commit the page
-//     cache can show without it being on disk is that meta page, and the
-//     probe's own meta page, fsynced, supersedes it. The probe's size makes
-//     sure there is room for real work again, not just for one page;
+//  3. every StorageRetryInterval reopens raft.db, which rolls it back to
+//     its last checkpoint (checkpoint.go: a tree whose pages were fsynced
+//     and never written since, so the page cache cannot disagree with the
+//     disk about any of them; what came after is replayed from the WAL),
+//     and commits a probe write (probeBytes of data, then deletes it),
+//     fsynced and checkpointed: the disk takes writes, fsyncs and
+//     checkpoints again. The probe's size makes sure there is room for
+//     real work again, not just for one page;
 //  4. restarts every Raft group from what is on disk, exactly as a process
 //     restart would (raft's durability contract makes that safe: the
 //     HardState and log on disk are all a replica has promised), and
@@ -58,33 +58,122 @@ func (n *Node) refusing() bool {
 	return n.failErr == nil && n.storErr != nil
 }
 
-// update runs fn in a write transaction of raft.db. If the commit itself
-// fails (write or fsync), the node starts refusing work (the loop then
-// recovers) and the error returned wraps ErrStorageUnavailable; an error of
-// fn is returned as it is. Called on the loop goroutine.
+// update runs fn in a write transaction of raft.db and makes it durable
+// with a checkpoint (checkpoint.go). If the commit or the checkpoint fails
+// (write or fsync), the node starts refusing work (the loop then recovers)
+// and the error returned wraps ErrStorageUnavailable; an error of fn is
+// returned as it is. Called on the loop goroutine.
 func (n *Node) update(what string, fn func(*bolt.Tx) error) error {
+	n.writeMu.Lock()
+	defer n.writeMu.Unlock()
+	if err := n.commitLocked(what, true, fn); err != nil {
+		return err
+	}
+	return n.checkpointLocked(what, false)
+}
+
+// commitLocked runs fn in a write transaction of raft.db, not fsynced
+// (unless bbolt is in syncMode). faults: a slow disk delays it too.
+// With writeMu.
+func (n *Node) commitLocked(what string, slow bool, fn func(*bolt.Tx) error) error {
 	db := n.db()
-	if db == nil {
+	if db == nil || n.ck == nil {
 		return n.stoppedErr()
 	}
-	if err := n.cfg.faults.beforeCommit(); err != nil {
+	var err error
+	if slow {
+		err = n.cfg.faults.beforeCommit()
+	} else {
+		err = n.cfg.faults.beforeWrite()
+	}
+	if err != nil {
 		return n.storageFailed(what, err)
 	}
 	var fnErr error
-	err := db.Update(func(tx *bolt.Tx) error {
+	err = db.Update(func(tx *bolt.Tx) error {
 		fnErr = fn(tx)
 		return fnErr
 	})
 	if err != nil && fnErr != nil {
 		return err
 	}
-	if err == nil {
+	if err == nil && n.ck.syncMode {
 		err = n.cfg.faults.afterCommit()
 	}
 	if err != nil {
 		return n.storageFailed(what, err)
 	}
+	n.ck.dirty = true
+	if n.ck.syncMode {
+		n.markDurableLocked()
+	}
 	return nil
+}
+
+// checkpointLocked fsyncs raft.db and records the checkpoint
+// (checkpoint.go); then the logs may be compacted up to what it holds. slow:
+// an injected slow disk delays it (update's commit already did). With
+// writeMu.
+func (n *Node) checkpointLocked(what string, slow bool) error {
+	db, ck := n.db(), n.ck
+	if db == nil || ck == nil {
+		return n.stoppedErr()
+	}
+	if !ck.dirty || ck.syncMode {
+		return nil
+	}
+	t0 := time.Now()
+	if ck.tooBig() {
+		if err := ck.enterSyncMode(n.cfg.Dir, db); err != nil {
+			return n.storageFailed(what, err)
+		}
+		ck.dirty = false
+		n.markDurableLocked()
+		return nil
+	}
+	var err error
+	if slow {
+		err = n.cfg.faults.beforeCommit()
+	}
+	if err == nil {
+		err = db.Sync()
+	}
+	if err == nil {
+		err = n.cfg.faults.afterCommit()
+	}
+	if err == nil {
+		err = ck.save(db)
+	}
+	if err != nil {
+		if errors.Is(err, ErrCorrupt) {
+			return err
+		}
+		return n.storageFailed(what+" (raft.db checkpoint)", err)
+	}
+	ck.dirty, ck.last = false, time.Now()
+	n.stats.ckpts.Add(1)
+	n.stats.ckptNanos.Add(uint64(time.Since(t0)))
+	n.markDurableLocked()
+	return nil
+}
+
+// markDurableLocked: everything committed to raft.db is durable now, so
+// each replica's log may be compacted up to its committed applied index.
+// With writeMu.
+func (n *Node) markDurableLocked() {
+	n.mu.RLock()
+	reps := make([]*replica, 0, len(n.replicas))
+	for _, r := range n.replicas {
+		reps = append(reps, r)
+	}
+	n.mu.RUnlock()
+	for _, r := range reps {
+		r.mu.Lock()
+		if r.commitApplied.index > r.durApplied.index {
+			r.durApplied = r.commitApplied
+		}
+		r.mu.Unlock()
+	}
 }
 
 // storageFailed records a failed commit: from now on every call is refused
@@ -166,11 +255,10 @@ func (n *Node) discard() {
 	// The applier drops its work from now on (n.err is set); wait for the
 	// transaction it may be in.
 	n.applier.barrier()
-	if db := n.dbp.Swap(nil); db != nil {
-		// Waits for read transactions in flight; the error of a close
-		// after a failed commit says nothing new.
-		_ = db.Close()
-	}
+	// Waits for read transactions in flight; the error of a close after
+	// a failed commit says nothing new. The reopen rolls raft.db back to
+	// its last checkpoint.
+	_ = n.closeDB()
 }
 
 // reopen opens raft.db again, proves with a probe commit that the disk takes
@@ -183,7 +271,7 @@ func (n *Node) reopen() error {
 	if err := n.wal.cutBack(); err != nil {
 		return fmt.Errorf("probe write: %w", err)
 	}
-	db, err := openDB(n.cfg.Dir)
+	db, ck, err := openDB(n.cfg.Dir)
 	if err != nil {
 		return err
 	}
@@ -201,22 +289,37 @@ func (n *Node) reopen() error {
 			}
 			return meta.Delete(keyProbe)
 		})
+		if err == nil {
+			err = db.Sync()
+		}
 		if err != nil {
 			return err
 		}
-		return n.cfg.faults.afterCommit()
+		if err := n.cfg.faults.afterCommit(); err != nil {
+			return err
+		}
+		// The probe's state is the new checkpoint: raft.db.meta takes
+		// writes and fsyncs too.
+		return ck.save(db)
+	}
+	closeAll := func() {
+		ck.close()
+		_ = db.Close()
 	}
 	if err := probe(true); err != nil {
-		_ = db.Close()
+		closeAll()
 		return fmt.Errorf("probe write: %w", err)
 	}
 	// Deleting the probe frees its pages inside the file for the groups'
 	// next commits.
 	if err := probe(false); err != nil {
-		_ = db.Close()
+		closeAll()
 		return fmt.Errorf("probe write: %w", err)
 	}
+	n.writeMu.Lock()
 	n.dbp.Store(db)
+	n.ck = ck
+	n.writeMu.Unlock()
 	n.mu.Lock()
 	n.replicas = map[uint32]*replica{}
 	n.mu.Unlock()

@@ -139,6 +139,25 @@ func (w *wal) addEntries(shard uint32, id ReplicaID, ents []*pb.Entry) error {
 	return nil
 }
 
+// write writes the pending records without an fsync: a crash of the
+// machine may lose or tear them (the end of the log), a crash of the
+// process does not. A failed write is a storage failure like a failed
+// sync.
+func (w *wal) write(faults *diskFaults) error {
+	if len(w.buf) == 0 {
+		return nil
+	}
+	if err := faults.beforeWrite(); err != nil {
+		return err
+	}
+	if _, err := w.f.WriteAt(w.buf, w.size); err != nil {
+		return fmt.Errorf("write %s: %w", w.name, err)
+	}
+	w.size += int64(len(w.buf))
+	w.buf = w.buf[:0]
+	return nil
+}
+
 // sync writes the pending records and fdatasyncs them. On an error nothing
 // of them may be trusted (see storagefail.go); w.synced still marks what
 // is durable.

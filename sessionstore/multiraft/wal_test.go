@@ -214,6 +214,11 @@ func TestMigrateFormat1(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Format 1 was written by versions that fsynced every bbolt commit,
+	// without checkpoints (checkpoint.go): no raft.db.meta.
+	if err := os.Remove(filepath.Join(dir, checkpointFileName)); err != nil {
+		t.Fatal(err)
+	}
 	if err := os.RemoveAll(filepath.Join(dir, walDirName)); err != nil {
 		t.Fatal(err)
 	}
