@@ -38,6 +38,7 @@ func cmdFront(ctx context.Context, args []string, _, stderr io.Writer) int {
 	fs.DurationVar(&cfg.SuspectAfter, "suspect-after", cfg.SuspectAfter, "probe a worker when a request has waited this long for response headers (0 disables)")
 	fs.BoolVar(&cfg.WorkerKeepAlive, "worker-keepalive", cfg.WorkerKeepAlive, "reuse connections to workers (false: one connection per request)")
 	fs.IntVar(&cfg.MaxIdlePerWorker, "max-idle-per-worker", cfg.MaxIdlePerWorker, "idle keep-alive connections kept per worker")
+	fs.BoolVar(&cfg.Pprof, "pprof", cfg.Pprof, "serve Go's profiler under /debug/pprof/ on the front's port (for performance work; keep it off in production)")
 	if err := config.Parse(fs, args, nil); err != nil {
 		if errors.Is(err, config.ErrHelp) {
 			return exitOK

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"strings"
 	"time"
@@ -73,6 +74,10 @@ type Config struct {
 	// MaxIdlePerWorker bounds the idle keep-alive connections kept per
 	// worker.
 	MaxIdlePerWorker int
+	// Pprof serves net/http/pprof under /debug/pprof/ on the front's
+	// port, to profile CPU per request under load. Off by default: a
+	// profile exposes internals and costs CPU while it is taken.
+	Pprof bool
 	// ShutdownTimeout bounds the graceful HTTP shutdown when ctx ends.
 	ShutdownTimeout time.Duration
 }
@@ -302,6 +307,11 @@ func (f *Front) handler() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "workers": n})
 	})
+	if f.cfg.Pprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	}
 	mux.Handle("/", newProxy(f.pool, f.det, f.cfg, f.log))
 	return mux
 }
