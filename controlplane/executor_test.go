@@ -384,21 +384,7 @@ func TestRegionFailoverThroughAdminAPI(t *testing.T) {
 	e := testcluster.StartEtcd(t)
 	cli := e.Client()
 	ctx := context.Background()
-	// east is active; the control planes (and so healthy members) are in west.
-	for _, d := range []RegionDoc{{Name: "east", Role: RegionPrimary, State: RegionActive, Weight: 2}, {Name: "west", Role: RegionSecondary, State: RegionStandby, Weight: 1}} {
-		v, _ := json.Marshal(d)
-		if _, err := cli.Put(ctx, RegionKey(e.Prefix, d.Name), string(v)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	eastWorker := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) }))
-	t.Cleanup(eastWorker.Close)
-	wr, err := membership.Register(ctx, cli, e.Prefix, membership.Member{Role: membership.RoleWorker, ID: "w-east", Region: "east",
-		Addr: strings.TrimPrefix(eastWorker.URL, "http://")}, 2*time.Second, logging.Discard())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = wr.Close(ctx) })
+	eastWorker := eastActiveWestStandby(t, e, 2*time.Second)
 	ca, cb := testConfig(e, "cp-a"), testConfig(e, "cp-b")
 	ca.Common.Region, cb.Common.Region = "west", "west"
 	ca.ProbeInterval, cb.ProbeInterval = 50*time.Millisecond, 50*time.Millisecond
@@ -486,6 +472,30 @@ func TestRegionFailoverThroughAdminAPI(t *testing.T) {
 	if code, _, body := post(l.AdminURL() + "/v1/regions/east/failback"); code != http.StatusConflict {
 		t.Fatalf("failback to a failed region: %d %s", code, body)
 	}
+}
+
+// eastActiveWestStandby writes regions east (active) and west (standby)
+// and registers one healthy worker in east (its membership lease with
+// ttl); the control planes of the tests run in west.
+func eastActiveWestStandby(t *testing.T, e *testcluster.Etcd, ttl time.Duration) *httptest.Server {
+	t.Helper()
+	cli := e.Client()
+	ctx := context.Background()
+	for _, d := range []RegionDoc{{Name: "east", Role: RegionPrimary, State: RegionActive, Weight: 2}, {Name: "west", Role: RegionSecondary, State: RegionStandby, Weight: 1}} {
+		v, _ := json.Marshal(d)
+		if _, err := cli.Put(ctx, RegionKey(e.Prefix, d.Name), string(v)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eastWorker := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) }))
+	t.Cleanup(eastWorker.Close)
+	wr, err := membership.Register(ctx, cli, e.Prefix, membership.Member{Role: membership.RoleWorker, ID: "w-east", Region: "east",
+		Addr: strings.TrimPrefix(eastWorker.URL, "http://")}, ttl, logging.Discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = wr.Close(ctx) })
+	return eastWorker
 }
 
 func regionStates(rs []RegionDoc) map[string]string {

@@ -1,16 +1,10 @@
 package controlplane
 
 import (
-	"context"
-	"encoding/json"
 	"fmt"
-	"net/http"
-	"net/http/httptest"
-	"strings"
 	"testing"
 	"time"
 
-	"github.com/erlmcp/erlmcp/internal/logging"
 	"github.com/erlmcp/erlmcp/internal/membership"
 	"github.com/erlmcp/erlmcp/internal/testcluster"
 )
@@ -61,22 +55,7 @@ func TestRegionProbesRecordAndSnapshot(t *testing.T) {
 // starts filling after it.
 func TestStandbyFailsOverRegionFromItsOwnProbes(t *testing.T) {
 	e := testcluster.StartEtcd(t)
-	cli := e.Client()
-	ctx := context.Background()
-	for _, d := range []RegionDoc{{Name: "east", Role: RegionPrimary, State: RegionActive, Weight: 2}, {Name: "west", Role: RegionSecondary, State: RegionStandby, Weight: 1}} {
-		v, _ := json.Marshal(d)
-		if _, err := cli.Put(ctx, RegionKey(e.Prefix, d.Name), string(v)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	eastWorker := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) }))
-	t.Cleanup(eastWorker.Close)
-	wr, err := membership.Register(ctx, cli, e.Prefix, membership.Member{Role: membership.RoleWorker, ID: "w-east", Region: "east",
-		Addr: strings.TrimPrefix(eastWorker.URL, "http://")}, 10*time.Second, logging.Discard())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = wr.Close(ctx) })
+	eastWorker := eastActiveWestStandby(t, e, 10*time.Second)
 
 	// The election lease (3 s) outlasts the FailAfter (4) rounds of 100 ms
 	// many times over, even on a loaded machine.
