@@ -399,7 +399,7 @@ func newProxy(p *pool, det *detector, cfg Config, log *logrus.Entry) *proxy {
 			pr.Out.Host = pr.In.Host
 			pr.SetXForwarded()
 		},
-		Transport:     &retryTransport{pool: p, base: base, det: det, suspectAfter: cfg.SuspectAfter, log: log},
+		Transport: &retryTransport{pool: p, base: base, det: det, suspectAfter: cfg.SuspectAfter, log: log},
 		// 0: ReverseProxy itself flushes every write of an SSE answer or
 		// of one of unknown length, and sends a JSON answer (its length
 		// known) in one write with its Content-Length. -1 flushed the
