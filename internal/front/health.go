@@ -14,12 +14,12 @@ import (
 	"github.com/sirupsen/logrus"
 )
 
-// errWorkerDown is the cause an idempotent request in flight to a worker
-// is cancelled with once the detector has confirmed that worker dead or
-// paused: it goes to another worker now instead of waiting for a process
-// that may never answer (a SIGSTOPped worker accepts connections in the
-// kernel and answers nothing). Other requests are not cancelled (see
-// retryTransport.send).
+// errWorkerDown is the cause a request in flight to a worker is cancelled
+// with once the detector has confirmed that worker dead or paused, instead
+// of waiting for a process that may never answer (a SIGSTOPped worker
+// accepts connections in the kernel and answers nothing): an idempotent
+// request goes to another worker, any other is answered 502 (see
+// retryTransport.send for why that is safe).
 var errWorkerDown = errors.New("the worker stopped answering health probes and was taken out of rotation")
 
 // attempt is one request in flight to one worker, which the detector may
@@ -104,7 +104,7 @@ func (p *pool) endConfirm(addr string, up bool) {
 // verdict is not: it takes ProbeFailAfter consecutive probe failures, each
 // bounded by ProbeTimeout, or one refused connection (nothing listens: the
 // process is gone). A worker found down is skipped, and its in-flight
-// idempotent requests are cancelled (and resent to another worker), but
+// requests are cancelled (idempotent ones resent to another worker), but
 // only when some other worker answers a probe:
 // if every worker is slow, the front (or the whole machine) is starved and
 // cancelling would turn slowness into errors with nowhere better to go.

@@ -300,20 +300,18 @@ func (t *retryTransport) send(req *http.Request, b *backend) (resp *http.Respons
 		}
 		out.Body = body
 	}
-	// Only an idempotent request may be cancelled when b is found down
-	// (and is then sent to another worker). Any other request stays with
-	// b: a paused worker still holds its bytes and would run it on
-	// resuming, after its client, told it failed, had moved on (a counter
-	// increment applied out of order: seen as a skipped increment).
+	// Every request in flight to b is cancelled when b is found down (its
+	// connection closed): an idempotent one is then sent to another
+	// worker, any other is answered 502 (its outcome unknown to the
+	// client, as for a killed worker). A paused worker that resumes does
+	// not start a request whose connection is gone (peerconn.Gone in the
+	// worker), and one it had started before the pause is still refused
+	// by the counter if a later call of the session overtook it: so the
+	// cancelled request is not run after the client has moved on.
 	a := &attempt{cancel: cancel}
-	idem, _ := req.Context().Value(idemKey{}).(bool)
-	if idem {
-		t.pool.track(b.addr, a)
-	}
+	t.pool.track(b.addr, a)
 	done := func() {
-		if idem {
-			t.pool.untrack(b.addr, a)
-		}
+		t.pool.untrack(b.addr, a)
 		cancel(nil)
 	}
 	var timer *time.Timer
