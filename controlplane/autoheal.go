@@ -155,6 +155,9 @@ type nodeHealth struct {
 	missingSince time.Time
 	attempts     []time.Time
 	exhausted    bool // logged that attempts ran out
+	// region is where the process was last registered (a process whose
+	// lease is gone is still judged with its region).
+	region string
 }
 
 // healer is one leader term's autoheal and scaling state.
@@ -296,6 +299,14 @@ func (h *healer) healRole(ctx context.Context, role string, members []membership
 			h.nodes[role+"/"+p.Name] = n
 		}
 		m, registered := byID[p.Name]
+		if registered {
+			n.region = m.Region
+		}
+		if n.region != "" && h.cp.regionFailing(n.region) {
+			// Its region is failing as a whole: see regionFailing.
+			n.missingSince = time.Time{}
+			continue
+		}
 		var reason string
 		switch {
 		case !p.Running:

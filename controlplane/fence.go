@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/erlmcp/erlmcp/internal/etcdclient"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -52,7 +53,16 @@ func (l leadership) txnRev(ctx context.Context, guard []clientv3.Cmp, then, els 
 
 func (l leadership) do(ctx context.Context, guard []clientv3.Cmp, then, els []clientv3.Op) (bool, *pb.TxnResponse, int64, error) {
 	inner := clientv3.OpTxn(guard, then, els)
-	resp, err := l.cli.Txn(ctx).If(l.fence()).Then(inner).Commit()
+	// A per-request timeout: a Txn sent to an etcd member that stopped
+	// answering (SIGSTOP, a frozen VM) would otherwise hang its loop until
+	// gRPC keepalive closes the connection (12 s); the loop's retry goes
+	// round robin to another member. Every caller re-reads and retries
+	// (level-triggered), and its writes are guarded or idempotent, so a
+	// Txn that committed although its answer was lost does no harm when
+	// retried.
+	tctx, cancel := etcdclient.RequestTimeout(ctx)
+	defer cancel()
+	resp, err := l.cli.Txn(tctx).If(l.fence()).Then(inner).Commit()
 	if err != nil {
 		return false, nil, 0, fmt.Errorf("fenced txn: %w", err)
 	}

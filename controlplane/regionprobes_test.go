@@ -116,3 +116,23 @@ func TestStandbyFailsOverRegionFromItsOwnProbes(t *testing.T) {
 	}
 	t.Logf("region failed over %s after the new term began; its first failed round was %s before it", h.End.Sub(since), since.Sub(h.Start))
 }
+
+func TestRegionFailingOnlyOnAFreshFailedRound(t *testing.T) {
+	cp := &ControlPlane{cfg: Config{ProbeInterval: time.Second}, probes: newRegionProbes()}
+	if cp.regionFailing("east") {
+		t.Fatal("no round yet: not failing")
+	}
+	now := time.Now()
+	cp.probes.record(now, map[string]bool{"east": false, "west": true}, nil, 4)
+	if !cp.regionFailing("east") || cp.regionFailing("west") || cp.regionFailing("mars") {
+		t.Fatal("east's last round failed, west's passed, mars is unknown")
+	}
+	cp.probes.record(now, map[string]bool{"east": true, "west": true}, nil, 4)
+	if cp.regionFailing("east") {
+		t.Fatal("east's last round passed")
+	}
+	cp.probes.record(now.Add(-time.Minute), map[string]bool{"east": false}, nil, 4)
+	if cp.regionFailing("east") {
+		t.Fatal("a stale round (the prober stuck) must not hold autoheal back")
+	}
+}

@@ -443,6 +443,21 @@ func (p *regionProbes) snapshot(now time.Time, maxAge time.Duration) (rounds map
 	return rounds, p.members, true
 }
 
+// regionFailing reports whether region's latest probe round, if recent,
+// failed: most of its members do not answer. Autoheal leaves the
+// processes of such a region alone: a region failure is region failover's
+// to handle, and restarting its processes one by one (where that still
+// works, as on one machine) would make the region look alive again while
+// most of it is gone.
+func (cp *ControlPlane) regionFailing(region string) bool {
+	p := cp.probes
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	rs := p.rounds[region]
+	fresh := time.Since(p.at) <= 2*cp.cfg.ProbeInterval+probeTimeout
+	return fresh && len(rs) > 0 && !rs[len(rs)-1].ok
+}
+
 // probeLoop probes every region once per ProbeInterval into cp.probes, on
 // every instance, until ctx ends. A round that cannot list the members
 // (etcd unreachable) is skipped, not recorded as failed: the regions were
