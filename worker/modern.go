@@ -425,7 +425,7 @@ func (h *Handler) serveModernRequest(w http.ResponseWriter, r *http.Request, msg
 		ob.lazy = w
 	}
 	c := &call{h: h, session: sess, msg: msg}
-	c.req = &Request{h: h, sess: sess, id: msg.ID, method: msg.Method, progressToken: token, out: ob, mrtr: mr, started: time.Now()}
+	c.req = &Request{h: h, sess: sess, id: msg.ID, method: msg.Method, progressToken: token, out: ob, mrtr: mr, started: requestStart(ctx)}
 	result, rerr := m.fn(ctx, c)
 	switch {
 	case len(mr.pending) > 0:

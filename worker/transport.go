@@ -158,6 +158,14 @@ func (h *Handler) post(w http.ResponseWriter, r *http.Request) string {
 		return labelInvalid
 	}
 	label := h.disp.label(msg)
+	// The request's start, for the counter's overtaken-call check
+	// (Request.started), is taken before the check below: while its sender
+	// was still connected, no later call of the session can have been sent
+	// because this one failed. Taken after it (when the Request is built,
+	// past the session read), a pause in between let a stale call start
+	// "after" the call that overtook it, and apply (a skipped increment in
+	// CI's pause scenario).
+	r = r.WithContext(context.WithValue(r.Context(), receivedKey{}, time.Now()))
 	if msg.Kind == KindRequest && peerconn.Gone(r) {
 		// Its sender (the front, a client) gave up before this worker
 		// started it: the request sat here while the worker was frozen
@@ -317,7 +325,7 @@ func (h *Handler) serveRequest(w http.ResponseWriter, r *http.Request, sess *ses
 		defer timer.Stop()
 	}
 	c := &call{h: h, session: sess, msg: msg}
-	c.req = &Request{h: h, sess: sess, id: msg.ID, method: msg.Method, progressToken: token, out: ob, started: time.Now()}
+	c.req = &Request{h: h, sess: sess, id: msg.ID, method: msg.Method, progressToken: token, out: ob, started: requestStart(ctx)}
 	result, rerr := m.fn(runCtx, c)
 	streaming := ob.seal()
 	if errors.Is(context.Cause(runCtx), errCancelled) {
@@ -631,6 +639,17 @@ func (h *Handler) storeFail(w http.ResponseWriter, id json.RawMessage, op string
 		h.log.WithError(err).WithField("op", op).Error("session store call failed")
 		h.fail(w, http.StatusInternalServerError, id, errorf(CodeInternalError, "Internal error: session store %s failed", op))
 	}
+}
+
+type receivedKey struct{}
+
+// requestStart is when this worker took on the request of ctx (see post),
+// or now when that is not known.
+func requestStart(ctx context.Context) time.Time {
+	if t, ok := ctx.Value(receivedKey{}).(time.Time); ok {
+		return t
+	}
+	return time.Now()
 }
 
 // fail writes an HTTP error status with a JSON-RPC error body.
