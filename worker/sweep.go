@@ -163,32 +163,21 @@ func taskOfCancelID(id json.RawMessage) (string, bool) {
 	return strings.TrimPrefix(s, "task:"), true
 }
 
-// failOrphanTask fails a task still working under owner.
+// failOrphanTask fails a task still working under owner (a task gone
+// meanwhile needs nothing).
 func (h *Handler) failOrphanTask(ctx context.Context, sid, tid, owner string) error {
-	for range maxUpdateAttempts {
-		t, err := h.store.GetTask(ctx, sid, tid)
-		if errors.Is(err, ErrNotFound) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
+	err := h.updateTask(ctx, sid, tid, func(t *Task) bool {
 		if terminal(t.Status) || t.Owner != owner {
-			return nil
+			return false
 		}
-		version := t.Version
 		t.Status, t.StatusMessage = taskFailed, "the worker running this task stopped; retry it"
 		t.Data, _ = json.Marshal(errorf(CodeWorkerLost, "the worker running this task stopped; retry it"))
-		if _, err := h.store.PutTask(ctx, sid, t, &version); errors.Is(err, ErrVersionConflict) {
-			continue
-		} else if err != nil {
-			return err
-		}
-		// Wake a tasks/result waiting on any worker.
-		_, _ = h.store.AppendEvents(ctx, sid, taskStream(tid), []byte(`{}`))
+		return true
+	})
+	if errors.Is(err, ErrNotFound) {
 		return nil
 	}
-	return fmt.Errorf("%w: task %s kept changing", ErrStoreUnavailable, tid)
+	return err
 }
 
 // SweepResult counts what one sweep of a dead incarnation did.

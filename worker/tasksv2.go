@@ -189,7 +189,7 @@ func (h *Handler) awaitTaskInputs(ctx context.Context, sid, taskID string, pendi
 		return nil, err
 	}
 	after := ev.LastSeq
-	if err := h.updateTaskV2(ctx, sid, taskID, func(t *Task) bool {
+	if err := h.updateTask(ctx, sid, taskID, func(t *Task) bool {
 		if terminal(t.Status) {
 			return false
 		}
@@ -220,10 +220,11 @@ func (h *Handler) awaitTaskInputs(ctx context.Context, sid, taskID string, pendi
 	}
 }
 
-// updateTaskV2 applies change to the stored task with compare-and-set,
+// updateTask applies change to the stored task with compare-and-set,
 // retrying on conflicts; change returns false to leave the task as is.
-// A change made wakes whoever waits on the task's stream.
-func (h *Handler) updateTaskV2(ctx context.Context, sid, taskID string, change func(*Task) bool) error {
+// A change made wakes whoever waits on the task's stream. Used by both
+// task versions and the death sweep.
+func (h *Handler) updateTask(ctx context.Context, sid, taskID string, change func(*Task) bool) error {
 	for range maxUpdateAttempts {
 		t, err := h.store.GetTask(ctx, sid, taskID)
 		if err != nil {
@@ -372,7 +373,7 @@ func methodTaskUpdateV2(ctx context.Context, c *call) (any, *Error) {
 		}
 	}
 	sid := tasksV2SessionID(principalOf(ctx), t.ID)
-	err := c.h.updateTaskV2(ctx, sid, t.ID, func(t *Task) bool {
+	err := c.h.updateTask(ctx, sid, t.ID, func(t *Task) bool {
 		if t.Status != taskInputRequired {
 			return false
 		}
@@ -418,7 +419,7 @@ func methodTaskCancelV2(ctx context.Context, c *call) (any, *Error) {
 	}
 	sid := tasksV2SessionID(principalOf(ctx), t.ID)
 	cancelled := false
-	err := c.h.updateTaskV2(ctx, sid, t.ID, func(t *Task) bool {
+	err := c.h.updateTask(ctx, sid, t.ID, func(t *Task) bool {
 		if terminal(t.Status) {
 			return false
 		}
