@@ -200,9 +200,14 @@ func TestMetricsAndHealth(t *testing.T) {
 			t.Errorf("lag of shard %d: %v, want 0 (no followers)", i, v)
 		}
 	}
-	if v := s.must(t, "erlmcp_store_raft_leader_changes_total", node); v < shards {
-		t.Errorf("leader changes %v, want >= %d (every shard elected once)", v, shards)
-	}
+	// Leader changes are sampled every Raft tick (observeLeaders): the
+	// requests above can all finish before the first sample.
+	testcluster.WaitFor(t, raftWait, "every shard's election counted", func() error {
+		if v := getScrape(t, addr).must(t, "erlmcp_store_raft_leader_changes_total", node); v < shards {
+			return fmt.Errorf("leader changes %v, want >= %d (every shard elected once)", v, shards)
+		}
+		return nil
+	})
 	if v := s.must(t, "erlmcp_store_storage_healthy", node); v != 1 {
 		t.Errorf("storage_healthy %v, want 1", v)
 	}

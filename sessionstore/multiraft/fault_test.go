@@ -100,10 +100,16 @@ func TestLaggingReplicaCatchesUpBySnapshot(t *testing.T) {
 	for i := range 60 {
 		c.mustPut(1, fmt.Sprint("k", i%7), fmt.Sprint(i))
 	}
-	first, _, _ := c.node(c.leader(1, 5*time.Second)).replicas[1].st.bounds()
-	if first < 10 {
-		t.Fatalf("leader log not compacted: first index %d", first)
-	}
+	// Compaction follows the next checkpoint (raft.db fsynced), up to
+	// 100ms later: wait for it.
+	waitFor(t, 5*time.Second, "leader log compacted past index 10", func() bool {
+		r, err := c.node(c.leader(1, 5*time.Second)).replica(1)
+		if err != nil {
+			return false
+		}
+		first, _, _ := r.st.bounds()
+		return first >= 10
+	})
 	c.restart(lag)
 	c.waitValue(1, "k3", "59", 10*time.Second, lag)
 	if got := c.node(lag).Stats().SnapshotsApplied; got == 0 {

@@ -205,6 +205,10 @@ type Node struct {
 	failErr error // permanent: ErrStopped or ErrStorageFailed
 	storErr error // while refusing work after a failed write/fsync
 
+	// compactDue: a checkpoint moved the durable applied indexes; the loop
+	// looks at every replica's log, not only the busy ones.
+	compactDue atomic.Bool
+
 	closeOnce sync.Once
 	idBase    uint64
 	idSeq     atomic.Uint64
@@ -252,9 +256,62 @@ func Open(cfg Config) (*Node, error) {
 		n.wal.close()
 		return nil, err
 	}
+	replay := n.replayTargets()
 	go n.runApplier()
 	go n.run()
+	if err := n.awaitReplay(replay); err != nil {
+		n.Close()
+		return nil, err
+	}
 	return n, nil
+}
+
+// replayTarget is a replica and the commit index of its durable HardState
+// when the node opened.
+type replayTarget struct {
+	r     *replica
+	index uint64
+}
+
+func (n *Node) replayTargets() []replayTarget {
+	ts := make([]replayTarget, 0, len(n.loopReplicas))
+	for _, r := range n.loopReplicas {
+		ts = append(ts, replayTarget{r, r.st.hs.GetCommit()})
+	}
+	return ts
+}
+
+// awaitReplay blocks until every replica in ts has re-applied the entries
+// its durable HardState said were committed when the node opened. raft.db
+// goes back to its last checkpoint at every open (checkpoint.go) and the
+// loop replays the rest from the WAL; Open returns only after that, so a
+// restarted node's local state is never older than what it had applied
+// before it stopped (reads through ReadIndex would wait anyway; local views
+// and the OnApplied watchers would not). Replay needs no peer, only the
+// local disk: it ends when the loop has applied, the replica is destroyed,
+// or the node fails or stops (then the error says so).
+func (n *Node) awaitReplay(ts []replayTarget) error {
+	for _, t := range ts {
+		r := t.r
+		r.mu.Lock()
+		if r.appliedIx >= t.index || r.destroyed {
+			r.mu.Unlock()
+			continue
+		}
+		q := &readReq{index: t.index, ch: make(chan error, 1)}
+		r.readWait = append(r.readWait, q)
+		r.mu.Unlock()
+		var err error
+		select {
+		case err = <-q.ch:
+		case <-n.doneC:
+			err = n.stoppedErr()
+		}
+		if err != nil && !r.isDestroyed() {
+			return fmt.Errorf("multiraft: store %d: replaying shard %d's log up to %d: %w", n.cfg.Store, r.shard, t.index, err)
+		}
+	}
+	return nil
 }
 
 // openDB rolls raft.db back to its last checkpoint and opens it (see
@@ -651,7 +708,17 @@ func (n *Node) run() {
 			}
 			continue
 		}
-		if err := n.processReady(); err != nil {
+		err := n.processReady()
+		if err == nil && n.compactDue.Swap(false) {
+			// A checkpoint made more of the state durable: logs of shards
+			// that have gone quiet since are compacted too.
+			for _, r := range n.loopReplicas {
+				if !r.isDestroyed() {
+					n.maybeCompact(r)
+				}
+			}
+		}
+		if err != nil {
 			if !n.refusing() {
 				// Not the disk: the state machine or the log itself is
 				// broken; carrying on could diverge from the group.

@@ -174,6 +174,8 @@ func (n *Node) markDurableLocked() {
 		}
 		r.mu.Unlock()
 	}
+	n.compactDue.Store(true)
+	n.signal()
 }
 
 // storageFailed records a failed commit: from now on every call is refused
