@@ -80,6 +80,13 @@ type Config struct {
 	Pprof bool
 	// ShutdownTimeout bounds the graceful HTTP shutdown when ctx ends.
 	ShutdownTimeout time.Duration
+	// GCPercent is the Go GC target of the front process (as GOGC),
+	// applied by the `erlmcp front` command, not by Start (it is
+	// process-wide). The front's live heap is a few MiB while each request
+	// allocates a few KiB of short-lived garbage, so at the runtime's
+	// default of 100 it collects several times a second; 400 trades some
+	// MiB of heap for a fraction of that GC CPU.
+	GCPercent int
 }
 
 // DefaultConfig returns the defaults.
@@ -98,6 +105,7 @@ func DefaultConfig() Config {
 		WorkerKeepAlive:  true,
 		MaxIdlePerWorker: 256,
 		ShutdownTimeout:  5 * time.Second,
+		GCPercent:        400,
 	}
 }
 
@@ -124,6 +132,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("--probe-fail-after %d: must be at least 1", c.ProbeFailAfter)
 	case c.SuspectAfter < 0:
 		return fmt.Errorf("--suspect-after %s: must not be negative (0 disables it)", c.SuspectAfter)
+	case c.GCPercent < 1:
+		return fmt.Errorf("--gc-percent %d: must be positive", c.GCPercent)
 	case c.MaxIdlePerWorker < 0:
 		return fmt.Errorf("--max-idle-per-worker %d: must not be negative", c.MaxIdlePerWorker)
 	}

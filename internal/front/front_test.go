@@ -325,6 +325,58 @@ func TestBodyTooLarge413(t *testing.T) {
 	}
 }
 
+// A chunked body (no declared length) is held to the same limit.
+func TestChunkedBodyLimit(t *testing.T) {
+	e := startFront(t, func(c *Config) { c.MaxBodyBytes = 16 })
+	var n atomic.Int64
+	a := testWorker(t, "a", &n, nil)
+	e.register("worker-a", hostport(a))
+	e.waitWorkers(1)
+	send := func(body string) (int, string) {
+		// A reader of unknown length makes the client send it chunked.
+		req, _ := http.NewRequest(http.MethodPost, e.url+"/mcp", io.MultiReader(strings.NewReader(body)))
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, _ := send(strings.Repeat("x", 17)); code != http.StatusRequestEntityTooLarge {
+		t.Fatalf("status %d for a chunked body over the limit, want 413", code)
+	}
+	code, body := send(strings.Repeat("y", 16))
+	if code != 200 || !strings.Contains(body, strings.Repeat("y", 16)) {
+		t.Fatalf("status %d body %s for a chunked body at the limit", code, body)
+	}
+	if n.Load() != 1 {
+		t.Fatalf("worker got %d requests, want 1", n.Load())
+	}
+}
+
+// A body above the size readBody preallocates from Content-Length (64 KiB)
+// reaches the worker whole.
+func TestLargeBodyForwarded(t *testing.T) {
+	e := startFront(t, nil)
+	var n atomic.Int64
+	var got atomic.Int64
+	a := testWorker(t, "a", &n, func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		got.Store(int64(len(b)))
+	})
+	e.register("worker-a", hostport(a))
+	e.waitWorkers(1)
+	const size = 200 << 10
+	if resp, _ := post(t, e.url, strings.Repeat("z", size)); resp.StatusCode != 200 {
+		t.Fatalf("status %d for a %d-byte body", resp.StatusCode, size)
+	}
+	if got.Load() != size {
+		t.Fatalf("worker read %d bytes, want %d", got.Load(), size)
+	}
+}
+
 func TestDrainingWorkerSkippedAndFrontRegistered(t *testing.T) {
 	e := startFront(t, nil)
 	var na, nb atomic.Int64
@@ -398,6 +450,12 @@ func TestConfigValidate(t *testing.T) {
 	c.Listen = "nonsense"
 	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "--listen") {
 		t.Fatalf("Validate = %v", err)
+	}
+	c = DefaultConfig()
+	c.Common.ID = "f"
+	c.GCPercent = 0
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "--gc-percent") {
+		t.Fatalf("Validate with GCPercent 0 = %v", err)
 	}
 }
 

@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -23,9 +25,49 @@ import (
 var errWorkerDown = errors.New("the worker stopped answering health probes and was taken out of rotation")
 
 // attempt is one request in flight to one worker, which the detector may
-// cancel.
+// cancel. Once the answer's headers arrived it is also the answer's body
+// (retryTransport.send): one allocation per attempt carries what used to
+// be half a dozen closures and wrappers.
 type attempt struct {
 	cancel context.CancelCauseFunc
+	pool   *pool
+	addr   string
+	// gotByte: a byte of the answer arrived (the request was read).
+	gotByte atomic.Bool
+	trace   httptrace.ClientTrace
+	// body is the answer's body; once ends the tracking when it is closed.
+	body io.ReadCloser
+	once sync.Once
+}
+
+// firstByte is the trace's GotFirstResponseByte hook.
+func (a *attempt) firstByte() {
+	a.gotByte.Store(true)
+	a.pool.answered(a.addr)
+}
+
+// done ends the attempt: it is no longer in flight, its context is
+// released.
+func (a *attempt) done() {
+	a.pool.untrack(a.addr, a)
+	a.cancel(nil)
+}
+
+// Read reports each read that brought bytes as progress of the worker (an
+// SSE stream that goes on is a worker that is not paused).
+func (a *attempt) Read(p []byte) (int, error) {
+	n, err := a.body.Read(p)
+	if n > 0 {
+		a.pool.answered(a.addr)
+	}
+	return n, err
+}
+
+// Close ends the attempt's tracking when the proxy closes the body.
+func (a *attempt) Close() error {
+	err := a.body.Close()
+	a.once.Do(a.done)
+	return err
 }
 
 // track registers a request in flight to addr; untrack removes it.

@@ -319,7 +319,7 @@ func TestIdempotent(t *testing.T) {
 		{http.MethodPost, `[{"jsonrpc":"2.0","id":1,"method":"tools/list"}]`, false},
 		{http.MethodPost, `not json`, false},
 	} {
-		if got := idempotent(c.method, []byte(c.body)); got != c.want {
+		if got := idempotent(c.method, scanRPC([]byte(c.body))); got != c.want {
 			t.Errorf("idempotent(%s, %s) = %v, want %v", c.method, c.body, got, c.want)
 		}
 	}
