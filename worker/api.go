@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -110,10 +111,16 @@ type ResourceContents struct {
 
 // tool is one registered tool.
 type tool struct {
-	def         toolDef
-	in          *jsonschema.Resolved
-	run         func(ctx context.Context, req *Request, args map[string]any) (*ToolResult, error)
-	hasOut      bool
+	def toolDef
+	in  *jsonschema.Resolved
+	// run runs the tool on validated arguments: args, and raw (their
+	// JSON, nil when defaults were applied to args) to decode them from.
+	run    func(ctx context.Context, req *Request, args map[string]any, raw json.RawMessage) (*ToolResult, error)
+	hasOut bool
+	// defaults: the input schema may give a default somewhere, so its
+	// arguments must go through ApplyDefaults (without, that is a no-op).
+	defaults    bool
+	flat        *flatSchema // the input schema when flat (toolinput.go), else nil
 	support     string
 	sessionOnly bool
 }
@@ -173,17 +180,26 @@ func AddTool[In, Out any](s *Server, t *Tool, h ToolHandler[In, Out]) {
 			OutputSchema: out, Annotations: t.Annotations},
 		in:          resolved,
 		hasOut:      out != nil,
+		defaults:    schemaMayHaveDefaults(in),
+		flat:        compileFlatSchema(in),
 		support:     support,
 		sessionOnly: t.SessionOnly,
 	}
 	if support != "forbidden" {
 		tl.def.Execution = map[string]any{"taskSupport": support}
 	}
-	tl.run = func(ctx context.Context, req *Request, args map[string]any) (*ToolResult, error) {
-		b, _ := json.Marshal(args)
+	tl.run = func(ctx context.Context, req *Request, args map[string]any, raw json.RawMessage) (*ToolResult, error) {
 		var v In
-		if err := json.Unmarshal(b, &v); err != nil {
-			return nil, &invalidArgs{err}
+		// The arguments as sent decode straight into In. Where they do
+		// not (a number In holds as an integer spelled 1.0 or 1e2) or
+		// defaults were added to args, args are encoded again and
+		// decoded, as numbers in args are float64s.
+		if raw == nil || json.Unmarshal(raw, &v) != nil {
+			v = *new(In)
+			b, _ := json.Marshal(args)
+			if err := json.Unmarshal(b, &v); err != nil {
+				return nil, &invalidArgs{err}
+			}
 		}
 		res, o, err := h(ctx, req, v)
 		if err != nil {
@@ -207,6 +223,14 @@ func AddTool[In, Out any](s *Server, t *Tool, h ToolHandler[In, Out]) {
 	}
 	s.tools = append(s.tools, tl)
 	s.toolByName[t.Name] = tl
+}
+
+// schemaMayHaveDefaults reports whether s, or a schema in it, may give
+// a "default" (any "default" member in its JSON counts, so a false answer
+// is sure).
+func schemaMayHaveDefaults(s *jsonschema.Schema) bool {
+	b, err := json.Marshal(s)
+	return err != nil || bytes.Contains(b, []byte(`"default"`))
 }
 
 // invalidArgs is an argument that passed the schema but not json decoding

@@ -46,6 +46,7 @@ type tracker struct {
 	sid     string
 	id      json.RawMessage
 	stream  string
+	key     string // runningKey(sid, id); "" when it has none
 	arrived time.Time
 	ctx     context.Context // cancelled with cause errCancelled
 	cancel  context.CancelCauseFunc
@@ -60,6 +61,7 @@ func (h *Handler) newTracker(ctx context.Context, sid string, id json.RawMessage
 	rctx, cancel := context.WithCancelCause(ctx)
 	t := &tracker{h: h, sid: sid, id: id, stream: stream, arrived: time.Now(), ctx: rctx, cancel: cancel}
 	if k, ok := runningKey(sid, id); ok {
+		t.key = k
 		h.running.Store(k, t)
 	}
 	return t
@@ -68,6 +70,12 @@ func (h *Handler) newTracker(ctx context.Context, sid string, id json.RawMessage
 // runningKey names a request of a session in Handler.running: the id in
 // one JSON spelling, so 1 and 1.0 or "a" and "\u0061" meet.
 func runningKey(sid string, id json.RawMessage) (string, bool) {
+	if plainID(id) {
+		// Already in the spelling the round trip below gives: every
+		// request pays for this key (twice before), and a decode and an
+		// encode of the id were a tenth of the worker's JSON time.
+		return sid + "\x00" + string(id), true
+	}
 	var v any
 	if json.Unmarshal(id, &v) != nil {
 		return "", false
@@ -82,6 +90,39 @@ func runningKey(sid string, id json.RawMessage) (string, bool) {
 		return "", false
 	}
 	return sid + "\x00" + string(b), true
+}
+
+// maxPlainIDDigits bounds plainID's integers: every integer of up to 15
+// digits is exactly a float64 and encodes back unchanged.
+const maxPlainIDDigits = 15
+
+// plainID reports whether id is spelled as runningKey's decode and
+// encode would spell it: an integer of up to maxPlainIDDigits digits
+// without a leading zero (or 0 itself), or a string of printable ASCII
+// with nothing encoding/json escapes ('"', '\\', '<', '>', '&').
+func plainID(id json.RawMessage) bool {
+	n := len(id)
+	if n >= 2 && id[0] == '"' && id[n-1] == '"' {
+		for _, c := range id[1 : n-1] {
+			if c < 0x20 || c > 0x7e || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+				return false
+			}
+		}
+		return true
+	}
+	digits := id
+	if n > 0 && id[0] == '-' {
+		digits = id[1:]
+	}
+	if len(digits) == 0 || len(digits) > maxPlainIDDigits || digits[0] == '0' && (len(digits) > 1 || len(id) > 1) {
+		return false
+	}
+	for _, c := range digits {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
 }
 
 // register records the request in flight and starts watching for its
@@ -110,8 +151,8 @@ func (t *tracker) registered() bool {
 // done ends the tracking: it waits for a registration under way, removes
 // the record and cancels the context.
 func (t *tracker) done() {
-	if k, ok := runningKey(t.sid, t.id); ok {
-		t.h.running.CompareAndDelete(k, t)
+	if t.key != "" {
+		t.h.running.CompareAndDelete(t.key, t)
 	}
 	t.mu.Lock()
 	t.finished = true

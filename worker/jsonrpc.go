@@ -89,30 +89,30 @@ func Decode(body []byte) (*Message, *Error) {
 		}
 		return nil, errorf(CodeInvalidRequest, "Invalid Request: a JSON-RPC message must be a JSON object")
 	}
-	// Decode into a map so member names match exactly (JSON-RPC is case
-	// sensitive; encoding/json's struct matching is not).
-	// Unmarshal checks the whole body is valid JSON before it decodes
-	// (a separate json.Valid pass cost a third of Decode), and an object
-	// always decodes into this map, so its only failure is a syntax one.
-	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(body, &fields); err != nil {
+	// Member names match exactly (JSON-RPC is case sensitive;
+	// encoding/json's struct matching is not). The values are slices of
+	// body, which the caller must not change.
+	fields, ok := splitMembers(body)
+	if !ok {
 		return nil, parseBodyError()
 	}
 	m := &Message{}
-	rawID, hasID := fields["id"]
+	rawID, hasID := fields.id, fields.id != nil
 	if hasID {
 		if !validID(rawID) {
 			return nil, errorf(CodeInvalidRequest, "Invalid Request: id must be a string or a number")
 		}
 		m.ID = rawID
 	}
-	var version string
-	if err := json.Unmarshal(fields["jsonrpc"], &version); err != nil || version != "2.0" {
-		return m, errorf(CodeInvalidRequest, `Invalid Request: "jsonrpc" must be "2.0"`)
+	if string(fields.jsonrpc) != `"2.0"` {
+		var version string
+		if err := json.Unmarshal(fields.jsonrpc, &version); err != nil || version != "2.0" {
+			return m, errorf(CodeInvalidRequest, `Invalid Request: "jsonrpc" must be "2.0"`)
+		}
 	}
-	rawMethod, hasMethod := fields["method"]
-	rawResult, hasResult := fields["result"]
-	rawError, hasError := fields["error"]
+	rawMethod, hasMethod := fields.method, fields.method != nil
+	rawResult, hasResult := fields.result, fields.result != nil
+	rawError, hasError := fields.error, fields.error != nil
 	switch {
 	case hasMethod:
 		if hasResult || hasError {
@@ -121,10 +121,15 @@ func Decode(body []byte) (*Message, *Error) {
 		if isNull(rawMethod) || rawMethod[0] != '"' {
 			return m, errorf(CodeInvalidRequest, `Invalid Request: "method" must be a string`)
 		}
-		if err := json.Unmarshal(rawMethod, &m.Method); err != nil || m.Method == "" {
+		if name, ok := plainString(rawMethod); ok {
+			m.Method = name
+		} else if err := json.Unmarshal(rawMethod, &m.Method); err != nil {
 			return m, errorf(CodeInvalidRequest, `Invalid Request: "method" must be a non-empty string`)
 		}
-		if p, ok := fields["params"]; ok && !isNull(p) {
+		if m.Method == "" {
+			return m, errorf(CodeInvalidRequest, `Invalid Request: "method" must be a non-empty string`)
+		}
+		if p := fields.params; p != nil && !isNull(p) {
 			if p[0] != '{' && p[0] != '[' {
 				return m, errorf(CodeInvalidRequest, `Invalid Request: "params" must be an object or an array`)
 			}
@@ -169,6 +174,20 @@ func Decode(body []byte) (*Message, *Error) {
 		return m, errorf(CodeInvalidRequest, `Invalid Request: a message needs "method" (request, notification) or "result"/"error" (response)`)
 	}
 	return m, nil
+}
+
+// plainString is the JSON string raw holds when it is spelled in
+// printable ASCII without escapes (then its bytes are the string).
+func plainString(raw json.RawMessage) (string, bool) {
+	if len(raw) < 2 || raw[0] != '"' || raw[len(raw)-1] != '"' {
+		return "", false
+	}
+	for _, c := range raw[1 : len(raw)-1] {
+		if c < 0x20 || c > 0x7e || c == '"' || c == '\\' {
+			return "", false
+		}
+	}
+	return string(raw[1 : len(raw)-1]), true
 }
 
 // parseBodyError answers a body that is not JSON; a fresh *Error each

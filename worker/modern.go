@@ -72,8 +72,14 @@ func requestedVersion(r *http.Request, msg *Message) string {
 
 // metaVersion is params._meta's protocol version, if any.
 func metaVersion(msg *Message) string {
+	raw, ok := requestMetaObject(msg.Params)[metaProtocolVersion]
+	if !ok {
+		return ""
+	}
+	// Declared here, not above: a variable json.Unmarshal writes to is
+	// on the heap, and most requests have no _meta.
 	var v string
-	if raw, ok := requestMetaObject(msg.Params)[metaProtocolVersion]; ok && json.Unmarshal(raw, &v) == nil {
+	if json.Unmarshal(raw, &v) == nil {
 		return v
 	}
 	return ""
@@ -81,10 +87,13 @@ func metaVersion(msg *Message) string {
 
 // requestMetaObject is params._meta, nil when absent or not an object.
 func requestMetaObject(params json.RawMessage) map[string]json.RawMessage {
+	if len(params) == 0 || params[0] != '{' || !mayHaveMeta(params) {
+		return nil
+	}
 	var p struct {
 		Meta map[string]json.RawMessage `json:"_meta"`
 	}
-	if len(params) == 0 || params[0] != '{' || json.Unmarshal(params, &p) != nil {
+	if json.Unmarshal(params, &p) != nil {
 		return nil
 	}
 	return p.Meta
