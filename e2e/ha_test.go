@@ -274,8 +274,12 @@ func regionFailedOver(t *testing.T, c *haCluster, rep *loadgen.Report) error {
 			for _, h := range hs {
 				if h.Kind == "region_failover" && h.From == region {
 					injected := rep.StartedAt.Add(time.Duration(rep.Faults[0].InjectedAtS * float64(time.Second)))
-					t.Logf("region %s failed over to %s (%s) %s after it was stopped; reason %q",
-						h.From, h.To, h.Outcome, h.End.Sub(injected).Round(time.Millisecond), h.Reason)
+					// Where the clients' failover time went: the control
+					// plane's detection (to Start) and its actions (to End),
+					// beside what the clients saw.
+					t.Logf("region %s failed over to %s (%s): control plane started %s and ended %s after the stop; clients unserved at most %.0fms; reason %q",
+						h.From, h.To, h.Outcome, h.Start.Sub(injected).Round(time.Millisecond), h.End.Sub(injected).Round(time.Millisecond),
+						rep.Faults[0].FailoverMS, h.Reason)
 					return nil
 				}
 			}

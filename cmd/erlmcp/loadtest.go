@@ -136,6 +136,7 @@ func runLoadtest(ctx context.Context, args []string, stdout, stderr io.Writer, l
 	fs.Int64Var(&cfg.Budgets.MaxSkipped, "max-skipped", cfg.Budgets.MaxSkipped, "budget: counter increments skipped (the counter jumped ahead of what was sent)")
 	fs.DurationVar(&cfg.Budgets.MaxFailover, "max-failover", cfg.Budgets.MaxFailover, "budget: longest window a session went unserved (0: no budget)")
 	fs.DurationVar(&cfg.Budgets.MaxP95, "max-p95", cfg.Budgets.MaxP95, "budget: 95th percentile latency (0: no budget)")
+	fs.DurationVar(&cfg.Budgets.StallResolution, "stall-resolution", cfg.Budgets.StallResolution, "a fault's slowest answer counts as a window without service only when it exceeds the slowest answer outside faults by more than this and every answer while no fault was active (less is latency spread)")
 	if err := config.Parse(fs, args, lookup); err != nil {
 		if errors.Is(err, config.ErrHelp) {
 			return exitOK

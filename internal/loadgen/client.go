@@ -13,7 +13,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync/atomic"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -27,6 +27,8 @@ type Failure struct {
 	// Status is the HTTP status when the server answered with one.
 	Status int
 	Msg    string
+	// Endpoint is the host:port the failed request went to, when known.
+	Endpoint string
 }
 
 func (f *Failure) Error() string { return f.Kind + ": " + f.Msg }
@@ -82,14 +84,28 @@ const maxBodyBytes = 16 << 20
 // the first of several that answers.
 type Client struct {
 	URL string
-	// Fallbacks are further endpoints of the same service. A request that
-	// could not be delivered or was cut off (refused, reset, closed, timed
-	// out) moves every later request to the next endpoint, round robin.
+	// Fallbacks are further endpoints of the same service. Each session
+	// keeps to one endpoint and moves to the next one, round robin, when
+	// its own request there timed out or could not connect, or when its
+	// endpoint is marked down: at once on a connection refused, reset or
+	// closed, after EndpointTimeouts timeouts in a row with no answer
+	// between them. A marked endpoint is avoided for EndpointCooldown (see
+	// pick).
 	Fallbacks []string
-	cur       atomic.Int64
-	HTTP      *http.Client
-	Headers   http.Header
-	Protocol  string
+	// EndpointCooldown and EndpointTimeouts default (when 0) to
+	// DefaultEndpointCooldown and DefaultEndpointTimeouts.
+	EndpointCooldown time.Duration
+	EndpointTimeouts int
+	// EndpointProbeTimeout (default DefaultEndpointProbeTimeout) bounds the
+	// probe after a session's own timeout: an endpoint that answers it is
+	// live and slow, and the session stays; one that does not is marked
+	// down at once and the session moves.
+	EndpointProbeTimeout time.Duration
+	healthOnce           sync.Once
+	h                    *endpointHealth
+	HTTP                 *http.Client
+	Headers              http.Header
+	Protocol             string
 	// ClientName goes into clientInfo.
 	ClientName, ClientVersion string
 	// OnHTTP, when set, is called once per HTTP request sent.
@@ -126,6 +142,11 @@ type Session struct {
 	// Version is the negotiated protocol version.
 	Version string
 	nextID  int64
+	// ep is the endpoint this session sends to (see Client.pick); moved
+	// says the session's own failure just chose it, so its next request
+	// tries it even when it is marked down (every endpoint was).
+	ep    int
+	moved bool
 }
 
 // NewSessionless returns a logical client for the sessionless protocol,
@@ -270,7 +291,11 @@ func (s *Session) newRequest(ctx context.Context, httpMethod string, body []byte
 	if body != nil {
 		rd = bytes.NewReader(body)
 	}
-	req, err := http.NewRequestWithContext(ctx, httpMethod, s.c.endpoint(), rd)
+	if !s.moved {
+		s.ep = s.c.pick(s.ep, "", time.Now())
+	}
+	s.moved = false
+	req, err := http.NewRequestWithContext(ctx, httpMethod, s.c.url(s.ep), rd)
 	if err != nil {
 		return nil, failure("conn_error", "%v", err)
 	}
@@ -290,43 +315,41 @@ func (s *Session) send(req *http.Request) (*http.Response, error) {
 	if s.c.OnHTTP != nil {
 		s.c.OnHTTP()
 	}
+	ep, sent := s.ep, time.Now()
 	resp, err := s.c.HTTP.Do(req)
 	if err != nil {
-		f := classify(req.Context(), err)
-		s.c.moveOn(req.URL.String(), f.Kind)
-		return nil, f
+		return nil, s.transportFailed(ep, req, classify(req.Context(), err))
 	}
+	s.c.answered(ep, sent)
 	return resp, nil
 }
 
-// endpoint is the URL requests go to now.
-func (c *Client) endpoint() string {
-	if len(c.Fallbacks) == 0 {
-		return c.URL
+// transportFailed records f, a failure of req to endpoint ep before or
+// while its answer was read, against the endpoint, and moves the session
+// on if need be (see Client.pick). A body cut off or stalled after the
+// headers counts as much as no answer: a front stopped in the middle of an
+// answer leaves it hanging. After a timeout the endpoint is probed (see
+// Client.alive): the session stays on a live one and leaves one that does
+// not answer, which is marked down for every session.
+func (s *Session) transportFailed(ep int, req *http.Request, f *Failure) *Failure {
+	if req != nil && req.URL != nil {
+		f.Endpoint = req.URL.Host
 	}
-	i := c.cur.Load() % int64(len(c.Fallbacks)+1)
-	if i == 0 {
-		return c.URL
+	kind := f.Kind
+	if kind == "timeout" && s.c.endpoints() > 1 && !s.c.isDown(ep, time.Now()) {
+		// A stopped front and a live one slow behind a stopped store look
+		// alike from the request; the probe tells them apart.
+		if s.c.alive(ep) {
+			kind = ""
+		} else {
+			s.c.markDown(ep, time.Now())
+		}
 	}
-	return c.Fallbacks[i-1]
-}
-
-// moveOn switches to the next endpoint after a request to used failed with
-// a transport failure of kind; concurrent failures against the same
-// endpoint move on once.
-func (c *Client) moveOn(used, kind string) {
-	if len(c.Fallbacks) == 0 {
-		return
-	}
-	switch kind {
-	case "conn_refused", "conn_reset", "conn_closed", "conn_error", "timeout":
-	default:
-		return
-	}
-	cur := c.cur.Load()
-	if c.endpoint() == used {
-		c.cur.CompareAndSwap(cur, cur+1)
-	}
+	now := time.Now()
+	s.c.failed(ep, kind, now)
+	s.ep = s.c.pick(ep, kind, now)
+	s.moved = s.ep != ep
+	return f
 }
 
 // statusFailure reads a non-2xx answer into a Failure, keeping a JSON-RPC
@@ -346,7 +369,11 @@ func statusFailure(resp *http.Response) *Failure {
 	if len(msg) > 300 {
 		msg = msg[:300] + "…"
 	}
-	return &Failure{Kind: "http_" + strconv.Itoa(resp.StatusCode), Status: resp.StatusCode, Msg: fmt.Sprintf("%s: %s", resp.Status, msg)}
+	f := &Failure{Kind: "http_" + strconv.Itoa(resp.StatusCode), Status: resp.StatusCode, Msg: fmt.Sprintf("%s: %s", resp.Status, msg)}
+	if resp.Request != nil && resp.Request.URL != nil {
+		f.Endpoint = resp.Request.URL.Host
+	}
+	return f
 }
 
 // Notify sends a notification, which the server acknowledges with 202.
@@ -421,7 +448,7 @@ func (s *Session) call(ctx context.Context, method string, params map[string]any
 		b, err := io.ReadAll(io.LimitReader(resp.Body, maxBodyBytes))
 		resp.Body.Close()
 		if err != nil {
-			return res, hdr, classify(ctx, err)
+			return res, hdr, s.transportFailed(s.ep, resp.Request, classify(ctx, err))
 		}
 		var m rpcMessage
 		if err := json.Unmarshal(b, &m); err != nil {
@@ -459,7 +486,7 @@ func (s *Session) call(ctx context.Context, method string, params map[string]any
 		}
 		resp.Body.Close()
 		if err != nil && !errors.Is(err, io.EOF) {
-			return res, hdr, classifyStream(ctx, err)
+			return res, hdr, s.transportFailed(s.ep, resp.Request, classifyStream(ctx, err))
 		}
 		if dropped {
 			res.Dropped = true

@@ -169,6 +169,14 @@ type Budgets struct {
 	MaxFailover time.Duration `json:"-"`
 	// MaxP95 bounds the 95th percentile latency; 0: none.
 	MaxP95 time.Duration `json:"-"`
+	// StallResolution is the least a fault's slowest answer must exceed
+	// the slowest answer outside faults by to count as a window without
+	// service: a smaller excess is the spread of latency under load (a
+	// request that was merely slow), not a stall; so is a slowest answer
+	// no slower than every answer while no fault was active. It matters
+	// for the faults whose budget is 0 (a store follower, the control-plane
+	// leader), which any positive excess would otherwise miss.
+	StallResolution time.Duration `json:"-"`
 }
 
 // Config is one load run.
@@ -210,8 +218,9 @@ type Config struct {
 	CounterBy int64
 	Budgets   Budgets
 	// Fallbacks are further endpoints serving the same cluster (a second
-	// front): a slot whose request is refused or reset before an answer
-	// moves to the next one, as a client behind DNS or a VIP would.
+	// front): a session whose request there is refused, reset or timed out
+	// moves to the next one, as a client behind DNS or a VIP would, and
+	// every session leaves an endpoint marked down (Client.Fallbacks).
 	Fallbacks []string
 	// Faults are injected by Injector while the load runs.
 	Faults   []Fault
@@ -220,6 +229,11 @@ type Config struct {
 	// fault is over and this long after, beyond Duration if need be.
 	FaultTail time.Duration
 }
+
+// DefaultStallResolution is Budgets.StallResolution by default: the
+// issue's p95 budget under steady load, the latency a served request may
+// have.
+const DefaultStallResolution = 100 * time.Millisecond
 
 // DefaultConfig returns the defaults of `erlmcp loadtest`.
 func DefaultConfig() Config {
@@ -233,7 +247,7 @@ func DefaultConfig() Config {
 		Seed:        1,
 		SSEArgs:     json.RawMessage(`{}`),
 		CounterBy:   1,
-		Budgets:     Budgets{MaxErrorsPct: 1},
+		Budgets:     Budgets{MaxErrorsPct: 1, StallResolution: DefaultStallResolution},
 	}
 }
 
@@ -332,6 +346,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("--max-failover %s: want 0 (no budget) or more", b.MaxFailover)
 	case b.MaxP95 < 0:
 		return fmt.Errorf("--max-p95 %s: want 0 (no budget) or more", b.MaxP95)
+	case b.StallResolution < 0:
+		return fmt.Errorf("--stall-resolution %s: want 0 or more", b.StallResolution)
 	}
 	return nil
 }

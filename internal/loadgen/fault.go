@@ -215,14 +215,20 @@ type FaultReport struct {
 	ErrorsByKind map[string]int64 `json:"errors_by_kind"`
 	MaxErrors    int64            `json:"max_errors"`
 	// FailoverMS is the fault's failover time: the longer of ErrorGapMS
-	// and how much StallMS exceeds BaselineMaxMS.
+	// and how much StallMS exceeds BaselineMaxMS, the latter only when it
+	// is more than the stall resolution (Budgets.StallResolution) and
+	// StallMS is above every answer while no fault was active.
 	FailoverMS float64 `json:"failover_ms"`
 	// ErrorGapMS is the longest window a session went unserved (from its
 	// last answer before failures to its next answer) that overlaps the
 	// fault's window.
 	ErrorGapMS float64 `json:"error_gap_ms"`
+	// WorstGap is the window ErrorGapMS measures; nil without one.
+	WorstGap *GapDetail `json:"worst_gap,omitempty"`
 	// StallMS is the slowest successful answer to a request that overlaps
-	// the fault's window (a paused process answers late, not wrongly);
+	// the fault's window (a paused process answers late, not wrongly; for
+	// stop and partition, the part of the window while the process was
+	// out);
 	// BaselineMaxMS is the slowest answer to a request that overlaps no
 	// fault's window.
 	StallMS        float64  `json:"stall_ms"`
@@ -237,10 +243,27 @@ type FaultReport struct {
 type failureRec struct {
 	start, end time.Time
 	kind       string
+	slot       int
+	endpoint   string
 }
 
-// gapRec is one window in which a session went unserved.
-type gapRec struct{ start, end time.Time }
+// gapRec is one window in which a session (slot) went unserved, or one
+// successful operation.
+type gapRec struct {
+	start, end time.Time
+	slot       int
+}
+
+// GapDetail is a fault's longest unserved window and the failed requests
+// in it, to tell where the time went (which endpoint, which kind).
+type GapDetail struct {
+	Slot int `json:"slot"`
+	// StartS and EndS are offsets from the start of the load.
+	StartS float64 `json:"start_s"`
+	EndS   float64 `json:"end_s"`
+	// Failures: "+<start>s–<end>s <kind> <endpoint>" each.
+	Failures []string `json:"failures"`
+}
 
 // faultRun is a scheduled fault while the load runs.
 type faultRun struct {
@@ -293,7 +316,7 @@ func runFaults(ctx context.Context, inj Injector, faults []Fault, start time.Tim
 // faultReports attributes failures and unserved windows to the faults and
 // checks each against its budgets. settle is how long after a fault is over
 // its effects still count as its own.
-func faultReports(runs []*faultRun, start, end time.Time, settle time.Duration, concurrency int, fails []failureRec, gaps, oks []gapRec) ([]FaultReport, int64) {
+func faultReports(runs []*faultRun, start, end time.Time, settle, resolution time.Duration, concurrency int, fails []failureRec, gaps, oks []gapRec) ([]FaultReport, int64) {
 	out := make([]FaultReport, 0, len(runs))
 	attributed := make([]bool, len(fails))
 	// window is the span in which a fault's effects count as its own.
@@ -305,18 +328,62 @@ func faultReports(runs []*faultRun, start, end time.Time, settle time.Duration, 
 		return r.injected, e
 	}
 	overlaps := func(g gapRec, from, to time.Time) bool { return !g.end.Before(from) && !g.start.After(to) }
+	// stallEnd is the end of the span in which a slow answer is r's stall.
+	// A stopped or cut-off process delays the requests that waited on it
+	// while it was out; after a kill (or a restart) the slow answers while
+	// the cluster recovers are the fault's too, up to the end of its
+	// window.
+	stallEnd := func(r *faultRun) time.Time {
+		if r.f.Action == ActionStop || r.f.Action == ActionPartition {
+			return r.done
+		}
+		_, e := window(r)
+		return e
+	}
+	// duringOther: a slow answer or an unserved window that overlaps the
+	// injection or hold of some fault belongs to the earliest such fault;
+	// it is not r's when that is another one (the windows of faults a few
+	// seconds apart overlap by the settle time, and a window that was
+	// already open when r struck, or that r's effects ended before a later
+	// fault struck, is not r's doing).
+	duringOther := func(g gapRec, r *faultRun) bool {
+		var owner *faultRun
+		for _, o := range runs {
+			if o.started && overlaps(g, o.injected, o.done) && (owner == nil || o.injected.Before(owner.injected)) {
+				owner = o
+			}
+		}
+		return owner != nil && owner != r
+	}
 	var baseline time.Duration
+	var quiet []time.Duration
 	for _, ok := range oks {
-		inFault := false
+		inFault, active := false, false
 		for _, r := range runs {
 			if r.started {
 				from, to := window(r)
 				inFault = inFault || overlaps(ok, from, to)
+				active = active || overlaps(ok, r.injected, stallEnd(r))
 			}
 		}
 		if !inFault {
 			baseline = max(baseline, ok.end.Sub(ok.start))
 		}
+		if !active {
+			quiet = append(quiet, ok.end.Sub(ok.start))
+		}
+	}
+	// tail is the slowest answer to a request that overlaps no fault's
+	// stall span: how slow an answer gets in this run with nothing
+	// stopped. The slowest answer outside every fault's window is taken
+	// over the few seconds before the first fault, so on a loaded machine
+	// it falls well below that; a fault's slowest answer no slower than
+	// tail is a normal slow answer, not a stall (on a shared 2-core
+	// machine a single answer during a control-plane pause, which no
+	// request waits on, was 0.1-0.5 s slower than that baseline).
+	var tail time.Duration
+	for _, d := range quiet {
+		tail = max(tail, d)
 	}
 	for _, r := range runs {
 		fr := FaultReport{Fault: r.f, Victims: r.victims, ErrorsByKind: map[string]int64{}, Violations: []string{}}
@@ -349,20 +416,35 @@ func faultReports(runs []*faultRun, start, end time.Time, settle time.Duration, 
 			fr.ErrorsByKind[f.kind]++
 		}
 		var worst time.Duration
-		for _, g := range gaps {
-			if g.end.Before(r.injected) || g.start.After(winEnd) {
+		var worstGap *gapRec
+		for i, g := range gaps {
+			if g.end.Before(r.injected) || g.start.After(winEnd) || duringOther(g, r) {
 				continue
 			}
-			worst = max(worst, g.end.Sub(g.start))
+			if d := g.end.Sub(g.start); d > worst || worstGap == nil {
+				worst, worstGap = d, &gaps[i]
+			}
+		}
+		if g := worstGap; g != nil {
+			at := func(t time.Time) float64 { return t.Sub(start).Seconds() }
+			d := &GapDetail{Slot: g.slot, StartS: at(g.start), EndS: at(g.end), Failures: []string{}}
+			for _, f := range fails {
+				if f.slot == g.slot && !f.start.Before(g.start) && !f.end.After(g.end) {
+					d.Failures = append(d.Failures, fmt.Sprintf("+%.1fs–%.1fs %s %s", at(f.start), at(f.end), f.kind, f.endpoint))
+				}
+			}
+			fr.WorstGap = d
 		}
 		var stall time.Duration
 		for _, ok := range oks {
-			if overlaps(ok, r.injected, winEnd) {
+			if overlaps(ok, r.injected, stallEnd(r)) && !duringOther(ok, r) {
 				stall = max(stall, ok.end.Sub(ok.start))
 			}
 		}
 		fr.ErrorGapMS, fr.StallMS, fr.BaselineMaxMS = ms(worst), ms(stall), ms(baseline)
-		worst = max(worst, stall-baseline)
+		if excess := stall - baseline; excess > resolution && stall > tail {
+			worst = max(worst, excess)
+		}
 		fr.FailoverMS = ms(worst)
 		if fr.Errors > fr.MaxErrors {
 			fr.Violations = append(fr.Violations, fmt.Sprintf("%d client errors above the %d allowed (requests in flight on the faulty process)", fr.Errors, fr.MaxErrors))

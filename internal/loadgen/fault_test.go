@@ -82,7 +82,7 @@ func TestFaultReportsAttribution(t *testing.T) {
 		{start: at(9), end: at(9.5)},   // outside
 		{start: at(12), end: at(14)},   // b: 2s stall
 	}
-	reps, outside := faultReports(runs, t0, at(20), 2*time.Second, 4, fails, gaps, oks)
+	reps, outside := faultReports(runs, t0, at(20), 2*time.Second, 0, 4, fails, gaps, oks)
 	if outside != 1 {
 		t.Errorf("outside = %d, want 1", outside)
 	}
@@ -93,8 +93,95 @@ func TestFaultReportsAttribution(t *testing.T) {
 	if b.Errors != 2 || b.ErrorGapMS != 1500 || b.StallMS != 2000 || b.FailoverMS != 1500 || b.Passed || len(b.Violations) != 2 {
 		t.Errorf("fault b: want 2 errors, gap 1500ms, stall 2000ms (1500 over baseline), two violations; got %+v", b)
 	}
+	if w := b.WorstGap; w == nil || w.StartS != 10.5 || w.EndS != 12 || len(w.Failures) != 1 || !strings.HasPrefix(w.Failures[0], "+11.0s–11.5s timeout") {
+		t.Errorf("fault b's worst gap: want 10.5s–12s with the timeout at 11s in it; got %+v", w)
+	}
 	if c.Passed || len(c.Violations) != 1 || !strings.Contains(c.Violations[0], "not injected") {
 		t.Errorf("fault c: %+v", c)
+	}
+}
+
+// TestFaultReportsStall: a slow answer is a stall of a stop fault only
+// when it waited while the process was stopped, and counts only when it
+// exceeds the slowest answer outside faults by more than the resolution;
+// after a kill, slow answers while the cluster recovers count too.
+func TestFaultReportsStall(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	at := func(s float64) time.Time { return t0.Add(time.Duration(s * float64(time.Second))) }
+	zero := func(spec, action string, inj, done float64) *faultRun {
+		return &faultRun{f: Fault{Spec: spec, Action: action, HasMax: true, MaxErrors: -1}, started: true, injected: at(inj), done: at(done)}
+	}
+	runs := []*faultRun{
+		zero("noise", ActionStop, 10, 11),  // merely slow answers
+		zero("paused", ActionStop, 20, 21), // a request waited on it
+		zero("killed", ActionKill, 30, 30), // a slow answer after the kill
+		zero("later", ActionStop, 40, 41),  // stalls a request in the kill's window
+	}
+	oks := []gapRec{
+		{start: at(0), end: at(0.5)},      // baseline: 500ms
+		{start: at(10.2), end: at(10.76)}, // noise: 60ms over the baseline
+		{start: at(13), end: at(14)},      // after the pause: not its stall
+		{start: at(20.1), end: at(21.3)},  // paused: 700ms over
+		{start: at(30.5), end: at(32)},    // killed: 1000ms over
+		{start: at(34), end: at(41.5)},    // waited on the later stop: not the kill's
+	}
+	reps, _ := faultReports(runs, t0, at(50), 5*time.Second, 100*time.Millisecond, 4, nil, nil, oks)
+	noise, paused, killed, later := reps[0], reps[1], reps[2], reps[3]
+	if noise.FailoverMS != 0 || !noise.Passed || noise.StallMS != 560 {
+		t.Errorf("noise: want stall 560ms counted as failover 0 and a pass; got %+v", noise)
+	}
+	if paused.FailoverMS != 700 || paused.Passed {
+		t.Errorf("paused: want failover 700ms and a miss; got %+v", paused)
+	}
+	if killed.FailoverMS != 1000 || killed.Passed {
+		t.Errorf("killed: want failover 1000ms and a miss; got %+v", killed)
+	}
+	if later.FailoverMS != 7000 {
+		t.Errorf("later: want failover 7000ms; got %+v", later)
+	}
+}
+
+// TestFaultReportsStallWithinTail: the pause scenario's control-plane
+// leader stop on a loaded machine. The slowest answer while it was held
+// (503 ms) exceeds the few seconds before the first fault (402 ms) by more
+// than the resolution, but answers while no fault was active reach 780
+// ms: a merely slow answer, not a stall.
+func TestFaultReportsStallWithinTail(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	at := func(s float64) time.Time { return t0.Add(time.Duration(s * float64(time.Second))) }
+	runs := []*faultRun{{f: Fault{Spec: "cp", Action: ActionStop, HasMax: true, MaxErrors: -1}, started: true, injected: at(10), done: at(11)}}
+	oks := []gapRec{
+		{start: at(0), end: at(0.402)},     // before the fault
+		{start: at(10.2), end: at(10.703)}, // during the hold
+	}
+	for i := 0; i < 100; i++ { // after the hold, within its window: 10 of 100 at 780 ms
+		d := 50 * time.Millisecond
+		if i%10 == 0 {
+			d = 780 * time.Millisecond
+		}
+		s := at(11.5 + float64(i)*0.03)
+		oks = append(oks, gapRec{start: s, end: s.Add(d)})
+	}
+	reps, _ := faultReports(runs, t0, at(30), 5*time.Second, 100*time.Millisecond, 4, nil, nil, oks)
+	if r := reps[0]; r.FailoverMS != 0 || !r.Passed || r.StallMS != 503 || r.BaselineMaxMS != 402 {
+		t.Errorf("want stall 503ms over baseline 402ms counted as failover 0 and a pass; got %+v", r)
+	}
+}
+
+// TestFaultReportsEarlierFaultsGap: an unserved window that opened during
+// a store leader's pause and lasted into the control-plane leader's pause
+// a few seconds later is the store leader's, not the control plane's.
+func TestFaultReportsEarlierFaultsGap(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	at := func(s float64) time.Time { return t0.Add(time.Duration(s * float64(time.Second))) }
+	runs := []*faultRun{
+		{f: Fault{Spec: "store", Action: ActionStop, HasMax: true, MaxFailover: 2 * time.Second, MaxErrors: -1}, started: true, injected: at(6.9), done: at(8.3)},
+		{f: Fault{Spec: "cp", Action: ActionStop, HasMax: true, MaxErrors: -1}, started: true, injected: at(9.7), done: at(12.6)},
+	}
+	gaps := []gapRec{{start: at(7.5), end: at(12.9)}}
+	reps, _ := faultReports(runs, t0, at(20), 5*time.Second, 100*time.Millisecond, 4, nil, gaps, nil)
+	if reps[0].ErrorGapMS != 5400 || reps[1].ErrorGapMS != 0 || !reps[1].Passed {
+		t.Errorf("want the 5.4s gap the store pause's and none the control plane's; got store %+v, cp %+v", reps[0], reps[1])
 	}
 }
 

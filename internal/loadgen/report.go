@@ -117,6 +117,8 @@ type BudgetsReport struct {
 	MaxSkipped      int64   `json:"max_skipped"`
 	MaxFailoverMS   float64 `json:"max_failover_ms"`
 	MaxP95MS        float64 `json:"max_p95_ms"`
+	// StallResolutionMS is Budgets.StallResolution.
+	StallResolutionMS float64 `json:"stall_resolution_ms"`
 }
 
 // Report is the outcome of a run, as printed and as JSON.
@@ -176,7 +178,7 @@ func buildReport(cfg Config, mix Mix, missing []string, col *collector, slots []
 		Budgets: BudgetsReport{
 			MaxErrorsPct: cfg.Budgets.MaxErrorsPct, MaxSessionsLost: cfg.Budgets.MaxSessionsLost,
 			MaxWritesLost: cfg.Budgets.MaxWritesLost, MaxSkipped: cfg.Budgets.MaxSkipped,
-			MaxFailoverMS: ms(cfg.Budgets.MaxFailover), MaxP95MS: ms(cfg.Budgets.MaxP95),
+			MaxFailoverMS: ms(cfg.Budgets.MaxFailover), MaxP95MS: ms(cfg.Budgets.MaxP95), StallResolutionMS: ms(cfg.Budgets.StallResolution),
 		},
 		Violations: []string{},
 	}
@@ -219,9 +221,12 @@ func buildReport(cfg Config, mix Mix, missing []string, col *collector, slots []
 	}
 	var gaps []gapRec
 	for _, s := range slots {
-		gaps = append(gaps, s.cont.gapLog...)
+		for _, g := range s.cont.gapLog {
+			g.slot = s.idx
+			gaps = append(gaps, g)
+		}
 	}
-	r.Faults, r.Errors.OutsideFaults = faultReports(runs, start, end, cfg.Timeout, cfg.Concurrency, col.fails, gaps, col.oks)
+	r.Faults, r.Errors.OutsideFaults = faultReports(runs, start, end, cfg.Timeout, cfg.Budgets.StallResolution, cfg.Concurrency, col.fails, gaps, col.oks)
 	if col.requests > 0 {
 		r.Errors.OutsidePct = 100 * float64(r.Errors.OutsideFaults) / float64(col.requests)
 	}
@@ -323,6 +328,9 @@ func (r Report) WriteTable(w io.Writer) error {
 		p("fault\t%s %s at %.1fs–%.1fs on %s: failover %.0fms (%s; error gap %.0fms, slowest answer %.0fms vs %.0fms outside faults), errors %d (allowed %d) %s",
 			verdict, f.Spec, f.InjectedAtS, f.DoneAtS, dash(strings.Join(hit, ", ")), f.FailoverMS, budget, f.ErrorGapMS, f.StallMS, f.BaselineMaxMS,
 			f.Errors, f.MaxErrors, reasons(f.ErrorsByKind))
+		if w := f.WorstGap; w != nil && !f.Passed {
+			p("  worst gap\tsession slot %d unserved %.1fs–%.1fs; its failures: %s", w.Slot, w.StartS, w.EndS, dash(strings.Join(w.Failures, ", ")))
+		}
 	}
 	if len(r.Faults) > 0 {
 		p("errors outside faults\t%d (%.3f%%)", r.Errors.OutsideFaults, r.Errors.OutsidePct)

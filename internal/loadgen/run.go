@@ -3,6 +3,7 @@ package loadgen
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -86,10 +87,14 @@ func (c *collector) sec(t time.Time) int64 {
 }
 
 // record adds one finished operation.
-func (c *collector) record(op Op, start, end time.Time, res CallResult, err error) {
-	kind := ""
+func (c *collector) record(op Op, slot int, start, end time.Time, res CallResult, err error) {
+	kind, endpoint := "", ""
 	if err != nil {
 		kind = KindOf(err)
+		var f *Failure
+		if errors.As(err, &f) {
+			endpoint = f.Endpoint
+		}
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -118,7 +123,7 @@ func (c *collector) record(op Op, start, end time.Time, res CallResult, err erro
 		c.notExercised++
 	}
 	if err != nil {
-		c.fails = append(c.fails, failureRec{start: start, end: end, kind: kind})
+		c.fails = append(c.fails, failureRec{start: start, end: end, kind: kind, slot: slot, endpoint: endpoint})
 		c.failures++
 		st.errors++
 		c.errs[kind]++
@@ -462,12 +467,12 @@ func runOp(ctx context.Context, cfg Config, mix Mix, client *Client, s *slot, rn
 	end := time.Now()
 	if err == nil {
 		s.cont.Success(end)
-		col.record(op, start, end, res, nil)
+		col.record(op, s.idx, start, end, res, nil)
 		return ""
 	}
 	kind := KindOf(err)
 	if kind == "cancelled" && ctx.Err() != nil {
-		col.record(op, start, end, res, err)
+		col.record(op, s.idx, start, end, res, err)
 		return kind
 	}
 	s.cont.Failure(start, end)
@@ -475,7 +480,7 @@ func runOp(ctx context.Context, cfg Config, mix Mix, client *Client, s *slot, rn
 		s.cont.Lost("http_404")
 		s.sess = nil
 	}
-	col.record(op, start, end, res, err)
+	col.record(op, s.idx, start, end, res, err)
 	return kind
 }
 
