@@ -203,7 +203,11 @@ func replicaUpToDate(st multiraft.ShardStatus, id multiraft.ReplicaID) bool {
 	}
 	for _, p := range st.Progress {
 		if p.ID == id {
-			return p.RecentActive && !p.Learner && p.Match+upToDateLag >= st.Commit
+			// Match 0: the leader has not heard from it in this term
+			// (a new leader starts every follower at 0, recently
+			// active), so on a short log the lag test alone would count
+			// a dead voter as up to date.
+			return p.RecentActive && !p.Learner && p.Match > 0 && p.Match+upToDateLag >= st.Commit
 		}
 	}
 	return false
