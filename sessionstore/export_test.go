@@ -39,3 +39,6 @@ func (n *Node) HasLocalSession(shard uint32, id string) (bool, error) {
 // ManualMembership keeps the node built from cfg from changing Raft
 // membership on its own: only StoreAdminService's membership RPCs do.
 func ManualMembership(cfg *Config) { cfg.manualMembership = true }
+
+// RaftStats are the node's Raft engine counters.
+func (n *Node) RaftStats() multiraft.Stats { return n.raft.mr.Stats() }

@@ -234,6 +234,13 @@ type peer struct {
 	cc     *grpc.ClientConn
 	stream raftv1.RaftService_BatchClient
 	cancel context.CancelFunc
+
+	// Owned by run: the encoding of a batch, reused for the next one
+	// (Send has serialized the request when it returns, so nothing of it
+	// is referenced afterwards). Saves an allocation per message.
+	buf  []byte
+	msgs []raftv1.ShardMessage
+	ptrs []*raftv1.ShardMessage
 }
 
 func (p *peer) conn() (*grpc.ClientConn, error) {
@@ -293,13 +300,43 @@ func (p *peer) send(batch []ShardMessage) error {
 		p.stream, p.cancel = s, cancel
 		p.mu.Unlock()
 	}
-	enc, err := encodeMessages(batch)
+	enc, err := p.encode(batch)
 	if err != nil {
 		return err
 	}
-	return p.stream.Send(&raftv1.BatchRequest{
+	err = p.stream.Send(&raftv1.BatchRequest{
 		FromStore: uint32(p.t.cfg.Store), ToStore: uint32(p.to), Messages: enc,
 	})
+	clear(p.ptrs) // the messages' bytes are overwritten by the next batch
+	return err
+}
+
+// encode marshals batch into the peer's reused buffers; the result is
+// valid until the next call.
+func (p *peer) encode(batch []ShardMessage) ([]*raftv1.ShardMessage, error) {
+	p.buf = p.buf[:0]
+	ends := make([]int, 0, 64)
+	for _, m := range batch {
+		var err error
+		if p.buf, err = (proto.MarshalOptions{}).MarshalAppend(p.buf, m.Message); err != nil {
+			return nil, err
+		}
+		ends = append(ends, len(p.buf))
+	}
+	// Slices into buf are taken only once it has stopped growing.
+	if cap(p.msgs) < len(batch) {
+		p.msgs = make([]raftv1.ShardMessage, len(batch))
+		p.ptrs = make([]*raftv1.ShardMessage, len(batch))
+	}
+	msgs, ptrs := p.msgs[:len(batch)], p.ptrs[:len(batch)]
+	start := 0
+	for i, m := range batch {
+		msgs[i].Reset()
+		msgs[i].Shard, msgs[i].Message = m.Shard, p.buf[start:ends[i]:ends[i]]
+		ptrs[i] = &msgs[i]
+		start = ends[i]
+	}
+	return ptrs, nil
 }
 
 func (p *peer) run() {
@@ -342,12 +379,26 @@ func (t *GRPCTransport) Batch(stream raftv1.RaftService_BatchServer) error {
 		req *raftv1.BatchRequest
 		err error
 	}
+	// One receiving goroutine for the stream's life (not one per message):
+	// the handler itself waits on it or on the transport's close, and when
+	// the handler returns the stream ends, which ends the pending Recv.
 	ch := make(chan recv, 1)
-	for {
-		go func() {
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		for {
 			req, err := stream.Recv()
-			ch <- recv{req, err}
-		}()
+			select {
+			case ch <- recv{req, err}:
+			case <-done:
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	for {
 		var r recv
 		select {
 		case r = <-ch:

@@ -215,7 +215,7 @@ func (n *Node) TransferLeader(ctx context.Context, shard uint32, to ReplicaID) e
 	}
 	r.rn.TransferLeader(uint64(to))
 	r.mu.Unlock()
-	n.signal()
+	n.signalReplica(r)
 	for {
 		r.mu.Lock()
 		lead, ch, gone := r.lead, r.leaderCh, r.destroyed
@@ -250,7 +250,7 @@ func (n *Node) Campaign(shard uint32) error {
 	}
 	err = r.rn.Campaign()
 	r.mu.Unlock()
-	n.signal()
+	n.signalReplica(r)
 	return err
 }
 

@@ -193,13 +193,22 @@ type Node struct {
 	replicas map[uint32]*replica
 
 	loopReplicas []*replica // owned by the loop goroutine
+	scanBuf      []*replica // owned by the loop goroutine (processReady)
 	wal          *wal       // owned by the loop goroutine
 	applier      *applier
 
 	readyC chan struct{}
-	opC    chan func()
-	stopC  chan struct{}
-	doneC  chan struct{}
+	// dirty are the replicas that may have a Ready: something stepped,
+	// proposed, read or advanced them since the loop last looked. The loop
+	// looks only at those (HasReady is not free, and most iterations
+	// concern a few of many shards), and at every replica when scanAll is
+	// set (ticks, operations, recovery: whatever may touch any of them).
+	dirtyMu sync.Mutex
+	dirty   []*replica
+	scanAll atomic.Bool
+	opC     chan func()
+	stopC   chan struct{}
+	doneC   chan struct{}
 
 	failMu  sync.Mutex
 	failErr error // permanent: ErrStopped or ErrStorageFailed
@@ -257,6 +266,7 @@ func Open(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	replay := n.replayTargets()
+	n.scanAll.Store(true)
 	go n.runApplier()
 	go n.run()
 	if err := n.awaitReplay(replay); err != nil {
@@ -630,11 +640,54 @@ func (n *Node) fail(err error) {
 	}
 }
 
+// signal wakes the loop to look at every replica.
 func (n *Node) signal() {
+	n.scanAll.Store(true)
+	n.wake()
+}
+
+// signalReplica wakes the loop to look at r (it was stepped, proposed to,
+// read from or advanced). r.mu may be held.
+func (n *Node) signalReplica(r *replica) {
+	n.markDirty(r)
+	n.wake()
+}
+
+func (n *Node) markDirty(r *replica) {
+	n.dirtyMu.Lock()
+	if !r.dirty {
+		r.dirty = true
+		n.dirty = append(n.dirty, r)
+	}
+	n.dirtyMu.Unlock()
+}
+
+// wake wakes the loop without telling it what changed.
+func (n *Node) wake() {
 	select {
 	case n.readyC <- struct{}{}:
 	default:
 	}
+}
+
+// candidates are the replicas the loop iteration looks at: every one after
+// scanAll, else the dirty ones. buf is reused between iterations.
+func (n *Node) candidates(buf []*replica) []*replica {
+	all := n.scanAll.Swap(false)
+	n.dirtyMu.Lock()
+	for _, r := range n.dirty {
+		r.dirty = false
+		if !all {
+			buf = append(buf, r)
+		}
+	}
+	clear(n.dirty)
+	n.dirty = n.dirty[:0]
+	n.dirtyMu.Unlock()
+	if all {
+		buf = append(buf, n.loopReplicas...)
+	}
+	return buf
 }
 
 func (n *Node) newID() uint64 { return n.idBase + n.idSeq.Add(1) }
@@ -697,15 +750,18 @@ func (n *Node) run() {
 				}
 				r.mu.Unlock()
 			}
+			n.scanAll.Store(true)
 		case <-n.readyC:
 		case op := <-n.opC:
 			op()
+			n.scanAll.Store(true)
 		}
 		if n.refusing() {
 			// An operation's commit failed.
 			if !n.recoverStorage() {
 				return
 			}
+			n.scanAll.Store(true)
 			continue
 		}
 		err := n.processReady()
@@ -728,6 +784,7 @@ func (n *Node) run() {
 			if !n.recoverStorage() {
 				return
 			}
+			n.scanAll.Store(true)
 		}
 	}
 }
@@ -779,7 +836,9 @@ func (n *Node) processReady() error {
 	// commit index again from the leader; see fromWAL): that saves an
 	// fsync per write on every node, as etcd does.
 	needSync, needWrite, snaps, confs := false, false, false, false
-	for _, r := range n.loopReplicas {
+	n.scanBuf = n.candidates(n.scanBuf[:0])
+	defer clear(n.scanBuf) // no replica kept alive by the buffer
+	for _, r := range n.scanBuf {
 		r.mu.Lock()
 		if !r.destroyed {
 			r.issueReads()
@@ -898,7 +957,10 @@ func (n *Node) processReady() error {
 	}
 	// Advance may have produced more work (e.g. the leader's own append
 	// acknowledgement advancing the commit index).
-	n.signal()
+	for _, w := range work {
+		n.markDirty(w.r)
+	}
+	n.wake()
 	return nil
 }
 
@@ -1070,12 +1132,13 @@ func (h *nodeHandler) HandleMessages(from StoreID, msgs []ShardMessage) {
 		r.mu.Lock()
 		if !r.destroyed && n.err() == nil {
 			_ = r.rn.Step(m.Message) // errors: a message for an unknown peer, dropped
+			n.markDirty(r)
 			stepped = true
 		}
 		r.mu.Unlock()
 	}
 	if stepped {
-		n.signal()
+		n.wake()
 	}
 }
 
@@ -1096,7 +1159,7 @@ func (h *nodeHandler) HandleSnapshot(from StoreID, m ShardMessage) error {
 		err = r.rn.Step(m.Message)
 	}
 	r.mu.Unlock()
-	n.signal()
+	n.signalReplica(r)
 	return err
 }
 
@@ -1139,5 +1202,5 @@ func (h *nodeHandler) ReportSnapshot(to StoreID, m ShardMessage, err error) {
 		r.rn.ReportSnapshot(m.Message.GetTo(), status)
 	}
 	r.mu.Unlock()
-	n.signal()
+	n.signalReplica(r)
 }

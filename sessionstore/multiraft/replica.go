@@ -51,6 +51,9 @@ type replica struct {
 	// reads are the batches handed to raft, by request context.
 	reads    map[uint64][]*readReq
 	readWait []*readReq // read index known, waiting for apply
+
+	// dirty: r is in Node.dirty (guarded by Node.dirtyMu, not mu).
+	dirty bool
 }
 
 type proposal struct {
@@ -346,7 +349,7 @@ func (r *replica) propose(id uint64, p *proposal, fn func(*raft.RawNode) error) 
 	r.proposals[id] = p
 	r.unplaced = append(r.unplaced, id)
 	r.n.stats.proposals.Add(1)
-	r.n.signal()
+	r.n.signalReplica(r)
 	return nil
 }
 
@@ -430,7 +433,7 @@ func (n *Node) ReadIndex(ctx context.Context, shard uint32) (uint64, error) {
 		}
 		r.readQueue = append(r.readQueue, q)
 		r.mu.Unlock()
-		n.signal()
+		n.signalReplica(r)
 		select {
 		case err := <-q.ch:
 			if errors.Is(err, errRetryRead) {

@@ -126,16 +126,28 @@ func (w *wal) addHardState(shard uint32, id ReplicaID, hs *pb.HardState) error {
 }
 
 func (w *wal) addEntries(shard uint32, id ReplicaID, ents []*pb.Entry) error {
-	body := binary.BigEndian.AppendUint32(nil, uint32(len(ents)))
+	// Marshaled straight into the pending buffer (no per-entry or
+	// per-record copies): the record's length and CRC are filled in once
+	// its body is complete.
+	start := len(w.buf)
+	w.buf = binary.BigEndian.AppendUint32(w.buf, 0)
+	w.buf = binary.BigEndian.AppendUint32(w.buf, 0)
+	w.buf = append(w.buf, recEntries)
+	w.buf = binary.BigEndian.AppendUint32(w.buf, shard)
+	w.buf = binary.BigEndian.AppendUint64(w.buf, uint64(id))
+	w.buf = binary.BigEndian.AppendUint32(w.buf, uint32(len(ents)))
 	for _, e := range ents {
-		p, err := proto.Marshal(e)
-		if err != nil {
+		at := len(w.buf)
+		w.buf = binary.BigEndian.AppendUint32(w.buf, 0)
+		var err error
+		if w.buf, err = (proto.MarshalOptions{}).MarshalAppend(w.buf, e); err != nil {
+			w.buf = w.buf[:start]
 			return err
 		}
-		body = binary.BigEndian.AppendUint32(body, uint32(len(p)))
-		body = append(body, p...)
+		binary.BigEndian.PutUint32(w.buf[at:], uint32(len(w.buf)-at-4))
 	}
-	w.buf = walRecord(w.buf, recEntries, shard, id, body)
+	binary.BigEndian.PutUint32(w.buf[start:], uint32(len(w.buf)-start-walHeader))
+	binary.BigEndian.PutUint32(w.buf[start+4:], crc32.Checksum(w.buf[start+walHeader:], crcTable))
 	return nil
 }
 
