@@ -270,13 +270,25 @@ func (h *healer) healRole(ctx context.Context, role string, members []membership
 	for _, m := range members {
 		byID[m.ID] = m
 	}
+	// Its region failing as a whole is region failover's job, not a
+	// process's fault (see regionFailing): decided once per pass, so the
+	// probes below skip those processes and the verdicts agree.
+	failingRegions := map[string]bool{}
+	failing := func(region string) bool {
+		v, ok := failingRegions[region]
+		if !ok && region != "" {
+			v = h.cp.regionFailing(region)
+			failingRegions[region] = v
+		}
+		return v
+	}
 	// One probe per registered member, concurrently.
 	results := make(map[string]string, len(procs))
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	for _, p := range procs {
 		m, ok := byID[p.Name]
-		if !ok || m.Draining || !p.Running {
+		if !ok || m.Draining || !p.Running || failing(m.Region) {
 			continue
 		}
 		wg.Go(func() {
@@ -302,7 +314,7 @@ func (h *healer) healRole(ctx context.Context, role string, members []membership
 		if registered {
 			n.region = m.Region
 		}
-		if n.region != "" && h.cp.regionFailing(n.region) {
+		if failing(n.region) {
 			// Its region is failing as a whole: see regionFailing.
 			n.missingSince = time.Time{}
 			continue

@@ -23,7 +23,6 @@ import (
 	"github.com/erlmcp/erlmcp/internal/membership"
 	"github.com/sirupsen/logrus"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/client/v3/concurrency"
 )
 
 // Version is reported in membership.
@@ -237,20 +236,12 @@ func (cp *ControlPlane) term(ctx context.Context) error {
 		return fmt.Errorf("grant election lease: %w", err)
 	}
 	// The lease is renewed by etcdclient.KeepAlive (one short request per
-	// renewal, each free to use any member), not by the session: clientv3
-	// renews every lease of a client over one stream, which a frozen etcd
-	// member stalls until gRPC keepalive gives up (12 s), longer than the
-	// TTL. So the session is made with its own renewal already stopped (a
-	// done context); it only carries the lease for the Election.
-	stopped, stop := context.WithCancel(context.Background())
-	stop()
-	sess, err := concurrency.NewSession(cp.cli, concurrency.WithLease(g.ID), concurrency.WithTTL(ttl), concurrency.WithContext(stopped))
-	if err != nil {
-		return fmt.Errorf("election session: %w", err)
-	}
+	// renewal, each free to use any member), not by a concurrency.Session:
+	// clientv3 renews every lease of a client over one stream, which a
+	// frozen etcd member stalls until gRPC keepalive gives up (12 s),
+	// longer than the TTL.
 	defer func() {
-		// Revoke at once so a standby need not wait for the TTL (the
-		// session's Close would use its done context).
+		// Revoke at once so a standby need not wait for the TTL.
 		rctx, cancel := etcdclient.RequestTimeout(context.Background())
 		defer cancel()
 		if _, err := cp.cli.Revoke(rctx, g.ID); err != nil && cp.cli.Ctx().Err() == nil {
@@ -273,7 +264,7 @@ func (cp *ControlPlane) term(ctx context.Context) error {
 	}()
 
 	val, _ := json.Marshal(LeaderInfo{ID: cp.cfg.Common.ID, AdminAddr: cp.addr})
-	el, err := campaign(tctx, cp.cli, sess, cp.electionPrefix(), string(val))
+	key, rev, err := campaign(tctx, cp.cli, g.ID, cp.electionPrefix(), string(val))
 	if err != nil {
 		if tctx.Err() != nil {
 			return nil // ctx ended or the lease was lost: campaign again
@@ -283,16 +274,16 @@ func (cp *ControlPlane) term(ctx context.Context) error {
 	// The key may have vanished (lease lost) while the wait ended; make
 	// sure it is still ours before acting as leader.
 	cctx, ccancel := etcdclient.RequestTimeout(tctx)
-	resp, err := cp.cli.Get(cctx, el.Key())
+	resp, err := cp.cli.Get(cctx, key)
 	ccancel()
 	if err != nil {
 		return fmt.Errorf("check election key: %w", err)
 	}
-	if len(resp.Kvs) == 0 || resp.Kvs[0].CreateRevision != el.Rev() {
+	if len(resp.Kvs) == 0 || resp.Kvs[0].CreateRevision != rev {
 		cp.log.Warn("election: won, but the election key is already gone; campaigning again")
 		return nil
 	}
-	lead := leadership{cli: cp.cli, key: el.Key(), rev: el.Rev(), since: time.Now()}
+	lead := leadership{cli: cp.cli, key: key, rev: rev, since: time.Now()}
 	log := cp.log.WithField("term", lead.rev)
 	cp.lead.Store(&lead)
 	cp.leader.Store(true)

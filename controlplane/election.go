@@ -7,7 +7,6 @@ import (
 
 	"github.com/erlmcp/erlmcp/internal/etcdclient"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/client/v3/concurrency"
 )
 
 // campaignPoll bounds how long a candidate trusts one watch while it waits
@@ -25,25 +24,24 @@ const campaignPoll = 500 * time.Millisecond
 // Here each request has its own timeout and the wait re-reads the prefix
 // every campaignPoll, so a re-read goes round robin to a live member.
 //
-// It blocks until this candidate leads or ctx ends. The returned Election
-// (concurrency.ResumeElection) holds the term: Key and Rev fence the
-// leader's writes. On error the candidate's key is left to its lease,
-// which the caller revokes.
-func campaign(ctx context.Context, cli *clientv3.Client, sess *concurrency.Session, prefix, val string) (*concurrency.Election, error) {
+// It blocks until this candidate leads or ctx ends. The returned key and
+// its create revision are the term: they fence the leader's writes. On
+// error the candidate's key is left to its lease, which the caller
+// revokes.
+func campaign(ctx context.Context, cli *clientv3.Client, lease clientv3.LeaseID, prefix, val string) (key string, rev int64, err error) {
 	pfx := prefix + "/"
-	key := fmt.Sprintf("%s%x", pfx, sess.Lease())
-	var rev int64
+	key = fmt.Sprintf("%s%x", pfx, lease)
 	for rev == 0 {
 		tctx, cancel := etcdclient.RequestTimeout(ctx)
 		resp, err := cli.Txn(tctx).
 			If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-			Then(clientv3.OpPut(key, val, clientv3.WithLease(sess.Lease()))).
+			Then(clientv3.OpPut(key, val, clientv3.WithLease(lease))).
 			Else(clientv3.OpGet(key)).Commit()
 		cancel()
 		switch {
 		case err != nil:
 			if ctx.Err() != nil {
-				return nil, ctx.Err()
+				return "", 0, ctx.Err()
 			}
 			sleep(ctx, 100*time.Millisecond)
 		case resp.Succeeded:
@@ -55,9 +53,9 @@ func campaign(ctx context.Context, cli *clientv3.Client, sess *concurrency.Sessi
 		}
 	}
 	if err := waitTurn(ctx, cli, pfx, rev, campaignPoll); err != nil {
-		return nil, err
+		return "", 0, err
 	}
-	return concurrency.ResumeElection(sess, pfx, key, rev), nil
+	return key, rev, nil
 }
 
 // waitTurn blocks until no key under pfx was created before rev, or ctx
