@@ -2,6 +2,7 @@ package etcdclient
 
 import (
 	"context"
+	"errors"
 	"time"
 )
 
@@ -18,7 +19,9 @@ const hedgeAttempts = 3
 // requests round robin over its members, so a later attempt goes to
 // another member: one that stopped answering (SIGSTOP, a frozen VM) costs
 // after, not a whole request timeout. A failed attempt is retried after
-// 50 ms; the last error is returned when ctx ends first.
+// 50 ms, unless its error is marked Final (an answer no other attempt can
+// change), which is returned at once; the last error is returned when ctx
+// ends first.
 //
 // It blocks until an attempt succeeds or ctx ends; bound ctx
 // (RequestTimeout) in background loops.
@@ -49,6 +52,11 @@ func Hedge[T any](ctx context.Context, after time.Duration, call func(context.Co
 			if res.err == nil {
 				return res.v, nil
 			}
+			var f finalError
+			if errors.As(res.err, &f) {
+				var zero T
+				return zero, f.err
+			}
 			lastErr = res.err
 			// A quick failure (no leader, connection refused): another
 			// attempt soon, not after a whole hedge delay.
@@ -67,3 +75,13 @@ func Hedge[T any](ctx context.Context, after time.Duration, call func(context.Co
 		}
 	}
 }
+
+// Final marks an attempt's error as an answer rather than a failure
+// (say, the key or lease does not exist): Hedge returns it at once,
+// unwrapped, instead of trying again.
+func Final(err error) error { return finalError{err} }
+
+type finalError struct{ err error }
+
+func (e finalError) Error() string { return e.err.Error() }
+func (e finalError) Unwrap() error { return e.err }

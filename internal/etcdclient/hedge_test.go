@@ -60,3 +60,24 @@ func TestHedgeBoundsAttemptsInFlight(t *testing.T) {
 		t.Fatalf("err %v, at most %d attempts at once; want an error and %d", err, most.Load(), hedgeAttempts)
 	}
 }
+
+// An error marked Final is an answer: Hedge returns it at once, unwrapped,
+// without another attempt.
+func TestHedgeFinalErrorEndsAtOnce(t *testing.T) {
+	errGone := errors.New("gone")
+	var calls atomic.Int32
+	// No hedge during the test (after an hour): without Final the 50 ms
+	// retries would run until ctx ends.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_, err := Hedge(ctx, time.Hour, func(context.Context) (int, error) {
+		calls.Add(1)
+		return 0, Final(errGone)
+	})
+	if err != errGone {
+		t.Fatalf("err %v, want the unwrapped final error", err)
+	}
+	if n := calls.Load(); n != 1 {
+		t.Fatalf("%d attempts, want 1", n)
+	}
+}

@@ -54,61 +54,33 @@ func KeepAlive(ctx context.Context, cli *clientv3.Client, id clientv3.LeaseID) <
 const firstRenewalWithin = 5 * time.Second
 
 // renewUntil renews the lease once, until one attempt succeeds, the lease
-// is gone, ctx ends or deadline passes. An attempt that has not answered
-// within renewTimeout is not abandoned: another starts beside it (at most
-// maxRenewAttempts at a time) and the first answer wins. A member that
-// does not answer is so skipped after one timeout (the next attempt goes
-// round robin to another member), while on a starved machine, where every
+// is gone, ctx ends or deadline passes. The attempts are hedged (Hedge):
+// one that has not answered within renewTimeout is not abandoned, another
+// starts beside it and the first answer wins. A member that does not
+// answer is so skipped after one timeout (the next attempt goes round
+// robin to another member), while on a starved machine, where every
 // answer is slow, a slow answer still counts instead of being cancelled
 // and retried for ever.
 func renewUntil(ctx context.Context, cli *clientv3.Client, id clientv3.LeaseID, deadline time.Time) (*clientv3.LeaseKeepAliveResponse, error) {
 	dctx, cancel := context.WithDeadline(ctx, deadline)
-	defer cancel() // ends the attempts still running
-	type result struct {
-		r   *clientv3.LeaseKeepAliveResponse
-		err error
-	}
-	results := make(chan result, maxRenewAttempts) // never blocks an attempt
-	running := 0
-	var lastErr error
-	next := time.NewTimer(0)
-	defer next.Stop()
-	for {
-		select {
-		case <-next.C:
-			if running < maxRenewAttempts {
-				running++
-				go func() {
-					r, err := cli.KeepAliveOnce(dctx, id)
-					results <- result{r, err}
-				}()
-			}
-			next.Reset(renewTimeout(deadline))
-		case res := <-results:
-			running--
-			switch {
-			case res.err == nil && res.r.TTL > 0:
-				return res.r, nil
-			case res.err == nil:
-				return nil, fmt.Errorf("lease %x: %w", int64(id), rpctypes.ErrLeaseNotFound)
-			case errors.Is(res.err, rpctypes.ErrLeaseNotFound):
-				return nil, res.err
-			}
-			lastErr = res.err
-			// A quick failure (connection refused, no leader): try again
-			// soon rather than after a whole attempt timeout.
-			next.Reset(50 * time.Millisecond)
-		case <-dctx.Done():
-			if lastErr == nil {
-				lastErr = errors.New("no attempt answered")
-			}
-			return nil, fmt.Errorf("no renewal before the lease could expire: %w (last attempt: %w)", dctx.Err(), lastErr)
+	defer cancel()
+	r, err := Hedge(dctx, renewTimeout(deadline), func(actx context.Context) (*clientv3.LeaseKeepAliveResponse, error) {
+		r, err := cli.KeepAliveOnce(actx, id)
+		switch {
+		case err == nil && r.TTL > 0:
+			return r, nil
+		case err == nil:
+			return nil, Final(fmt.Errorf("lease %x: %w", int64(id), rpctypes.ErrLeaseNotFound))
+		case errors.Is(err, rpctypes.ErrLeaseNotFound):
+			return nil, Final(err)
 		}
+		return nil, err
+	})
+	if err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		return nil, fmt.Errorf("no renewal before the lease could expire: %w", err)
 	}
+	return r, err
 }
-
-// maxRenewAttempts bounds the renewal attempts running at once.
-const maxRenewAttempts = 3
 
 // renewTimeout is one renewal attempt's timeout: short enough that several
 // attempts (on different members) fit before the lease expires.
