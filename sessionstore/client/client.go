@@ -554,13 +554,9 @@ func (c *Client) run(ctx context.Context, what, id string, wait time.Duration, f
 				c.setLeader(won)
 				return v, nil
 			}
-			if won != t {
-				// A hedge's definite answer (only a leader gives one).
-				if st, ok := status.FromError(err); ok {
-					return nil, mapStatus(what, id, st)
-				}
-				return nil, fmt.Errorf("%s session %q: %w", what, id, err)
-			}
+			// An error from a hedge (won != t) is a definite answer: hedged
+			// returns one only when it is not retryable, which the switch
+			// below maps like any other.
 			if status.Code(err) == codes.DeadlineExceeded && ctx.Err() == nil {
 				timeouts++
 				stalledAt[t.addr] = attempt

@@ -947,9 +947,8 @@ func (n *Node) processReady() error {
 	for _, w := range work {
 		w.r.advance(w)
 	}
-	for _, w := range work {
-		n.maybeCompact(w.r)
-	}
+	// Compaction follows the durable applied index, which only a
+	// checkpoint moves: run() compacts after one (compactDue).
 	if n.wal.size-n.wal.base > n.cfg.segmentBytes {
 		if err := n.rotateWAL(); err != nil {
 			return err

@@ -206,6 +206,9 @@ func TestConcurrentReadsShareReadIndex(t *testing.T) {
 		t.Fatal(err)
 	}
 	release := make(chan struct{})
+	var releaseOnce sync.Once
+	let := func() { releaseOnce.Do(func() { close(release) }) }
+	defer let() // a failed wait must not leave the loop held (Close would hang)
 	held := make(chan struct{})
 	go leader.onLoop(func() error { close(held); <-release; return nil })
 	<-held
@@ -222,7 +225,7 @@ func TestConcurrentReadsShareReadIndex(t *testing.T) {
 		defer r.mu.Unlock()
 		return len(r.readQueue) == readers
 	})
-	close(release)
+	let()
 	for range readers {
 		if err := <-errs; err != nil {
 			t.Fatal(err)

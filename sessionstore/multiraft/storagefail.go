@@ -175,7 +175,7 @@ func (n *Node) markDurableLocked() {
 		r.mu.Unlock()
 	}
 	n.compactDue.Store(true)
-	n.signal()
+	n.wake() // the compaction sweep needs no Ready scan
 }
 
 // storageFailed records a failed commit: from now on every call is refused
