@@ -76,6 +76,12 @@ func runningKey(sid string, id json.RawMessage) (string, bool) {
 		// encode of the id were a tenth of the worker's JSON time.
 		return sid + "\x00" + string(id), true
 	}
+	return canonicalIDKey(sid, id)
+}
+
+// canonicalIDKey is runningKey's general case: the id decoded and encoded
+// again.
+func canonicalIDKey(sid string, id json.RawMessage) (string, bool) {
 	var v any
 	if json.Unmarshal(id, &v) != nil {
 		return "", false

@@ -3,7 +3,6 @@ package worker
 import (
 	"context"
 	"net/http"
-	"net/http/pprof"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -11,6 +10,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/erlmcp/erlmcp/internal/debugpprof"
 	"github.com/erlmcp/erlmcp/internal/logging"
 )
 
@@ -171,11 +171,7 @@ func NewHandler(store SessionStore, opts ...Option) *Handler {
 	h.mux.HandleFunc("/readyz", h.serveReadyz)
 	h.mux.Handle("/metrics", h.metrics.handler())
 	if h.cfg.Pprof {
-		h.mux.HandleFunc("/debug/pprof/", pprof.Index)
-		h.mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-		h.mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		h.mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-		h.mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		debugpprof.Register(h.mux)
 	}
 	return h
 }

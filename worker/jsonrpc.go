@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"time"
 )
 
 // JSON-RPC 2.0 and MCP error codes the worker answers with.
@@ -56,6 +57,10 @@ type Message struct {
 	Params json.RawMessage // request and notification; nil when absent
 	Result json.RawMessage // response
 	Error  json.RawMessage // response
+
+	// received is when this worker took the message off the wire (set by
+	// post; zero for messages read back from the store).
+	received time.Time
 }
 
 // Error is a JSON-RPC error object.

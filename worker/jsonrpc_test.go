@@ -77,7 +77,7 @@ func FuzzDecode(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		m, e := Decode(b)
-		// Decode checks validity only once (inside Unmarshal): a parse
+		// Decode checks validity once (json.Valid inside splitMembers): a parse
 		// error must still be exactly the bodies that are not JSON.
 		if parseErr := e != nil && e.Code == CodeParseError; parseErr == json.Valid(b) {
 			t.Fatalf("parse error %v for a body whose json.Valid is %v", parseErr, json.Valid(b))

@@ -434,7 +434,7 @@ func (h *Handler) serveModernRequest(w http.ResponseWriter, r *http.Request, msg
 		ob.lazy = w
 	}
 	c := &call{h: h, session: sess, msg: msg}
-	c.req = &Request{h: h, sess: sess, id: msg.ID, method: msg.Method, progressToken: token, out: ob, mrtr: mr, started: requestStart(ctx)}
+	c.req = &Request{h: h, sess: sess, id: msg.ID, method: msg.Method, progressToken: token, out: ob, mrtr: mr, started: msg.started()}
 	result, rerr := m.fn(ctx, c)
 	switch {
 	case len(mr.pending) > 0:

@@ -2,7 +2,6 @@ package worker
 
 import (
 	"bytes"
-	"context"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -112,17 +111,12 @@ func (c *sessionCache) forget(id string) {
 // settle waits until no worker can still serve the record that a change
 // acknowledged by the store just replaced, when that record was
 // cacheable; the caller acknowledges the change to the client after it.
-// It returns early only when ctx ends.
-func (c *sessionCache) settle(ctx context.Context, old sessionRecord) error {
+// It blocks for settleDelay (about the TTL) whatever the request's
+// context does: the change is already durable, so ending early could only
+// turn a success into an error (a retried DELETE would then get 404).
+func (c *sessionCache) settle(old sessionRecord) {
 	if c.ttl <= 0 || !old.Initialized {
-		return nil
+		return
 	}
-	t := time.NewTimer(c.settleDelay())
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return context.Cause(ctx)
-	}
+	time.Sleep(c.settleDelay()) // the wait is the point: see sessionCache
 }

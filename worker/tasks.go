@@ -44,14 +44,18 @@ func taskCancelID(id string) json.RawMessage {
 }
 
 // wireTask is a Task as MCP sends it.
-func wireTask(t Task) map[string]any {
+func wireTask(t Task) map[string]any { return taskFields(t, "ttl", "pollInterval") }
+
+// taskFields is a Task on the wire, its TTL and poll interval (integer ms)
+// under the names ttlKey and pollKey.
+func taskFields(t Task, ttlKey, pollKey string) map[string]any {
 	m := map[string]any{
 		"taskId":        t.ID,
 		"status":        t.Status,
 		"createdAt":     t.CreatedAt.UTC().Format(time.RFC3339Nano),
 		"lastUpdatedAt": t.UpdatedAt.UTC().Format(time.RFC3339Nano),
-		"ttl":           t.TTL.Milliseconds(),
-		"pollInterval":  taskPollInterval.Milliseconds(),
+		ttlKey:          t.TTL.Milliseconds(),
+		pollKey:         taskPollInterval.Milliseconds(),
 	}
 	if t.StatusMessage != "" {
 		m["statusMessage"] = t.StatusMessage
@@ -102,14 +106,16 @@ func startTask(ctx context.Context, c *call, t *tool, p toolCallParams) (any, *E
 	return map[string]any{"task": wireTask(task)}, nil
 }
 
-// finishTask stores the outcome unless the task was cancelled meanwhile.
+// finishTask stores the outcome unless the task ended meanwhile
+// (cancelled); nothing is left to tell the tool when the store fails.
 func (h *Handler) finishTask(ctx context.Context, sid, id string, res any, rerr *Error, serr, cause error) {
 	ctx, cancel := context.WithTimeout(ctx, h.cfg.RequestTimeout)
 	defer cancel()
-	for range maxUpdateAttempts {
-		t, err := h.store.GetTask(ctx, sid, id)
-		if err != nil || terminal(t.Status) {
-			break
+	ended := false
+	err := h.updateTask(ctx, sid, id, func(t *Task) bool {
+		if terminal(t.Status) {
+			ended = true
+			return false
 		}
 		switch {
 		case errors.Is(cause, errCancelled):
@@ -123,13 +129,13 @@ func (h *Handler) finishTask(ctx context.Context, sid, id string, res any, rerr 
 			t.Status = taskCompleted
 			t.Result, _ = json.Marshal(res)
 		}
-		version := t.Version
-		if _, err := h.store.PutTask(ctx, sid, t, &version); errors.Is(err, ErrVersionConflict) {
-			continue
-		}
-		break
+		return true
+	})
+	if err == nil && ended {
+		// The task had ended already (a cancel, the death sweep): the
+		// tool's own end is still an event on the task's stream.
+		_, _ = h.store.AppendEvents(ctx, sid, taskStream(id), []byte(`{}`))
 	}
-	_, _ = h.store.AppendEvents(ctx, sid, taskStream(id), []byte(`{}`))
 }
 
 // loadTask reads a task, failing it when its worker is gone.

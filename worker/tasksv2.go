@@ -245,21 +245,9 @@ func (h *Handler) updateTask(ctx context.Context, sid, taskID string, change fun
 	return fmt.Errorf("%w: task %s kept changing", ErrStoreUnavailable, taskID)
 }
 
-// wireTaskV2 is a Task as tasks v2 sends it (durations in integer ms).
-func wireTaskV2(t Task) map[string]any {
-	m := map[string]any{
-		"taskId":         t.ID,
-		"status":         t.Status,
-		"createdAt":      t.CreatedAt.UTC().Format(time.RFC3339Nano),
-		"lastUpdatedAt":  t.UpdatedAt.UTC().Format(time.RFC3339Nano),
-		"ttlMs":          t.TTL.Milliseconds(),
-		"pollIntervalMs": taskPollInterval.Milliseconds(),
-	}
-	if t.StatusMessage != "" {
-		m["statusMessage"] = t.StatusMessage
-	}
-	return m
-}
+// wireTaskV2 is a Task as tasks v2 sends it: wireTask's fields, with the
+// durations' names ending in Ms.
+func wireTaskV2(t Task) map[string]any { return taskFields(t, "ttlMs", "pollIntervalMs") }
 
 // detailedTaskV2 is tasks/get's answer: the task with its result (when
 // completed), its error (when failed) or its inputRequests (when waiting).

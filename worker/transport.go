@@ -159,13 +159,13 @@ func (h *Handler) post(w http.ResponseWriter, r *http.Request) string {
 	}
 	label := h.disp.label(msg)
 	// The request's start, for the counter's overtaken-call check
-	// (Request.started), is taken before the check below: while its sender
+	// (Request.started, from Message.received), is taken before the check below: while its sender
 	// was still connected, no later call of the session can have been sent
 	// because this one failed. Taken after it (when the Request is built,
 	// past the session read), a pause in between let a stale call start
 	// "after" the call that overtook it, and apply (a skipped increment in
 	// CI's pause scenario).
-	r = r.WithContext(context.WithValue(r.Context(), receivedKey{}, time.Now()))
+	msg.received = time.Now()
 	if msg.Kind == KindRequest && peerconn.Gone(r) {
 		// Its sender (the front, a client) gave up before this worker
 		// started it: the request sat here while the worker was frozen
@@ -325,7 +325,7 @@ func (h *Handler) serveRequest(w http.ResponseWriter, r *http.Request, sess *ses
 		defer timer.Stop()
 	}
 	c := &call{h: h, session: sess, msg: msg}
-	c.req = &Request{h: h, sess: sess, id: msg.ID, method: msg.Method, progressToken: token, out: ob, started: requestStart(ctx)}
+	c.req = &Request{h: h, sess: sess, id: msg.ID, method: msg.Method, progressToken: token, out: ob, started: msg.started()}
 	result, rerr := m.fn(runCtx, c)
 	streaming := ob.seal()
 	if errors.Is(context.Cause(runCtx), errCancelled) {
@@ -473,10 +473,7 @@ func (h *Handler) delete(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// 204 only once no worker can serve the session from its cache.
-	if err := h.cache.settle(ctx, sess.rec); err != nil {
-		h.storeFail(w, nil, "delete", err)
-		return
-	}
+	h.cache.settle(sess.rec)
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -589,7 +586,8 @@ func (h *Handler) updateSession(ctx context.Context, s *session, change func(*se
 			old := s.rec
 			s.version, s.rec = stored.Version, next
 			// Acknowledged only once no worker can serve the old record.
-			return h.cache.settle(ctx, old)
+			h.cache.settle(old)
+			return nil
 		}
 		if !errors.Is(err, ErrVersionConflict) {
 			return err
@@ -641,15 +639,13 @@ func (h *Handler) storeFail(w http.ResponseWriter, id json.RawMessage, op string
 	}
 }
 
-type receivedKey struct{}
-
-// requestStart is when this worker took on the request of ctx (see post),
-// or now when that is not known.
-func requestStart(ctx context.Context) time.Time {
-	if t, ok := ctx.Value(receivedKey{}).(time.Time); ok {
-		return t
+// started is when this worker took on the request msg (see post), or now
+// when that is not known.
+func (msg *Message) started() time.Time {
+	if msg.received.IsZero() {
+		return time.Now()
 	}
-	return time.Now()
+	return msg.received
 }
 
 // fail writes an HTTP error status with a JSON-RPC error body.
