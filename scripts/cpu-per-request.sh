@@ -44,8 +44,15 @@ snapshot() {
 
 "$BIN" loadtest --url "$URL" --sessions "$C" --concurrency "$C" --duration 2s --mix "$MIX" --json >/dev/null 2>&1 || true
 snapshot >"$TMP/before"
+# loadtest exits 1 when a budget is missed (more than 1 % errors): still a
+# measurement, so go on as long as it wrote its report.
 /usr/bin/time -f '%U %S' -o "$TMP/loadgen" \
-	"$BIN" loadtest --url "$URL" --sessions "$C" --concurrency "$C" --duration "$DURATION" --mix "$MIX" --json >"$TMP/report.json" 2>/dev/null
+	"$BIN" loadtest --url "$URL" --sessions "$C" --concurrency "$C" --duration "$DURATION" --mix "$MIX" --json >"$TMP/report.json" 2>"$TMP/loadtest.err" || true
+if [[ ! -s $TMP/report.json ]]; then
+	echo "cpu-per-request: the loadtest wrote no report; its errors:" >&2
+	cat "$TMP/loadtest.err" >&2
+	exit 1
+fi
 snapshot >"$TMP/after"
 
 python3 - "$TMP" "$(getconf CLK_TCK)" <<'PY'
@@ -61,7 +68,7 @@ for role in sorted(after):
     s = (after[role] - before.get(role, 0)) / hz
     total += s
     parts.append(f"{role}={s / n * 1e6:.0f}")
-lg = sum(map(float, open(f"{tmp}/loadgen").read().split()))
+lg = sum(map(float, open(f"{tmp}/loadgen").read().splitlines()[-1].split()))  # time(1) puts "Command exited with non-zero status" first
 print(f"rps={r['rps']:.0f} p50={r['latency_ms']['p50']:.1f}ms p99={r['latency_ms']['p99']:.1f}ms "
       f"errors={r['errors']['total']} cpu_us_per_request: {' '.join(parts)} servers={total / n * 1e6:.0f} loadgen={lg / n * 1e6:.0f}")
 PY

@@ -16,12 +16,12 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"net/http/pprof"
 	"os"
 	"strings"
 	"time"
 
 	"github.com/erlmcp/erlmcp/internal/config"
+	"github.com/erlmcp/erlmcp/internal/debugpprof"
 	"github.com/erlmcp/erlmcp/internal/etcdclient"
 	"github.com/erlmcp/erlmcp/internal/etcdwatch"
 	"github.com/erlmcp/erlmcp/internal/membership"
@@ -318,9 +318,7 @@ func (f *Front) handler() http.Handler {
 		writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "workers": n})
 	})
 	if f.cfg.Pprof {
-		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		debugpprof.Register(mux)
 	}
 	mux.Handle("/", newProxy(f.pool, f.det, f.cfg, f.log))
 	return mux

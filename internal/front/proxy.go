@@ -176,7 +176,7 @@ func (e *noWorkerError) Error() string {
 	if e.tried == 0 {
 		return "no worker is registered"
 	}
-	return fmt.Sprintf("none of %d workers accepted a connection (last: %v)", e.tried, e.last)
+	return fmt.Sprintf("none of %d workers could take the request (last: %v); retry, and check the workers' health (/readyz) if it persists", e.tried, e.last)
 }
 
 func (e *noWorkerError) Unwrap() error { return e.last }

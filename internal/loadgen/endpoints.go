@@ -127,6 +127,12 @@ func (c *Client) markDown(i int, now time.Time) {
 	h := c.health()
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	c.markDownLocked(h, i, now)
+}
+
+// markDownLocked marks endpoint i down from now for the cool-down; with
+// h.mu held.
+func (c *Client) markDownLocked(h *endpointHealth, i int, now time.Time) {
 	h.timeouts[i] = 0
 	h.markedAt[i] = now
 	h.downUntil[i] = now.Add(c.cooldown())
@@ -177,9 +183,7 @@ func (c *Client) failed(i int, kind string, now time.Time) bool {
 	default:
 		return false
 	}
-	h.timeouts[i] = 0
-	h.markedAt[i] = now
-	h.downUntil[i] = now.Add(c.cooldown())
+	c.markDownLocked(h, i, now)
 	return true
 }
 

@@ -355,8 +355,15 @@ func faultReports(runs []*faultRun, start, end time.Time, settle, resolution tim
 		}
 		return owner != nil && owner != r
 	}
-	var baseline time.Duration
-	var quiet []time.Duration
+	// tail is the slowest answer to a request that overlaps no fault's
+	// stall span: how slow an answer gets in this run with nothing
+	// stopped. The slowest answer outside every fault's window is taken
+	// over the few seconds before the first fault, so on a loaded machine
+	// it falls well below that; a fault's slowest answer no slower than
+	// tail is a normal slow answer, not a stall (on a shared 2-core
+	// machine a single answer during a control-plane pause, which no
+	// request waits on, was 0.1-0.5 s slower than that baseline).
+	var baseline, tail time.Duration
 	for _, ok := range oks {
 		inFault, active := false, false
 		for _, r := range runs {
@@ -370,20 +377,8 @@ func faultReports(runs []*faultRun, start, end time.Time, settle, resolution tim
 			baseline = max(baseline, ok.end.Sub(ok.start))
 		}
 		if !active {
-			quiet = append(quiet, ok.end.Sub(ok.start))
+			tail = max(tail, ok.end.Sub(ok.start))
 		}
-	}
-	// tail is the slowest answer to a request that overlaps no fault's
-	// stall span: how slow an answer gets in this run with nothing
-	// stopped. The slowest answer outside every fault's window is taken
-	// over the few seconds before the first fault, so on a loaded machine
-	// it falls well below that; a fault's slowest answer no slower than
-	// tail is a normal slow answer, not a stall (on a shared 2-core
-	// machine a single answer during a control-plane pause, which no
-	// request waits on, was 0.1-0.5 s slower than that baseline).
-	var tail time.Duration
-	for _, d := range quiet {
-		tail = max(tail, d)
 	}
 	for _, r := range runs {
 		fr := FaultReport{Fault: r.f, Victims: r.victims, ErrorsByKind: map[string]int64{}, Violations: []string{}}
