@@ -144,6 +144,22 @@ func TestKeepalivedMovesVIPWhenHAProxyDies(t *testing.T) {
 			"ERLMCP_HAPROXY_STATS_BIND=*:8404",
 			"ERLMCP_HAPROXY_RUNTIME_SOCKET=" + filepath.Join(dir, m.ns+".sock"),
 		}, "ip", "netns", "exec", m.ns, haproxy, "-f", haproxyConfig(t))
+	}
+	// Both HAProxies answer before either keepalived starts: a master
+	// whose chk_haproxy still fails at start leaves the VIP to the backup,
+	// and preempt_delay (30 s) then keeps it there past this test's wait.
+	for _, m := range []machine{lb1, lb2} {
+		waitFor(t, 10*time.Second, "HAProxy in "+m.ns+" to answer its check", func() error {
+			out, err := exec.Command("ip", "netns", "exec", m.ns, "curl", "-fsS", "-o", "/dev/null",
+				"--max-time", "1", "http://127.0.0.1:8404/stats").CombinedOutput()
+			if err != nil {
+				return fmt.Errorf("%v: %s", err, out)
+			}
+			return nil
+		})
+	}
+	for _, m := range []machine{lb1, lb2} {
+		path := filepath.Join(dir, m.ns+".conf")
 		startProcess(t, nil, "ip", "netns", "exec", m.ns, keepalived,
 			"--dont-fork", "--log-console", "--log-detail", "-f", path,
 			"-p", filepath.Join(dir, m.ns+".pid"),
