@@ -121,9 +121,11 @@ func checkLoad(t *testing.T, what string, rep loadgen.Report, maxErrors int64) {
 // errors and 0 sessions lost; then a broken release (every session store
 // call of its workers times out) is rolled back by the canary gate on its
 // own, the old workers serving throughout and no session lost; and
-// --rollback takes the cluster back to v2, again with 0 errors.
+// --rollback takes the cluster back to v2, again with 0 errors; and a
+// restarted up runs v2.
 func TestZeroDowntimeDeploy(t *testing.T) {
-	c := startUp(t, t.TempDir(), pickPorts(t))
+	dataDir, p := t.TempDir(), pickPorts(t)
+	c := startUp(t, dataDir, p)
 	rel := filepath.Join(c.dataDir, "releases")
 	for _, v := range []string{"v2", "v3", "v4-bad"} {
 		if err := os.MkdirAll(filepath.Join(rel, v), 0o755); err != nil {
@@ -198,6 +200,17 @@ func TestZeroDowntimeDeploy(t *testing.T) {
 		t.Fatalf("after --rollback: versions %v, want only 3 of v2", v)
 	}
 	checkLoad(t, "rollback", rep, 0)
+
+	// A restarted up starts its workers from the release the last deploy
+	// left (kept in the data dir), not from its own binary.
+	c.stop()
+	c = startUp(t, dataDir, p)
+	waitFor(t, 60*time.Second, "3 workers of version v2 after a restart of up", func() error {
+		if v := versions(t, c); v["v2"] != 3 || len(v) != 1 {
+			return fmt.Errorf("versions %v", v)
+		}
+		return nil
+	})
 }
 
 // TestZeroDowntimeDeployUsageAndKubernetesPlan: exit codes for bad usage and

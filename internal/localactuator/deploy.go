@@ -44,13 +44,80 @@ type StopRequest struct {
 	Names []string `json:"names"`
 }
 
-// releases remembers which binary each child and each pool runs. It is
-// in memory: a restarted `erlmcp up` starts every child from its own
-// binary again.
+// releases remembers which binary each child and each pool runs. The
+// pools' releases are also kept in file (when set), so a restarted
+// `erlmcp up` starts its workers from the release the last deploy left,
+// not from its own binary; which child runs what is in memory only (the
+// children are started again by the new up).
 type releases struct {
 	mu      sync.Mutex
 	byChild map[string]Release
 	byPool  map[string]Release
+	file    string
+}
+
+// ErrBadReleases: the releases file cannot be read as one; up refuses to
+// start rather than run workers from a binary nobody chose.
+var ErrBadReleases = errors.New("local actuator: bad releases file")
+
+// releasesFile is the JSON form of the pools' releases on disk.
+type releasesFile struct {
+	Pools map[string]Release `json:"pools"`
+}
+
+// load reads the pools' releases from file; a missing file is no release.
+func (r *releases) load(file string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.file = file
+	if file == "" {
+		return nil
+	}
+	b, err := os.ReadFile(file)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrBadReleases, err)
+	}
+	var f releasesFile
+	if err := json.Unmarshal(b, &f); err != nil {
+		return fmt.Errorf("%w: %s is not valid JSON (%w); fix or remove it (workers then start from up's own binary)", ErrBadReleases, file, err)
+	}
+	r.byPool = f.Pools
+	return nil
+}
+
+// saveLocked writes the pools' releases to file atomically (temporary
+// file, fsync, rename), so a crash leaves the old or the new file.
+func (r *releases) saveLocked() error {
+	if r.file == "" {
+		return nil
+	}
+	b, err := json.MarshalIndent(releasesFile{Pools: r.byPool}, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := r.file + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("local actuator: save releases: %w", err)
+	}
+	_, err = f.Write(append(b, '\n'))
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, r.file)
+	}
+	if err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("local actuator: save releases to %s: %w", r.file, err)
+	}
+	return nil
 }
 
 func (r *releases) of(name string) Release {
@@ -78,13 +145,29 @@ func (r *releases) set(name string, rel Release) {
 	r.byChild[name] = rel
 }
 
-func (r *releases) setPool(rel Release) {
+// setPool sets pool's release (a zero Path: up's own binary) and saves
+// the file; on a failed save the release is not changed.
+func (r *releases) setPool(rel Release) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	old, had := r.byPool[rel.Pool]
 	if r.byPool == nil {
 		r.byPool = map[string]Release{}
 	}
-	r.byPool[rel.Pool] = rel
+	if rel.Path == "" {
+		delete(r.byPool, rel.Pool)
+	} else {
+		r.byPool[rel.Pool] = rel
+	}
+	if err := r.saveLocked(); err != nil {
+		if had {
+			r.byPool[rel.Pool] = old
+		} else {
+			delete(r.byPool, rel.Pool)
+		}
+		return err
+	}
+	return nil
 }
 
 func (r *releases) forget(name string) { r.set(name, Release{}) }
@@ -100,22 +183,52 @@ func (s *Server) withRelease(pool string, i int, rel Release) (specResult, error
 	if err != nil {
 		return specResult{}, err
 	}
+	return specResult{spec: runRelease(spec, rel), rel: rel}, nil
+}
+
+// runRelease is spec running rel's binary with its version flag (spec
+// itself for the zero Release).
+func runRelease(spec supervisor.Spec, rel Release) supervisor.Spec {
 	if rel.Path != "" {
 		spec.Path = rel.Path
 		spec.Args = append(append([]string(nil), spec.Args...), VersionFlag+"="+rel.Version)
 	}
-	return specResult{spec: spec, rel: rel}, nil
+	return spec
+}
+
+// poolRelease is pool's release when its binary can still be run; a
+// release whose binary is gone (a deleted build directory) is logged and
+// up's own binary runs instead, so a cluster never fails to start for it.
+func (s *Server) poolRelease(pool string) Release {
+	rel := s.rel.pool(pool)
+	if rel.Path == "" {
+		return Release{}
+	}
+	if err := checkRelease(rel.Path, rel.Version); err != nil {
+		s.log.WithError(err).WithField("pool", pool).Warn("local actuator: the pool's release cannot run; starting up's own binary (set another with `erlmcp ctl deploy release`)")
+		return Release{}
+	}
+	return rel
 }
 
 // releaseSpec is the spec a scale-up uses: the pool's release when one was
 // set (so scaling after a deploy starts the deployed version), else up's.
 func (s *Server) releaseSpec(pool string, i int) (supervisor.Spec, error) {
-	r, err := s.withRelease(pool, i, s.rel.pool(pool))
+	r, err := s.withRelease(pool, i, s.poolRelease(pool))
 	if err != nil {
 		return supervisor.Spec{}, err
 	}
 	s.rel.set(r.spec.Name, r.rel)
 	return r.spec, nil
+}
+
+// Apply is spec, a child of pool that up starts itself, changed to run the
+// pool's release when one is set (kept from before a restart of up), and
+// recorded as running it. Without a release it is spec unchanged.
+func (s *Server) Apply(pool string, spec supervisor.Spec) supervisor.Spec {
+	rel := s.poolRelease(pool)
+	s.rel.set(spec.Name, rel)
+	return runRelease(spec, rel)
 }
 
 func (s *Server) routeDeploy(mux *http.ServeMux) {
@@ -265,7 +378,10 @@ func (s *Server) handleSetRelease(w http.ResponseWriter, r *http.Request) {
 	if rel.Path == "" {
 		rel.Version = ""
 	}
-	s.rel.setPool(rel)
+	if err := s.rel.setPool(rel); err != nil {
+		writeJSON(w, http.StatusInternalServerError, errorBody{err.Error()})
+		return
+	}
 	s.log.WithFields(logrus.Fields{"pool": rel.Pool, "path": rel.Path, "version": rel.Version}).Info("local actuator: pool release set (scale-ups start it)")
 	writeJSON(w, http.StatusOK, rel)
 }

@@ -45,7 +45,7 @@ func TestDeployStartStopRelease(t *testing.T) {
 		t.Fatal(err)
 	}
 	sock := filepath.Join(dir, "actuator.sock")
-	srv, err := Serve(sock, "tok", sup, spec, logging.Discard())
+	srv, err := Serve(sock, "tok", sup, spec, "", logging.Discard())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,4 +118,75 @@ func TestDeployStartStopRelease(t *testing.T) {
 	testcluster.WaitFor(t, 10*time.Second, "worker-1 (v2) started", func() error {
 		return logSays(dir, "worker-1", "args: worker --id=worker-1 "+VersionFlag+"=v2")
 	})
+}
+
+// TestReleaseKeptAcrossRestart: a pool release set through the API is in
+// the releases file, a new Server (a restarted up) reads it and starts its
+// own workers from it, a release whose binary is gone falls back to up's
+// own binary, clearing it empties the file, and a damaged file is refused
+// with what to do.
+func TestReleaseKeptAcrossRestart(t *testing.T) {
+	dir := t.TempDir()
+	v2 := filepath.Join(dir, "erlmcp-v2")
+	if err := os.WriteFile(v2, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(dir, "releases.json")
+	sup := supervisor.New(logging.Discard(), supervisor.Options{})
+	spec := func(pool string, i int) (supervisor.Spec, error) {
+		return supervisor.Spec{Name: fmt.Sprintf("%s-%d", pool, i), Path: "/up/erlmcp", Args: []string{"worker"}}, nil
+	}
+	serve := func() (*Server, *Client) {
+		t.Helper()
+		sock := filepath.Join(dir, "actuator.sock")
+		srv, err := Serve(sock, "tok", sup, spec, file, logging.Discard())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(srv.Close)
+		return srv, NewClient(sock, "tok")
+	}
+	ctx := context.Background()
+	srv, c := serve()
+	if got := srv.Apply("worker", supervisor.Spec{Name: "worker-1", Path: "/up/erlmcp"}); got.Path != "/up/erlmcp" || len(got.Args) != 0 {
+		t.Fatalf("no release set: Apply gave %+v, want the spec unchanged", got)
+	}
+	if err := c.SetRelease(ctx, Release{Pool: "worker", Path: v2, Version: "v2"}); err != nil {
+		t.Fatal(err)
+	}
+	srv.Close()
+
+	srv, c = serve()
+	if rel, err := c.Release(ctx, "worker"); err != nil || rel.Path != v2 || rel.Version != "v2" {
+		t.Fatalf("after a restart the release is %+v, %v; want %s v2", rel, err, v2)
+	}
+	got := srv.Apply("worker", supervisor.Spec{Name: "worker-1", Path: "/up/erlmcp", Args: []string{"worker"}})
+	if got.Path != v2 || strings.Join(got.Args, " ") != "worker "+VersionFlag+"=v2" {
+		t.Fatalf("Apply after a restart: %+v, want %s with the version flag", got, v2)
+	}
+	if r := srv.rel.of("worker-1"); r.Version != "v2" {
+		t.Fatalf("worker-1 recorded as %+v, want v2", r)
+	}
+
+	if err := os.Remove(v2); err != nil {
+		t.Fatal(err)
+	}
+	if got := srv.Apply("worker", supervisor.Spec{Name: "worker-2", Path: "/up/erlmcp"}); got.Path != "/up/erlmcp" {
+		t.Fatalf("release binary gone: Apply gave %+v, want up's own binary", got)
+	}
+	if err := c.SetRelease(ctx, Release{Pool: "worker"}); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(file); err != nil || strings.Contains(string(b), "v2") {
+		t.Fatalf("after clearing, the file is %q, %v", b, err)
+	}
+	srv.Close()
+
+	if err := os.WriteFile(file, []byte("{not json"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Serve(filepath.Join(dir, "actuator.sock"), "tok", sup, spec, file, logging.Discard()); err == nil ||
+		!strings.Contains(err.Error(), "not valid JSON") || !strings.Contains(err.Error(), "remove it") {
+		t.Fatalf("damaged releases file: %v, want an error that says what to do", err)
+	}
 }

@@ -124,10 +124,15 @@ func indexOf(name string) int {
 }
 
 // Serve listens on the unix socket path (a stale socket file is replaced)
-// and serves until Close.
-func Serve(path, token string, sup Supervisor, spec SpecFunc, log *logrus.Entry) (*Server, error) {
+// and serves until Close. releasesFile, when not "", keeps the pools'
+// releases across restarts (read here, written on every change).
+func Serve(path, token string, sup Supervisor, spec SpecFunc, releasesFile string, log *logrus.Entry) (*Server, error) {
 	if token == "" {
 		return nil, errors.New("local actuator: no admin token; it is never served without one")
+	}
+	s := &Server{sup: sup, spec: spec, token: token, log: log, path: path}
+	if err := s.rel.load(releasesFile); err != nil {
+		return nil, err
 	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("local actuator: remove stale socket %s: %w", path, err)
@@ -140,7 +145,7 @@ func Serve(path, token string, sup Supervisor, spec SpecFunc, log *logrus.Entry)
 		ln.Close()
 		return nil, fmt.Errorf("local actuator: chmod %s: %w", path, err)
 	}
-	s := &Server{sup: sup, spec: spec, token: token, log: log, ln: ln, path: path}
+	s.ln = ln
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/processes", s.handleProcesses)
 	mux.HandleFunc("POST /v1/restart", s.handleRestart)

@@ -51,7 +51,7 @@ func TestLocalActuatorRealProcesses(t *testing.T) {
 		}
 	}
 	sock := filepath.Join(dir, "actuator.sock")
-	srv, err := Serve(sock, "tok", sup, spec, logging.Discard())
+	srv, err := Serve(sock, "tok", sup, spec, "", logging.Discard())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,7 @@
 package localcluster
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"path/filepath"
@@ -21,21 +22,29 @@ func (p Plan) ActuatorSocketPath() string { return p.path("actuator.sock") }
 // Linux, 104 on BSDs); a deeper data dir runs without the actuator.
 func (p Plan) actuatorUsable() bool { return len(p.ActuatorSocketPath()) < 104 }
 
-// serveActuator serves the local actuator for sup and returns its stop
-// function, or nil when it cannot be served (then autoheal and scaling
-// have nothing to act through, and say so in their logs).
-func serveActuator(plan Plan, cfg Config, exe string, env []string, token string, sup *supervisor.Supervisor, log *logrus.Entry) func() {
+// ReleasesFilePath keeps the worker pool's release (the binary the last
+// deploy set) across restarts of up.
+func (p Plan) ReleasesFilePath() string { return p.path("releases.json") }
+
+// serveActuator serves the local actuator for sup, or returns nil when it
+// cannot be served (then autoheal and scaling have nothing to act through,
+// and say so in their logs). A damaged releases file is an error: up does
+// not start workers from a binary other than the one a deploy chose.
+func serveActuator(plan Plan, cfg Config, exe string, env []string, token string, sup *supervisor.Supervisor, log *logrus.Entry) (*localactuator.Server, error) {
 	log = log.WithField("component", "actuator")
 	if !plan.actuatorUsable() {
 		log.WithField("socket", plan.ActuatorSocketPath()).Warn("data dir path too long for a unix socket: no local actuator (autoheal and scaling cannot act)")
-		return nil
+		return nil, nil
 	}
-	srv, err := localactuator.Serve(plan.ActuatorSocketPath(), token, sup, workerSpecFunc(plan, cfg, exe, env), log)
+	srv, err := localactuator.Serve(plan.ActuatorSocketPath(), token, sup, workerSpecFunc(plan, cfg, exe, env), plan.ReleasesFilePath(), log)
+	if errors.Is(err, localactuator.ErrBadReleases) {
+		return nil, err
+	}
 	if err != nil {
-		log.WithError(err).Warn("no local actuator (autoheal and scaling cannot act)")
-		return nil
+		log.WithError(err).Warn("no local actuator (autoheal, scaling and deploys cannot act)")
+		return nil, nil
 	}
-	return srv.Close
+	return srv, nil
 }
 
 // workerSpecFunc makes the spec of worker i: the planned worker's flags

@@ -439,8 +439,12 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *logrus.Entry) (err
 		return err
 	}
 	env := childEnv(os.Environ())
-	if stopActuator := serveActuator(plan, cfg, exe, env, token, sup, log); stopActuator != nil {
-		undo = append(undo, stopActuator)
+	act, err := serveActuator(plan, cfg, exe, env, token, sup, log)
+	if err != nil {
+		return err
+	}
+	if act != nil {
+		undo = append(undo, act.Close)
 	}
 	for _, c := range plan.Children {
 		spec := supervisor.Spec{
@@ -449,6 +453,10 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *logrus.Entry) (err
 			Args:    c.Args,
 			Env:     env,
 			LogPath: filepath.Join(plan.LogDir(), c.Name+".log"),
+		}
+		if act != nil && c.Role == membership.RoleWorker {
+			// A deploy before a restart of up left its release.
+			spec = act.Apply(membership.RoleWorker, spec)
 		}
 		if err := sup.Start(spec); err != nil {
 			return err
