@@ -11,6 +11,7 @@
 package sessionstore
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/erlmcp/erlmcp/internal/config"
 	"github.com/erlmcp/erlmcp/sessionstore/multiraft"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // Defaults.
@@ -86,6 +88,10 @@ type Config struct {
 	// leaseHook, if set, is told when the node stops (false) and starts
 	// again (true) serving for its membership lease (tests).
 	leaseHook func(held bool)
+
+	// keepAlive, if set, replaces etcdclient.KeepAlive for the node's own
+	// renewals (tests: a keepalive that gives up while the lease lives).
+	keepAlive func(context.Context, *clientv3.Client, clientv3.LeaseID) <-chan *clientv3.LeaseKeepAliveResponse
 }
 
 // DefaultConfig returns the defaults; DataDir is left empty for the caller

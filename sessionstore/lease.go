@@ -2,6 +2,7 @@ package sessionstore
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/erlmcp/erlmcp/internal/etcdclient"
@@ -57,6 +58,10 @@ func (n *Node) guardLease(ctx context.Context) {
 		timer.Reset(time.Until(until))
 		set(true)
 	}
+	keepAlive := etcdclient.KeepAlive
+	if n.cfg.keepAlive != nil {
+		keepAlive = n.cfg.keepAlive
+	}
 	for {
 		lease := n.reg.LeaseID()
 		kctx, kcancel := context.WithCancel(ctx)
@@ -69,7 +74,7 @@ func (n *Node) guardLease(ctx context.Context) {
 		ocancel()
 		// Renewals with per-call timeouts, so a frozen etcd member does not
 		// hold the node's serving deadline hostage.
-		n.followAcks(ctx, etcdclient.KeepAlive(kctx, n.etcd, lease), timer, renewed, func() { set(false) })
+		n.followAcks(ctx, keepAlive(kctx, n.etcd, lease), timer, renewed, func() { set(false) })
 		kcancel()
 		if ctx.Err() != nil {
 			return
@@ -77,24 +82,50 @@ func (n *Node) guardLease(ctx context.Context) {
 		lost := time.Time{}
 		n.leaseUntil.Store(&lost)
 		set(false)
-		for n.reg.LeaseID() == lease {
-			n.mu.Lock()
-			ch := n.storesChanged
-			n.mu.Unlock()
-			if n.reg.LeaseID() != lease {
-				break
-			}
-			select {
-			case <-ctx.Done():
-				return
-			case <-ch:
-			}
+		if !n.awaitLease(ctx, lease) {
+			return
 		}
 	}
 }
 
-// followAcks handles keepalive acks until the channel closes or ctx ends;
-// expired is called when the serving deadline passes with no ack.
+// awaitLease blocks until membership holds a lease other than lease (it
+// registers again after an expiry), or lease itself answers a renewal
+// again: the keepalive gives up after a TTL without an answer, but the
+// lease may have outlived that (etcd slow, or unreachable from this node
+// for a while, while membership's own renewals got through), and then no
+// new lease ever comes and the node must serve again under this one. It
+// returns false when ctx ends.
+func (n *Node) awaitLease(ctx context.Context, lease clientv3.LeaseID) bool {
+	retry := time.NewTicker(leaseRetryEvery)
+	defer retry.Stop()
+	for n.reg.LeaseID() == lease {
+		n.mu.Lock()
+		ch := n.storesChanged
+		n.mu.Unlock()
+		if n.reg.LeaseID() != lease {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-ch:
+		case <-retry.C:
+			octx, ocancel := etcdclient.RequestTimeout(ctx)
+			r, err := n.etcd.KeepAliveOnce(octx, lease)
+			ocancel()
+			if err == nil && r.TTL > 0 {
+				n.log.WithField("lease", fmt.Sprintf("%x", int64(lease))).Info("membership lease answers renewals again")
+				return true
+			}
+		}
+	}
+	return true
+}
+
+// leaseRetryEvery: how often a node that stopped serving for its lease
+// tries that lease again.
+const leaseRetryEvery = 500 * time.Millisecond
+
 func (n *Node) followAcks(ctx context.Context, ka <-chan *clientv3.LeaseKeepAliveResponse, timer *time.Timer, renewed func(int64), expired func()) {
 	for {
 		select {

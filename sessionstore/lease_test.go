@@ -7,15 +7,18 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/erlmcp/erlmcp/internal/clusterstate"
 	"github.com/erlmcp/erlmcp/internal/config"
+	"github.com/erlmcp/erlmcp/internal/etcdclient"
 	"github.com/erlmcp/erlmcp/internal/logging"
 	"github.com/erlmcp/erlmcp/internal/membership"
 	"github.com/erlmcp/erlmcp/internal/testcluster"
 	pb "github.com/erlmcp/erlmcp/proto/erlmcp/sessionstore/v1"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
@@ -118,6 +121,54 @@ func TestStopsServingWithoutLease(t *testing.T) {
 	}
 	if hr, _ := n.health.Check(ctx, &healthpb.HealthCheckRequest{}); hr.GetStatus() != healthpb.HealthCheckResponse_SERVING {
 		t.Fatalf("health after re-registration: %v", hr)
+	}
+}
+
+// TestServesAgainWhenLeaseOutlivesKeepAlive: the node's own keepalive
+// gives up (as after a TTL without an answer from etcd) while the lease
+// lives on at etcd (membership's renewals got through); the node stops
+// serving, and must serve again under the same lease instead of waiting
+// for a new one that never comes.
+func TestServesAgainWhenLeaseOutlivesKeepAlive(t *testing.T) {
+	lost := make(chan struct{}, 1)
+	back := make(chan struct{}, 1)
+	var calls atomic.Int32
+	n, _ := startInternal(t, func(c *Config) {
+		c.leaseHook = func(held bool) {
+			ch := lost
+			if held {
+				ch = back
+			}
+			select {
+			case ch <- struct{}{}:
+			default:
+			}
+		}
+		c.keepAlive = func(ctx context.Context, cli *clientv3.Client, id clientv3.LeaseID) <-chan *clientv3.LeaseKeepAliveResponse {
+			if calls.Add(1) == 1 {
+				ch := make(chan *clientv3.LeaseKeepAliveResponse)
+				close(ch) // gave up
+				return ch
+			}
+			return etcdclient.KeepAlive(ctx, cli, id)
+		}
+	})
+	lease := n.reg.LeaseID()
+	select {
+	case <-lost:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the keepalive giving up did not stop the node serving")
+	}
+	select {
+	case <-back:
+	case <-time.After(10 * time.Second):
+		t.Fatal("not serving again although its lease is alive")
+	}
+	if got := n.reg.LeaseID(); got != lease {
+		t.Fatalf("lease changed %x -> %x; the test wants the same lease to serve again", lease, got)
+	}
+	if _, err := (&service{n: n}).CreateSession(context.Background(), &pb.CreateSessionRequest{Id: "a", RequestId: "r1"}); err != nil {
+		t.Fatalf("serving again: %v", err)
 	}
 }
 
