@@ -176,7 +176,7 @@ func TestRetryWhenWorkerRefusesConnection(t *testing.T) {
 	if nb.Load() != 6 {
 		t.Fatalf("b got %d requests, want 6", nb.Load())
 	}
-	if !e.front.pool.isDown(dead) {
+	if !e.front.pool.isDownAddr(dead) {
 		t.Fatal("the dead worker was never tried (or not cooled down)")
 	}
 }
@@ -420,7 +420,7 @@ func TestProbeCoolsDownDeadWorker(t *testing.T) {
 	e.register("worker-a", dead)
 	e.waitWorkers(1)
 	testcluster.WaitFor(t, 10*time.Second, "probe to mark the dead worker down", func() error {
-		if !e.front.pool.isDown(dead) {
+		if !e.front.pool.isDownAddr(dead) {
 			return fmt.Errorf("not down yet")
 		}
 		return nil
@@ -434,7 +434,7 @@ func TestProbeCoolsDownDeadWorker(t *testing.T) {
 	go srv.Serve(l)
 	defer srv.Close()
 	testcluster.WaitFor(t, 10*time.Second, "probe to mark the worker up", func() error {
-		if e.front.pool.isDown(dead) {
+		if e.front.pool.isDownAddr(dead) {
 			return fmt.Errorf("still down")
 		}
 		return nil
@@ -467,7 +467,7 @@ func TestPickSpreadsAroundCoolingWorker(t *testing.T) {
 		{Role: membership.RoleWorker, ID: "w3", Addr: "127.0.0.1:3"},
 		{Role: membership.RoleWorker, ID: "w4", Addr: "127.0.0.1:4", Draining: true},
 	})
-	p.markDown("127.0.0.1:1")
+	p.markDownAddr("127.0.0.1:1")
 	counts := map[string]int{}
 	for range 10 {
 		counts[p.pick(nil).id]++

@@ -31,7 +31,7 @@ var errWorkerDown = errors.New("the worker stopped answering health probes and w
 type attempt struct {
 	cancel context.CancelCauseFunc
 	pool   *pool
-	addr   string
+	st     *workerState
 	// gotByte: a byte of the answer arrived (the request was read).
 	gotByte atomic.Bool
 	trace   httptrace.ClientTrace
@@ -43,13 +43,13 @@ type attempt struct {
 // firstByte is the trace's GotFirstResponseByte hook.
 func (a *attempt) firstByte() {
 	a.gotByte.Store(true)
-	a.pool.answered(a.addr)
+	a.pool.answered(a.st)
 }
 
 // done ends the attempt: it is no longer in flight, its context is
 // released.
 func (a *attempt) done() {
-	a.pool.untrack(a.addr, a)
+	a.pool.untrack(a.st, a)
 	a.cancel(nil)
 }
 
@@ -58,7 +58,7 @@ func (a *attempt) done() {
 func (a *attempt) Read(p []byte) (int, error) {
 	n, err := a.body.Read(p)
 	if n > 0 {
-		a.pool.answered(a.addr)
+		a.pool.answered(a.st)
 	}
 	return n, err
 }
@@ -68,76 +68,6 @@ func (a *attempt) Close() error {
 	err := a.body.Close()
 	a.once.Do(a.done)
 	return err
-}
-
-// track registers a request in flight to addr; untrack removes it.
-func (p *pool) track(addr string, a *attempt) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	m := p.inflight[addr]
-	if m == nil {
-		m = map[*attempt]struct{}{}
-		p.inflight[addr] = m
-	}
-	m[a] = struct{}{}
-}
-
-func (p *pool) untrack(addr string, a *attempt) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	delete(p.inflight[addr], a)
-}
-
-// abort cancels every request in flight to addr with cause and returns how
-// many there were.
-func (p *pool) abort(addr string, cause error) int {
-	p.mu.Lock()
-	as := p.inflight[addr]
-	delete(p.inflight, addr)
-	p.mu.Unlock()
-	for a := range as {
-		a.cancel(cause)
-	}
-	return len(as)
-}
-
-// answered records that addr sent a byte of an answer now.
-func (p *pool) answered(addr string) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.lastAnswer[addr] = p.now()
-}
-
-// answeredSince reports whether addr answered anything after t.
-func (p *pool) answeredSince(addr string, t time.Time) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.lastAnswer[addr].After(t)
-}
-
-// startConfirm claims the right to run the confirmation probes of addr; it
-// is false while another confirmation of it runs, so a burst of suspicions
-// costs one probe sequence, and for quiet after one that found addr up:
-// when every answer is slow (a loaded machine), each slow request would
-// otherwise start a probe the moment the last one ended.
-func (p *pool) startConfirm(addr string, quiet time.Duration) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.confirming[addr] || p.now().Sub(p.confirmedUp[addr]) < quiet {
-		return false
-	}
-	p.confirming[addr] = true
-	return true
-}
-
-// endConfirm ends a confirmation; up says it found addr answering.
-func (p *pool) endConfirm(addr string, up bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	delete(p.confirming, addr)
-	if up {
-		p.confirmedUp[addr] = p.now()
-	}
 }
 
 // detector decides that a worker is down. Suspicion is cheap and comes
@@ -206,13 +136,13 @@ func refused(err error) bool { return errors.Is(err, syscall.ECONNREFUSED) }
 // suspect starts confirming whether b is down, unless a confirmation of b
 // already runs. It does not block.
 func (d *detector) suspect(b *backend, why string) {
-	if !d.pool.startConfirm(b.addr, d.quiet) {
+	if !d.pool.startConfirm(b.st, d.quiet) {
 		return
 	}
 	go func() {
 		defer d.confirms.Add(1)
 		up := d.confirm(b, why)
-		d.pool.endConfirm(b.addr, up)
+		d.pool.endConfirm(b.st, up)
 	}()
 }
 
@@ -224,11 +154,11 @@ func (d *detector) suspect(b *backend, why string) {
 // worker's probes can time out, but its other requests keep finishing,
 // while a stopped process answers no byte on any connection.
 func (d *detector) confirm(b *backend, why string) bool {
-	since := time.Now()
+	since := d.pool.answerMark(b.st)
 	var err error
 	for range d.failAfter {
 		if err = d.probe(b); err == nil {
-			d.pool.markUp(b.addr)
+			d.pool.markUp(b.st)
 			return true
 		}
 		if d.ctx.Err() != nil {
@@ -238,16 +168,16 @@ func (d *detector) confirm(b *backend, why string) bool {
 			break
 		}
 	}
-	if !refused(err) && d.pool.answeredSince(b.addr, since) {
+	if !refused(err) && d.pool.answeredSince(b.st, since) {
 		d.log.WithError(err).WithFields(logrus.Fields{"worker": b.id, "addr": b.addr, "suspected": why}).
 			Debug("worker probes failed but it keeps answering requests: slow, not down")
 		return true
 	}
-	wasDown := d.pool.isDown(b.addr)
-	d.pool.markDown(b.addr)
+	wasDown := d.pool.isDown(b.st)
+	d.pool.markDown(b.st)
 	aborted := 0
 	if d.peerAnswers(b) {
-		aborted = d.pool.abort(b.addr, errWorkerDown)
+		aborted = d.pool.abort(b.st, errWorkerDown)
 	}
 	if !wasDown || aborted > 0 {
 		d.log.WithError(err).WithFields(logrus.Fields{"worker": b.id, "addr": b.addr, "suspected": why, "aborted": aborted}).
@@ -260,7 +190,7 @@ func (d *detector) confirm(b *backend, why string) bool {
 // probe now. Without one there is no better place for b's requests to go.
 func (d *detector) peerAnswers(b *backend) bool {
 	for _, o := range d.pool.list() {
-		if o.addr == b.addr || d.pool.isDown(o.addr) {
+		if o.addr == b.addr || d.pool.isDown(o.st) {
 			continue
 		}
 		if d.probe(o) == nil {

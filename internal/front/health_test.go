@@ -83,7 +83,7 @@ func TestPausedWorkerIdempotentRequestMoved(t *testing.T) {
 			t.Fatalf("tools/list: %s; want 200 from the live worker", got)
 		}
 	}
-	if !e.front.pool.isDown(paused) {
+	if !e.front.pool.isDownAddr(paused) {
 		t.Fatal("the paused worker is not out of rotation")
 	}
 	for i := range 4 {
@@ -129,7 +129,7 @@ func TestPausedWorkerToolCallCancelled(t *testing.T) {
 	if fmt.Sprint(got) != "[200 502]" {
 		t.Fatalf("answers %v, want 200 from the live worker and 502 for the call stuck on the paused one", got)
 	}
-	if !e.front.pool.isDown(paused) {
+	if !e.front.pool.isDownAddr(paused) {
 		t.Fatal("the call was cancelled but the worker is not marked down")
 	}
 	if n := nb.Load(); n != 1 {
@@ -163,8 +163,8 @@ func TestSlowWorkerNotAborted(t *testing.T) {
 			t.Fatalf("request %d: %v %v %s", i, err, resp, body)
 		}
 	}
-	if na.Load() != 2 || e.front.pool.isDown(hostport(a)) {
-		t.Fatalf("slow worker got %d requests (want 2), down %v", na.Load(), e.front.pool.isDown(hostport(a)))
+	if na.Load() != 2 || e.front.pool.isDownAddr(hostport(a)) {
+		t.Fatalf("slow worker got %d requests (want 2), down %v", na.Load(), e.front.pool.isDownAddr(hostport(a)))
 	}
 }
 
@@ -188,7 +188,7 @@ func TestNoAbortWithoutALivePeer(t *testing.T) {
 		done <- err
 	}()
 	testcluster.WaitFor(t, 20*time.Second, "the paused worker to be found down", func() error {
-		if !e.front.pool.isDown(paused) {
+		if !e.front.pool.isDownAddr(paused) {
 			return fmt.Errorf("not down yet")
 		}
 		return nil
@@ -392,7 +392,7 @@ func TestStarvedWorkerAnsweringRequestsNotAborted(t *testing.T) {
 	if err := <-fast; err != nil {
 		t.Fatal(err)
 	}
-	if e.front.pool.isDown(hostport(a)) {
+	if e.front.pool.isDownAddr(hostport(a)) {
 		t.Fatal("a worker that kept answering was taken out of rotation")
 	}
 }

@@ -12,14 +12,11 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"net/http/httputil"
-	"net/url"
-	"sort"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
-	"github.com/erlmcp/erlmcp/internal/membership"
 	"github.com/erlmcp/erlmcp/internal/peerconn"
 	"github.com/sirupsen/logrus"
 	"go.uber.org/zap"
@@ -28,143 +25,6 @@ import (
 // WorkerHeader names the worker that served a response. Workers may set it
 // themselves; the front sets it (to the member id) when they do not.
 const WorkerHeader = "X-Erlmcp-Worker"
-
-// backend is one worker requests may go to.
-type backend struct {
-	id   string
-	addr string   // membership Addr, the health key
-	url  *url.URL // scheme and host to dial
-	// health is the URL of its /healthz (on HTTPAddr when it has one).
-	health string
-	// version is its membership version, which a traffic split selects on.
-	version string
-}
-
-// pool holds the routable workers and their recent connect failures.
-type pool struct {
-	cooldown time.Duration
-	now      func() time.Time
-
-	mu        sync.Mutex
-	backends  []*backend // sorted by id
-	downUntil map[string]time.Time
-	// inflight holds the requests in flight to each worker (by addr), so a
-	// worker found down can have them cancelled; confirming the workers
-	// whose confirmation probes run (health.go).
-	inflight   map[string]map[*attempt]struct{}
-	confirming map[string]bool
-	// confirmedUp is when a confirmation last found each worker up.
-	confirmedUp map[string]time.Time
-	// lastAnswer is when each worker last sent a byte of an answer.
-	lastAnswer map[string]time.Time
-	next       uint64
-	// traffic is the deploy split (traffic.go); splitAcc its accumulator.
-	traffic  Traffic
-	splitAcc int
-}
-
-func newPool(cooldown time.Duration) *pool {
-	return &pool{cooldown: cooldown, now: time.Now, downUntil: map[string]time.Time{},
-		inflight: map[string]map[*attempt]struct{}{}, confirming: map[string]bool{}, lastAnswer: map[string]time.Time{},
-		confirmedUp: map[string]time.Time{}}
-}
-
-// set replaces the pool with the non-draining workers among ms.
-func (p *pool) set(ms []membership.Member) {
-	var bs []*backend
-	for _, m := range ms {
-		if m.Role != membership.RoleWorker || m.Draining || m.Addr == "" {
-			continue
-		}
-		u, err := url.Parse(workerURL(m.Addr))
-		if err != nil || u.Host == "" {
-			continue
-		}
-		health := u.String() + "/healthz"
-		if m.HTTPAddr != "" {
-			health = workerURL(m.HTTPAddr) + "/healthz"
-		}
-		bs = append(bs, &backend{id: m.ID, addr: m.Addr, url: u, health: health, version: m.Version})
-	}
-	sort.Slice(bs, func(i, j int) bool { return bs[i].id < bs[j].id })
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.backends = bs
-	keep := map[string]time.Time{}
-	for _, b := range bs {
-		if t, ok := p.downUntil[b.addr]; ok {
-			keep[b.addr] = t
-		}
-	}
-	p.downUntil = keep
-	answered := map[string]time.Time{}
-	for _, b := range bs {
-		if t, ok := p.lastAnswer[b.addr]; ok {
-			answered[b.addr] = t
-		}
-	}
-	p.lastAnswer = answered
-}
-
-func (p *pool) list() []*backend {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return append([]*backend(nil), p.backends...)
-}
-
-// pick returns the next worker in round-robin order that is not in tried,
-// preferring workers not cooling down after a failure; nil when every
-// worker was tried. The rotation runs over the preferred workers only, so
-// a cooling-down worker's share spreads evenly over the others.
-func (p *pool) pick(tried map[string]bool) *backend {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	now := p.now()
-	// Backed by arrays on the stack: picking allocates nothing for up to
-	// 16 workers (more spill to the heap, as append does).
-	var hbuf, cbuf [16]*backend
-	healthy, cooling := hbuf[:0], cbuf[:0]
-	for _, b := range p.backends {
-		switch {
-		case tried[b.addr]:
-		case now.Before(p.downUntil[b.addr]):
-			cooling = append(cooling, b)
-		default:
-			healthy = append(healthy, b)
-		}
-	}
-	cands := healthy
-	if len(cands) == 0 {
-		// Every untried worker is cooling down: try one anyway rather than
-		// refuse the client.
-		cands = cooling
-	}
-	cands = p.splitByTraffic(cands)
-	if len(cands) == 0 {
-		return nil
-	}
-	b := cands[p.next%uint64(len(cands))]
-	p.next++
-	return b
-}
-
-func (p *pool) markDown(addr string) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.downUntil[addr] = p.now().Add(p.cooldown)
-}
-
-func (p *pool) markUp(addr string) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	delete(p.downUntil, addr)
-}
-
-func (p *pool) isDown(addr string) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.now().Before(p.downUntil[addr])
-}
 
 // errNoWorker: no registered worker could be reached.
 type noWorkerError struct {
@@ -265,7 +125,7 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		switch {
 		case neverReached(err):
-			t.pool.markDown(b.addr)
+			t.pool.markDown(b.st)
 			t.det.suspect(b, "connection refused")
 			t.log.WithError(err).WithFields(logrus.Fields{"worker": b.id, "addr": b.addr}).Warn("worker refused the connection; trying another")
 		case !answered && (unprocessed(err) || idem):
@@ -284,7 +144,7 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 // answer arrived. The attempt is tracked until its body is closed, so the
 // detector can cancel it when b is found down.
 func (t *retryTransport) send(req *http.Request, b *backend) (resp *http.Response, answered bool, err error) {
-	a := &attempt{pool: t.pool, addr: b.addr}
+	a := &attempt{pool: t.pool, st: b.st}
 	actx, cancel := context.WithCancelCause(req.Context())
 	a.cancel = cancel
 	a.trace.GotFirstResponseByte = a.firstByte
@@ -313,7 +173,15 @@ func (t *retryTransport) send(req *http.Request, b *backend) (resp *http.Respons
 	// worker), and one it had started before the pause is still refused
 	// by the counter if a later call of the session overtook it: so the
 	// cancelled request is not run after the client has moved on.
-	t.pool.track(b.addr, a)
+	t.pool.track(a, b.addr)
+	if a.st != b.st {
+		// b came from a snapshot older than the worker's departure (see
+		// track): suspicions and successes below go to the state the
+		// request is tracked on, which is the one the detector aborts.
+		live := *b
+		live.st = a.st
+		b = &live
+	}
 	var timer *time.Timer
 	if t.suspectAfter > 0 {
 		timer = time.AfterFunc(t.suspectAfter, func() { t.det.suspect(b, "slow response headers") })
@@ -329,7 +197,7 @@ func (t *retryTransport) send(req *http.Request, b *backend) (resp *http.Respons
 		a.done()
 		return nil, a.gotByte.Load(), err
 	}
-	t.pool.markUp(b.addr)
+	t.pool.markUp(b.st)
 	if resp.Header.Get(WorkerHeader) == "" {
 		resp.Header.Set(WorkerHeader, b.id)
 	}

@@ -70,7 +70,7 @@ func BenchmarkProxyToolCall(b *testing.B) {
 }
 
 // Every request picks a worker: with no traffic split, picking must not
-// allocate (it runs under the pool's lock).
+// allocate (every request does it).
 func TestPickDoesNotAllocate(t *testing.T) {
 	p := newPool(time.Second)
 	p.set([]membership.Member{
@@ -78,7 +78,7 @@ func TestPickDoesNotAllocate(t *testing.T) {
 		{Role: membership.RoleWorker, ID: "w2", Addr: "127.0.0.1:2"},
 		{Role: membership.RoleWorker, ID: "w3", Addr: "127.0.0.1:3"},
 	})
-	p.markDown("127.0.0.1:2")
+	p.markDownAddr("127.0.0.1:2")
 	tried := map[string]bool{"127.0.0.1:3": true}
 	n := testing.AllocsPerRun(100, func() {
 		if b := p.pick(tried); b == nil || b.id != "w1" {

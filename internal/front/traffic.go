@@ -50,32 +50,29 @@ func (t Traffic) Validate() error {
 }
 
 // setTraffic makes later picks follow t.
-func (p *pool) setTraffic(t Traffic) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.traffic = t
-}
+func (p *pool) setTraffic(t Traffic) { p.traffic.Store(&t) }
 
 // currentTraffic is the split the pool applies.
-func (p *pool) currentTraffic() Traffic {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.traffic
-}
+func (p *pool) currentTraffic() Traffic { return *p.traffic.Load() }
 
 // splitByTraffic narrows the candidates to one side of the split, chosen
 // so that over any run of picks the new side gets Weight percent of them
 // (an error accumulator rather than a random draw, so a 10 % step shows at
-// 10 % even over a short gate window). When the chosen side has no
-// candidate the other side serves: a split is a preference, and refusing a
-// client because one version has no worker left would drop a request.
-// Callers hold p.mu.
+// 10 % even over a short gate window). The accumulator is the running sum
+// of the weights: a pick goes to the new side when its weight carries the
+// sum past a multiple of 100, which is what adding the weight to a
+// remainder below 100 and taking 100 off on reaching it did, without a
+// lock. When the chosen side has no candidate the other side serves: a
+// split is a preference, and refusing a client because one version has no
+// worker left would drop a request.
 func (p *pool) splitByTraffic(cands []*backend) []*backend {
-	t := p.traffic
+	t := p.traffic.Load()
 	if t.Version == "" {
 		return cands
 	}
-	var newer, older []*backend
+	// Filtered in place: cands is pick's own stack buffer.
+	var nbuf [16]*backend
+	newer, older := nbuf[:0], cands[:0]
 	for _, b := range cands {
 		if b.version == t.Version {
 			newer = append(newer, b)
@@ -83,11 +80,9 @@ func (p *pool) splitByTraffic(cands []*backend) []*backend {
 			older = append(older, b)
 		}
 	}
-	p.splitAcc += t.Weight
-	toNew := p.splitAcc >= 100
-	if toNew {
-		p.splitAcc -= 100
-	}
+	w := int64(t.Weight)
+	sum := p.splitSum.Add(w)
+	toNew := sum/100 > (sum-w)/100
 	switch {
 	case toNew && len(newer) > 0, len(older) == 0:
 		return newer
