@@ -38,8 +38,9 @@ type Config struct {
 	// etcd raises a TTL below its minimum (2 s with default etcd timing).
 	ElectionTTL time.Duration
 	// PlacementSettle is how long initial placement waits for
-	// min(ReplicationFactor, 3) store nodes to register before it places
-	// shards on the fewer stores that did (at least one).
+	// min(ReplicationFactor, 3) store nodes spanning min(ReplicationFactor,
+	// regions) regions to register before it places shards on the stores
+	// that did (at least one).
 	PlacementSettle time.Duration
 
 	// ReplicationMode is "single" (default: one replica per shard, as

@@ -306,11 +306,11 @@ func (cp *ControlPlane) raftPlacementLoop(ctx context.Context, lead leadership, 
 		ops := decodeOps(snaps[wOps].KVs)
 		statuses := decodeStatuses(prefix, snaps[wStatus].KVs)
 		all := membership.FromKVs(snaps[wStores].KVs)
+		regions := decodeRegions(prefix, snaps[wRegions].KVs)
 		state := ClusterState{
 			Stores:           tracker.update(all, docs, ops, now, 2*max(pcfg.DownGrace, pcfg.MassExpiryWindow, time.Minute)),
-			BootstrapAllowed: placementReady(len(members), cc.ReplicationFactor, firstStore, now, cp.cfg.PlacementSettle),
+			BootstrapAllowed: cp.bootstrapReady(members, all, regions, cc.ReplicationFactor, firstStore, now),
 		}
-		regions := decodeRegions(prefix, snaps[wRegions].KVs)
 		for _, d := range regions {
 			if d.State == RegionActive {
 				state.ActiveRegion = d.Name

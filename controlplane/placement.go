@@ -50,17 +50,76 @@ func PlaceInitial(shards []clusterstate.Shard, stores []membership.Member) []clu
 	return out
 }
 
-// placementReady says whether initial placement may run with nStores
-// usable stores: once min(rf, 3) have registered, or once settle has
+// placementReady says whether initial placement may run: once the nStores
+// usable stores number min(rf, 3) and the storeRegions regions they span
+// are at least wantRegions (see placementRegions), or once settle has
 // passed since the first store was seen (firstStore zero: none seen yet).
-func placementReady(nStores, rf int, firstStore, now time.Time, settle time.Duration) bool {
+// Placement made early is not wrong, only badly spread until the planner's
+// spread rule moves it, so the wait is bounded; but placing while one
+// region's stores have not registered yet gives many shards two voters in
+// one region, which then lose quorum with that region until every one of
+// them has been moved.
+func placementReady(nStores, storeRegions, wantRegions, rf int, firstStore, now time.Time, settle time.Duration) bool {
 	if nStores == 0 {
 		return false
 	}
-	if nStores >= max(1, min(rf, 3)) {
+	if nStores >= max(1, min(rf, 3)) && storeRegions >= wantRegions {
 		return true
 	}
 	return !firstStore.IsZero() && now.Sub(firstStore) >= settle
+}
+
+// placementRegions is how many regions the usable stores must span before
+// initial placement runs without waiting for the settle time:
+// min(rf, clusterRegions) when the cluster's region count is known
+// (clusterRegions > 0), else rf, because stores seen in fewer regions may
+// only be the first to register.
+func placementRegions(rf, clusterRegions int) int {
+	if clusterRegions <= 0 {
+		return max(1, rf)
+	}
+	return max(1, min(rf, clusterRegions))
+}
+
+// clusterRegionCount is how many regions the cluster has, as the control
+// plane knows them: the registered regions (regions/, written by the
+// region loop for every region a member names) that have not failed, and
+// the regions of registered stores. A region none of whose members
+// answers is failed by the detector, so one where nothing runs yet is not
+// waited for. It is 0, unknown, until the region loop has registered any:
+// the stores alone do not say which regions are still to come.
+func clusterRegionCount(regions []RegionDoc, stores []membership.Member) int {
+	if len(regions) == 0 {
+		return 0
+	}
+	names := map[string]bool{}
+	for _, d := range regions {
+		if d.State != RegionFailed {
+			names[d.Name] = true
+		}
+	}
+	for _, m := range stores {
+		names[m.Region] = true
+	}
+	return len(names)
+}
+
+// distinctRegions counts the regions stores are in.
+func distinctRegions(stores []membership.Member) int {
+	names := map[string]bool{}
+	for _, m := range stores {
+		names[m.Region] = true
+	}
+	return len(names)
+}
+
+// bootstrapReady is placementReady for raft mode, where a shard's voters
+// must span regions: usable are the usable store members, all every
+// registered store (draining ones name regions too), regions the region
+// docs.
+func (cp *ControlPlane) bootstrapReady(usable, all []membership.Member, regions []RegionDoc, rf int, firstStore, now time.Time) bool {
+	want := placementRegions(rf, clusterRegionCount(regions, all))
+	return placementReady(len(usable), distinctRegions(usable), want, rf, firstStore, now, cp.cfg.PlacementSettle)
 }
 
 // shardsPerTxn keeps a placement Txn within maxTxnOps: the fence and the
@@ -182,7 +241,9 @@ func (cp *ControlPlane) reconcilePlacement(ctx context.Context, lead leadership,
 	if len(todo) == 0 {
 		return nil
 	}
-	if !placementReady(len(members), cc.ReplicationFactor, firstStore, time.Now(), cp.cfg.PlacementSettle) {
+	// Single mode places one replica per shard: there is no spread over
+	// regions to wait for.
+	if !placementReady(len(members), 1, 1, cc.ReplicationFactor, firstStore, time.Now(), cp.cfg.PlacementSettle) {
 		if !*waitingLogged {
 			cp.log.WithFields(map[string]any{"stores": len(members), "want": max(1, min(cc.ReplicationFactor, 3)), "settle": cp.cfg.PlacementSettle.String()}).
 				Info("placement: waiting for more store nodes before placing shards")

@@ -1,7 +1,9 @@
 package controlplane
 
 import (
+	"fmt"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -69,25 +71,55 @@ func TestPlaceInitial(t *testing.T) {
 func TestPlacementReady(t *testing.T) {
 	now := time.Now()
 	settle := 10 * time.Second
+	// stores lists one region per usable store; regions the registered
+	// region docs ("name" or "name!" for a failed one; nil: none yet).
 	tests := []struct {
 		name       string
-		n, rf      int
+		stores     []string
+		regions    []string
+		rf         int
 		firstStore time.Time
 		want       bool
 	}{
-		{"no store", 0, 3, now.Add(-time.Hour), false},
-		{"enough stores for rf 3", 3, 3, now, true},
-		{"rf 5 needs only 3", 3, 5, now, true},
-		{"rf 1 needs one", 1, 1, now, true},
-		{"two of three, settling", 2, 3, now.Add(-time.Second), false},
-		{"two of three, settled", 2, 3, now.Add(-settle), true},
-		{"one store, settled", 1, 3, now.Add(-2 * settle), true},
-		{"store seen but time unknown", 1, 3, time.Time{}, false},
+		{"no store", nil, []string{"r1"}, 3, now.Add(-time.Hour), false},
+		{"enough stores for rf 3", []string{"r1", "r2", "r3"}, []string{"r1", "r2", "r3"}, 3, now, true},
+		{"rf 5 needs only 3 stores", []string{"r1", "r2", "r3"}, []string{"r1", "r2", "r3"}, 5, now, true},
+		{"rf 1 needs one", []string{"r1"}, []string{"r1"}, 1, now, true},
+		{"rf 1, regions unknown", []string{"r1"}, nil, 1, now, true},
+		{"two of three, settling", []string{"r1", "r2"}, []string{"r1", "r2"}, 3, now.Add(-time.Second), false},
+		{"two of three, settled", []string{"r1", "r2"}, []string{"r1", "r2"}, 3, now.Add(-settle), true},
+		{"one store, settled", []string{"r1"}, []string{"r1"}, 3, now.Add(-2 * settle), true},
+		{"store seen but time unknown", []string{"r1"}, []string{"r1"}, 3, time.Time{}, false},
+		{"single region places at once", []string{"r1", "r1", "r1"}, []string{"r1"}, 3, now, true},
+		{"two regions of two", []string{"r1", "r1", "r2"}, []string{"r1", "r2"}, 3, now, true},
+		// The HA run's case: three stores up, the third region's not yet.
+		{"three stores in two of three regions waits", []string{"r1", "r2", "r1"}, []string{"r1", "r2", "r3"}, 3, now.Add(-time.Second), false},
+		{"three stores in two of three regions, settled", []string{"r1", "r2", "r1"}, []string{"r1", "r2", "r3"}, 3, now.Add(-settle), true},
+		{"four stores in three regions", []string{"r1", "r2", "r1", "r3"}, []string{"r1", "r2", "r3"}, 3, now, true},
+		{"rf 2 needs two of three regions", []string{"r1", "r2"}, []string{"r1", "r2", "r3"}, 2, now, true},
+		{"a store's region counts before its doc", []string{"r1", "r1", "r4"}, []string{"r1", "r2"}, 3, now, false},
+		{"failed region not waited for", []string{"r1", "r2", "r2"}, []string{"r1", "r2", "r3!"}, 3, now, true},
+		{"regions unknown, stores in fewer than rf wait", []string{"r1", "r1", "r2"}, nil, 3, now.Add(-time.Second), false},
+		{"regions unknown, settled", []string{"r1", "r1", "r2"}, nil, 3, now.Add(-settle), true},
+		{"regions unknown, stores in rf regions", []string{"r1", "r2", "r3"}, nil, 3, now, true},
 	}
+	cp := &ControlPlane{cfg: Config{PlacementSettle: settle}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := placementReady(tt.n, tt.rf, tt.firstStore, now, settle); got != tt.want {
-				t.Fatalf("placementReady(%d, rf %d) = %v, want %v", tt.n, tt.rf, got, tt.want)
+			var stores []membership.Member
+			for i, r := range tt.stores {
+				stores = append(stores, membership.Member{Role: membership.RoleStore, ID: fmt.Sprint("s", i), Region: r})
+			}
+			var docs []RegionDoc
+			for _, r := range tt.regions {
+				d := RegionDoc{Name: strings.TrimSuffix(r, "!"), State: RegionStandby}
+				if strings.HasSuffix(r, "!") {
+					d.State = RegionFailed
+				}
+				docs = append(docs, d)
+			}
+			if got := cp.bootstrapReady(stores, stores, docs, tt.rf, tt.firstStore, now); got != tt.want {
+				t.Fatalf("bootstrapReady(stores %v, regions %v, rf %d) = %v, want %v", tt.stores, tt.regions, tt.rf, got, tt.want)
 			}
 		})
 	}

@@ -46,10 +46,21 @@ import (
 //  5. Drain: replicas on draining stores are replaced like dead ones;
 //     over-replicated shards shed a voter (dead, draining, then the one
 //     that adds least to the spread).
-//  6. Rebalance, only when no shard is under-replicated and no repair is in
-//     flight: while the replica counts of usable stores differ by more than
-//     RebalanceThreshold, move one replica from a fuller to an emptier store
-//     when that keeps the shard's region/zone spread.
+//  6. Spread: a shard whose voters (all up to date, none on an unusable
+//     store) span fewer regions than min(RF, regions among usable stores)
+//     moves one voter out of a region holding two or more to the best store
+//     of a region it lacks (add learner → promote → remove, as a repair);
+//     once the regions are full, the same for zones. A placement made while
+//     only some regions' stores had registered would otherwise keep a
+//     majority in one region for good, and lose quorum with that region.
+//     The victim is a voter that does not lead when there is one.
+//  7. Rebalance, only when no shard is under-replicated and no repair or
+//     spread move is in flight: while the replica counts of usable stores
+//     differ by more than RebalanceThreshold, move one replica from a
+//     fuller to an emptier store when that keeps the shard's region/zone
+//     spread (never fewer regions, nor fewer zones in as many regions), so
+//     it cannot undo what rule 6 did and the two never flap: neither ever
+//     lowers a shard's spread.
 //
 // Throttles: at most MaxOpsPerStore operators in flight that add a replica
 // to, or remove one from, a live store, and MaxOpsTotal operators in all;
@@ -88,6 +99,7 @@ const (
 	KindLeader      OperatorKind = "leader"
 	KindDrain       OperatorKind = "drain"
 	KindShrink      OperatorKind = "shrink"
+	KindSpread      OperatorKind = "spread"
 	KindRebalance   OperatorKind = "rebalance"
 )
 
@@ -326,7 +338,7 @@ func PlanDetailed(state ClusterState, cfg PlannerConfig, now time.Time) PlanResu
 			}
 		}
 	}
-	for _, class := range []func(ShardState) bool{p.repair, p.preferLeader, p.drain, p.shrink} {
+	for _, class := range []func(ShardState) bool{p.repair, p.preferLeader, p.drain, p.shrink, p.spreadRepair} {
 		for _, sh := range state.Shards {
 			if len(sh.Replicas) == 0 || p.busy[sh.Shard] || p.quorumLost(sh) {
 				continue
@@ -389,9 +401,13 @@ type planner struct {
 	// counted, in-flight removals not).
 	count   map[string]int
 	leaders map[string]int
-	// repairing: a repair-class operator is in flight or planned.
+	// repairing: a repair-class or spread operator is in flight or
+	// planned (rebalancing waits for both).
 	repairing bool
-	ops       []Operation
+	// avail is the (regions, zones) the usable stores span: the most
+	// spread a shard can have.
+	avail [2]int
+	ops   []Operation
 }
 
 func newPlanner(state ClusterState, cfg PlannerConfig, now time.Time) *planner {
@@ -405,9 +421,14 @@ func newPlanner(state ClusterState, cfg PlannerConfig, now time.Time) *planner {
 		count:    map[string]int{},
 		leaders:  map[string]int{},
 	}
+	var usableIDs []string
 	for _, s := range state.Stores {
 		p.stores[s.ID] = s
+		if s.Alive && !s.Draining {
+			usableIDs = append(usableIDs, s.ID)
+		}
 	}
+	p.avail = p.spread(usableIDs)
 	for _, sh := range state.Shards {
 		p.shards[sh.Shard] = sh
 		for _, r := range sh.Replicas {
@@ -422,7 +443,7 @@ func newPlanner(state ClusterState, cfg PlannerConfig, now time.Time) *planner {
 	for _, op := range p.inflight {
 		p.busy[op.Shard] = true
 		p.total++
-		if isRepairKind(op.Kind) {
+		if isRepairKind(op.Kind) || op.Kind == KindSpread {
 			p.repairing = true
 		}
 		own := map[string]bool{}
@@ -574,7 +595,7 @@ func (p *planner) start(sh ShardState, kind OperatorKind, reason string, steps [
 	if ready, why := p.stepReady(op, sh, 0); why != "" || !ready {
 		return false
 	}
-	if isRepairKind(kind) {
+	if isRepairKind(kind) || kind == KindSpread {
 		p.repairing = true
 	}
 	if kind != KindPlace {
@@ -849,6 +870,83 @@ func (p *planner) spread(stores []string) [2]int {
 		zones[s.Region+"/"+s.Zone] = true
 	}
 	return [2]int{len(regions), len(zones)}
+}
+
+// spreadRepair starts a spread move (rule 6) for sh when its voters span
+// fewer regions, or as many regions but fewer zones, than the usable
+// stores allow. Only a healthy shard moves: every replica an up-to-date
+// voter on a usable store (repair and drain own the others), so the move
+// starts with RF up-to-date voters and its removal, gated by RemovalSafe,
+// leaves RF.
+func (p *planner) spreadRepair(sh ShardState) bool {
+	vs := voters(sh)
+	if len(vs) != len(sh.Replicas) || len(vs) != p.cfg.ReplicationFactor {
+		return false
+	}
+	for _, r := range vs {
+		if !p.usable(r.Store) || !upToDate(r, p.alive, p.cfg.MaxPromoteLag) {
+			return false
+		}
+	}
+	have := p.spread(sh.stores())
+	want := [2]int{min(p.cfg.ReplicationFactor, p.avail[0]), min(p.cfg.ReplicationFactor, p.avail[1])}
+	switch {
+	case have[0] < want[0]:
+		return p.spreadMove(sh, func(s StoreState) string { return s.Region }, "region", have[0], want[0])
+	case have[1] < want[1]:
+		return p.spreadMove(sh, func(s StoreState) string { return s.Region + "/" + s.Zone }, "zone", have[1], want[1])
+	}
+	return false
+}
+
+// spreadMove moves one voter of sh from a group (region or zone, as group
+// says) holding two or more of its voters to the best store of a group
+// holding none. Moving out of a doubled group and into a new one raises
+// the group count by one and lowers no coarser spread: a doubled zone lies
+// in a doubled region.
+func (p *planner) spreadMove(sh ShardState, group func(StoreState) string, what string, have, want int) bool {
+	held := map[string]int{}
+	for _, id := range sh.stores() {
+		held[group(p.stores[id])]++
+	}
+	// Best victim first: not the leader nor the preferred leader (no
+	// leadership moves), then the fullest store, then the id.
+	var victims []string
+	for _, id := range sh.stores() {
+		if held[group(p.stores[id])] >= 2 && p.removeOK(id) {
+			victims = append(victims, id)
+		}
+	}
+	key := func(id string) [3]int {
+		return [3]int{b2i(id == sh.Leader), b2i(id == sh.TargetLeader), -p.count[id]}
+	}
+	sort.Slice(victims, func(i, j int) bool {
+		a, b := key(victims[i]), key(victims[j])
+		if a != b {
+			return less3(a, b)
+		}
+		return victims[i] < victims[j]
+	})
+	for _, old := range victims {
+		var keep []string
+		for _, id := range sh.stores() {
+			if id != old {
+				keep = append(keep, id)
+			}
+		}
+		// bestTarget ranks a store in a group the kept voters lack first.
+		t, ok := p.bestTarget(sh, keep, true)
+		if !ok || held[group(p.stores[t])] != 0 {
+			continue
+		}
+		return p.start(sh, KindSpread, fmt.Sprintf("voters span %d %ss, the usable stores allow %d; moving %s out of its shared %s to %s",
+			have, what, want, old, what, t), []Step{
+			{Kind: StepAddLearner, Store: t},
+			{Kind: StepPromoteLearner, Store: t},
+			{Kind: StepRemoveReplica, Store: old},
+		})
+	}
+	return false
 }
 
 func (p *planner) rebalance() {

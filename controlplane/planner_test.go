@@ -527,6 +527,10 @@ func TestPlanPropertiesRandomClusters(t *testing.T) {
 		s.now = s.now.Add(s.cfg.DownGrace)
 		res = s.converge(name + " after failures")
 		s.checkConverged(name+" after failures", res)
+		// Converged, every shard spans as many regions, then zones, as the
+		// usable stores allow (up to RF): repairs and joins that left a
+		// shard doubled up in a region are spread out again.
+		s.checkSpread(name+" after failures", res)
 		steps += s.steps
 	}
 	t.Logf("%d clusters, %d operations applied", cases, steps)

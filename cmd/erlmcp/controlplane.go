@@ -41,7 +41,7 @@ func cmdControlPlane(ctx context.Context, args []string, _, stderr io.Writer) in
 	fs.IntVar(&cfg.ShardCount, "shard-count", cfg.ShardCount, "shards of a new cluster (fixed once the cluster is created)")
 	fs.IntVar(&cfg.ReplicationFactor, "replication-factor", cfg.ReplicationFactor, "replicas per shard of a new cluster")
 	fs.DurationVar(&cfg.ElectionTTL, "election-ttl", cfg.ElectionTTL, "election lease TTL: a dead leader is replaced within about this long (whole seconds)")
-	fs.DurationVar(&cfg.PlacementSettle, "placement-settle", cfg.PlacementSettle, "how long initial placement waits for min(replication factor, 3) store nodes before placing on fewer")
+	fs.DurationVar(&cfg.PlacementSettle, "placement-settle", cfg.PlacementSettle, "how long initial placement waits for min(replication factor, 3) store nodes spanning min(replication factor, regions) regions before placing on what registered")
 	fs.StringVar(&cfg.ReplicationMode, "replication-mode", cfg.ReplicationMode, "single: one replica per shard (today's single-replica store nodes); raft: replication-factor replicas per shard, repaired and balanced by the placement planner (only with Raft-replicated store nodes)")
 	fs.DurationVar(&cfg.Planner.DownGrace, "store-down-grace", cfg.Planner.DownGrace, "raft mode: how long a store must be gone before its replicas are replaced")
 	fs.IntVar(&cfg.Planner.MaxOpsPerStore, "max-ops-per-store", cfg.Planner.MaxOpsPerStore, "raft mode: most placement operators in flight adding to or removing from one store")
