@@ -8,12 +8,12 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/erlmcp/erlmcp/sessionstore"
 	"github.com/erlmcp/erlmcp/sessionstore/client"
+	"github.com/erlmcp/erlmcp/sessionstore/internal/proccpu"
 	"github.com/erlmcp/erlmcp/sessionstore/multiraft"
 )
 
@@ -159,7 +159,7 @@ func runConcurrent(b *testing.B, conc int, calls []func(context.Context, int) er
 	var wg sync.WaitGroup
 	idle := idleCPU(500 * time.Millisecond)
 	b.ResetTimer()
-	cpu0 := processCPU()
+	cpu0 := proccpu.Used()
 	start := time.Now()
 	for w := range conc {
 		wg.Add(1)
@@ -184,7 +184,7 @@ func runConcurrent(b *testing.B, conc int, calls []func(context.Context, int) er
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
-	cpu := processCPU() - cpu0
+	cpu := proccpu.Used() - cpu0
 	b.StopTimer()
 	if f := failed.Load(); f > 0 {
 		b.Fatalf("%d of %d calls failed; first: %v", f, b.N, *firstErr.Load())
@@ -207,9 +207,9 @@ func runConcurrent(b *testing.B, conc int, calls []func(context.Context, int) er
 // idleCPU is the process's CPU per wall-clock second over d while no calls
 // run.
 func idleCPU(d time.Duration) float64 {
-	c0, t0 := processCPU(), time.Now()
+	c0, t0 := proccpu.Used(), time.Now()
 	time.Sleep(d)
-	return float64(processCPU()-c0) / float64(time.Since(t0))
+	return float64(proccpu.Used()-c0) / float64(time.Since(t0))
 }
 
 // raftStats sums the Raft engine counters of the cluster's nodes.
@@ -221,6 +221,15 @@ func (c *rcluster) raftStats() multiraft.Stats {
 		sum.ApplyCommits += st.ApplyCommits
 		sum.Sends += st.Sends
 		sum.Messages += st.Messages
+		sum.Iterations += st.Iterations
+		sum.ApplyTime += st.ApplyTime
+		sum.ApplyRounds += st.ApplyRounds
+		sum.ApplyQueueTime += st.ApplyQueueTime
+		sum.Checkpoints += st.Checkpoints
+		sum.CheckpointTime += st.CheckpointTime
+		sum.Writes = sum.Writes.Add(st.Writes)
+		sum.FollowerAppends.Count += st.FollowerAppends.Count
+		sum.FollowerAppends.Time += st.FollowerAppends.Time
 	}
 	return sum
 }
@@ -234,13 +243,26 @@ func reportEngine(b *testing.B, before, after multiraft.Stats) {
 	b.ReportMetric(per(before.ApplyCommits, after.ApplyCommits), "applies/op")
 	b.ReportMetric(per(before.Sends, after.Sends), "sends/op")
 	b.ReportMetric(per(before.Messages, after.Messages), "msgs/op")
-}
-
-// processCPU is the user and system CPU time this process used so far.
-func processCPU() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
+	// Where a write's time went (multiraft.WriteTimings), mean ms per
+	// stage, and the loop iterations it spanned.
+	if w := after.Writes.Sub(before.Writes); w.Count > 0 {
+		ms := func(d time.Duration) float64 { return float64(d) / float64(w.Count) / float64(time.Millisecond) }
+		b.ReportMetric(ms(w.Queued), "w-queued-ms")
+		b.ReportMetric(ms(w.LeaderSync), "w-lsync-ms")
+		b.ReportMetric(ms(w.Quorum), "w-quorum-ms")
+		b.ReportMetric(ms(w.ApplyQueued), "w-applyq-ms")
+		b.ReportMetric(ms(w.Applied), "w-apply-ms")
+		b.ReportMetric(float64(w.Iterations)/float64(w.Count), "w-iters")
 	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	if r := after.ApplyRounds - before.ApplyRounds; r > 0 {
+		b.ReportMetric(float64(after.ApplyQueueTime-before.ApplyQueueTime)/float64(r)/float64(time.Millisecond), "applier-wait-ms")
+		b.ReportMetric(float64(after.ApplyTime-before.ApplyTime)/float64(after.ApplyCommits-before.ApplyCommits+1)/float64(time.Millisecond), "apply-tx-ms")
+	}
+	if c := after.Checkpoints - before.Checkpoints; c > 0 {
+		b.ReportMetric(float64(after.CheckpointTime-before.CheckpointTime)/float64(c)/float64(time.Millisecond), "ckpt-ms")
+	}
+	if f := after.FollowerAppends.Count - before.FollowerAppends.Count; f > 0 {
+		d := after.FollowerAppends.Time - before.FollowerAppends.Time
+		b.ReportMetric(float64(d)/float64(f)/float64(time.Millisecond), "f-ack-ms")
+	}
 }

@@ -23,12 +23,13 @@ import (
 // logs, and the deterministic state machine gives the same result on
 // replay), readers once that transaction is committed (they wait for the
 // applied index, published after the commit). The commit is not fsynced:
-// the applier fsyncs raft.db in a checkpoint every checkpointInterval
-// while it has committed anything, and a restart rolls raft.db back to
-// the last checkpoint and replays the WAL from there (checkpoint.go has
-// the argument; the log is compacted only up to a checkpoint). Before
-// checkpoints each apply transaction cost two fdatasyncs, about half the
-// node's fsyncs and a third of its CPU in the store benchmark.
+// a goroutine of its own (runCheckpoints) fsyncs raft.db in a checkpoint
+// every checkpointInterval while anything was committed, and a restart
+// rolls raft.db back to the last checkpoint and replays the WAL from
+// there (checkpoint.go has the argument; the log is compacted only up to
+// a checkpoint). Before checkpoints each apply transaction cost two
+// fdatasyncs, about half the node's fsyncs and a third of its CPU in the
+// store benchmark.
 //
 // The loop waits for the applier (barrier) before a snapshot is restored
 // and before Advance of a Ready that committed a conf change (raft must
@@ -45,6 +46,8 @@ type applyItem struct {
 type applyBatch struct {
 	items []applyItem
 	done  chan struct{}
+	// queued is when the loop enqueued it (ApplyQueueTime).
+	queued time.Time
 }
 
 type applier struct {
@@ -60,6 +63,7 @@ func newApplier() *applier {
 }
 
 func (a *applier) enqueue(b *applyBatch) {
+	b.queued = time.Now()
 	a.mu.Lock()
 	a.queue = append(a.queue, b)
 	a.mu.Unlock()
@@ -88,23 +92,19 @@ func (a *applier) stop() {
 func (n *Node) runApplier() {
 	a := n.applier
 	defer close(a.doneC)
-	timer := time.NewTimer(checkpointInterval)
-	timer.Stop()
-	defer timer.Stop()
-	armed := false
 	for {
 		select {
 		case <-a.stopC:
 			return
 		case <-a.wake:
-		case <-timer.C:
-			armed = false
 		}
 		a.mu.Lock()
 		batches := a.queue
 		a.queue = nil
 		a.mu.Unlock()
 		if len(batches) > 0 {
+			n.stats.applyQueueNanos.Add(nanos(time.Since(batches[0].queued)))
+			n.stats.applyQueued.Add(1)
 			n.applyBatches(batches)
 			for _, b := range batches {
 				if b.done != nil {
@@ -112,35 +112,102 @@ func (n *Node) runApplier() {
 				}
 			}
 		}
-		if wait := n.maybeCheckpoint(); wait > 0 && !armed {
-			timer.Reset(wait)
-			armed = true
+	}
+}
+
+// runCheckpoints takes raft.db's periodic checkpoints (checkpoint.go) on a
+// goroutine of their own, so that their two fdatasyncs hold up neither
+// the applier nor, through it, the proposers and readers waiting for an
+// apply: when the applier took them, every write that committed during
+// one waited for both fsyncs.
+func (n *Node) runCheckpoints() {
+	defer close(n.ckDoneC)
+	t := time.NewTicker(checkpointInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.ckStopC:
+			return
+		case <-t.C:
+		}
+		if n.err() != nil {
+			continue // the recovery's reopen takes its own checkpoint
+		}
+		if err := n.checkpointConcurrent(); err != nil {
+			if !n.refusing() {
+				n.fail(fmt.Errorf("%w: %v", ErrStorageFailed, err))
+			}
+			n.signal() // the loop starts the recovery
 		}
 	}
 }
 
-// maybeCheckpoint takes a checkpoint if raft.db has commits that are not
-// fsynced and the last checkpoint is checkpointInterval old; otherwise it
-// returns how long to wait (0: nothing to do).
-func (n *Node) maybeCheckpoint() time.Duration {
-	if n.err() != nil {
-		return 0
+// checkpointConcurrent takes a checkpoint if raft.db has commits that are
+// not fsynced, holding writeMu only to pin the latest transaction and to
+// adopt the pin, not over the fsyncs: the applier's transactions go on
+// meanwhile. That is safe because what the checkpoint records is the
+// pinned transaction T, whatever commits after it: T's pages were written
+// before the pin, so the fdatasync that follows covers them; the pin keeps
+// any later commit from reusing them; T's meta page is copied into the
+// record at the pin (a later commit may overwrite it in raft.db, and the
+// rollback at the next open writes the copy back). The compaction bound
+// moves to what T holds (the replicas' applied indexes at the pin), not
+// to what was committed meanwhile.
+func (n *Node) checkpointConcurrent() error {
+	n.ckMu.Lock()
+	defer n.ckMu.Unlock()
+	n.writeMu.Lock()
+	db, ck := n.db(), n.ck
+	if db == nil || ck == nil || !ck.dirty || ck.syncMode {
+		n.writeMu.Unlock()
+		return nil
 	}
+	if ck.tooBig() {
+		// Rare and final: the simple way, under the lock.
+		err := n.checkpointLocked("checkpoint", true)
+		n.writeMu.Unlock()
+		return err
+	}
+	t0 := time.Now()
+	pin, meta, err := ck.prepare(db)
+	if err != nil || pin == nil {
+		if err == nil {
+			ck.dirty = false
+		}
+		n.writeMu.Unlock()
+		return err
+	}
+	ck.dirty = false // commits from now on are after the pin
+	durable := n.appliedSnapshot()
+	n.writeMu.Unlock()
+
+	n.cfg.faults.duringCheckpoint()
+	err = n.cfg.faults.beforeCommit()
+	if err == nil {
+		err = db.Sync()
+	}
+	if err == nil {
+		err = n.cfg.faults.afterCommit()
+	}
+	slot := 0
+	if err == nil {
+		slot, err = ck.record(meta)
+	}
+
 	n.writeMu.Lock()
 	defer n.writeMu.Unlock()
-	if n.ck == nil || !n.ck.dirty || n.ck.syncMode {
-		return 0
+	if err != nil {
+		// The record may be in the page cache though not on disk: keep
+		// its pin until close (checkpointer.kept).
+		ck.kept = append(ck.kept, pin)
+		ck.dirty = true
+		return n.storageFailed("checkpoint (raft.db checkpoint)", err)
 	}
-	if age := time.Since(n.ck.last); age < checkpointInterval {
-		return checkpointInterval - age
-	}
-	if err := n.checkpointLocked("checkpoint", true); err != nil {
-		if !n.refusing() {
-			n.fail(fmt.Errorf("%w: %v", ErrStorageFailed, err))
-		}
-		n.signal() // the loop starts the recovery
-	}
-	return 0
+	ck.adopt(pin, slot)
+	n.stats.ckpts.Add(1)
+	n.stats.ckptNanos.Add(uint64(time.Since(t0)))
+	n.markDurable(durable)
+	return nil
 }
 
 // applied is one replica's outcome of an apply transaction.

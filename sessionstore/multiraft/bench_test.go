@@ -9,9 +9,10 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/erlmcp/erlmcp/sessionstore/internal/proccpu"
 )
 
 // BenchmarkPropose measures the engine's write path alone: three nodes in
@@ -75,8 +76,9 @@ func benchPropose(b *testing.B, legacy bool) {
 				st0.SyncTime += st.SyncTime
 				st0.ApplyCommits += st.ApplyCommits
 				st0.Checkpoints += st.Checkpoints
+				st0.Writes = st0.Writes.Add(st.Writes)
 			}
-			cpu0 := processCPU()
+			cpu0 := proccpu.Used()
 			b.ResetTimer()
 			start := time.Now()
 			var wg sync.WaitGroup
@@ -119,7 +121,7 @@ func benchPropose(b *testing.B, legacy bool) {
 			b.ReportMetric(float64(len(merged))/elapsed.Seconds(), "writes/s")
 			b.ReportMetric(ms(0.50), "p50-ms")
 			b.ReportMetric(ms(0.99), "p99-ms")
-			cpu := processCPU() - cpu0
+			cpu := proccpu.Used() - cpu0
 			var st1 Stats
 			for _, s := range c.stores() {
 				st := c.node(s).Stats()
@@ -127,11 +129,13 @@ func benchPropose(b *testing.B, legacy bool) {
 				st1.SyncTime += st.SyncTime
 				st1.ApplyCommits += st.ApplyCommits
 				st1.Checkpoints += st.Checkpoints
+				st1.Writes = st1.Writes.Add(st.Writes)
 			}
 			st1.Syncs -= st0.Syncs
 			st1.SyncTime -= st0.SyncTime
 			st1.ApplyCommits -= st0.ApplyCommits
 			st1.Checkpoints -= st0.Checkpoints
+			reportWriteTimings(b, st1.Writes.Sub(st0.Writes))
 			writes := float64(len(merged))
 			b.ReportMetric(float64(st1.ApplyCommits)/writes, "apply-commits/write")
 			b.ReportMetric(float64(st1.Syncs+2*st1.Checkpoints)/writes, "fsyncs/write")
@@ -147,13 +151,19 @@ func benchPropose(b *testing.B, legacy bool) {
 	}
 }
 
-// processCPU is the user and system CPU time this process used so far.
-func processCPU() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
+// reportWriteTimings reports the mean time per stage of the write path
+// (WriteTimings) in ms and the loop iterations a write spanned.
+func reportWriteTimings(b *testing.B, w WriteTimings) {
+	if w.Count == 0 {
+		return
 	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	ms := func(d time.Duration) float64 { return float64(d) / float64(w.Count) / float64(time.Millisecond) }
+	b.ReportMetric(ms(w.Queued), "w-queued-ms")
+	b.ReportMetric(ms(w.LeaderSync), "w-lsync-ms")
+	b.ReportMetric(ms(w.Quorum), "w-quorum-ms")
+	b.ReportMetric(ms(w.ApplyQueued), "w-applyq-ms")
+	b.ReportMetric(ms(w.Applied), "w-apply-ms")
+	b.ReportMetric(float64(w.Iterations)/float64(w.Count), "w-iters")
 }
 
 // procWriteBytes is this process's write_bytes from /proc/self/io (bytes

@@ -27,7 +27,9 @@ import (
 // deterministic. So the applier's transactions (and every other write to
 // raft.db) are committed with bbolt's NoSync, and only a checkpoint, every
 // checkpointInterval or when the loop needs a write to be durable
-// (creating, destroying or restoring a replica), fsyncs the file.
+// (creating, destroying or restoring a replica), fsyncs the file. The
+// periodic ones run beside the applier's transactions (see
+// checkpointConcurrent for why that keeps the steps below true).
 //
 // What makes "goes back to S" true. A bbolt commit writes its pages (into
 // pages free in the previous tree) and then its meta page, one of two,
@@ -126,21 +128,25 @@ func boltMeta(p []byte) (txid uint64, pageSize int, ok bool) {
 const ckptSlotSize = 128
 
 // checkpointer keeps raft.db's checkpoints (see the top of this file). Its
-// methods are called with Node.writeMu held.
+// methods are called with Node.ckMu held, and with Node.writeMu unless
+// they say otherwise.
 type checkpointer struct {
 	dbPath string
 	src    *os.File // raft.db, to read meta pages back
 	f      *os.File // raft.db.meta
 	pin    *bolt.Tx
-	txid   uint64
-	slot   int // the slot holding txid's record
+	// kept: pins of checkpoints whose record failed, held until close. A
+	// record that reached the page cache but not the disk may still be
+	// read back by the in-process recovery (the newest record wins), so
+	// its pages must not be reused before then.
+	kept []*bolt.Tx
+	txid uint64
+	slot int // the slot holding txid's record
 	// syncMode: bbolt fsyncs every commit itself (see the top of this
 	// file); checkpoints are no-ops.
 	syncMode bool
-	// dirty: transactions were committed since the last checkpoint; last
-	// is the time of that one.
+	// dirty: transactions were committed since the last checkpoint.
 	dirty bool
-	last  time.Time
 	// limit is the raft.db size from which on it is syncMode
 	// (ckptMmapBytes - ckptMmapMargin; tests lower it).
 	limit int64
@@ -320,19 +326,39 @@ func newCheckpointer(dir string, db *bolt.DB) (*checkpointer, error) {
 }
 
 // save takes a checkpoint of db's latest committed transaction once the
-// file is fdatasynced (the caller's job: see Node.checkpoint).
+// file is fdatasynced (the caller's job: see Node.checkpoint). With
+// Node.writeMu (and Node.ckMu) held throughout.
 func (c *checkpointer) save(db *bolt.DB) error {
 	if c.syncMode {
 		return nil
 	}
+	pin, meta, err := c.prepare(db)
+	if err != nil || pin == nil {
+		return err
+	}
+	slot, err := c.record(meta)
+	if err != nil {
+		c.kept = append(c.kept, pin) // see kept
+		return err
+	}
+	c.adopt(pin, slot)
+	return nil
+}
+
+// prepare pins db's latest committed transaction and reads back its meta
+// page; a nil pin means nothing was committed since the last checkpoint.
+// With Node.writeMu: no later commit can have written over that meta page
+// yet (bbolt alternates between two), so it is read as the transaction
+// wrote it, wherever the fdatasync that follows finds the file.
+func (c *checkpointer) prepare(db *bolt.DB) (*bolt.Tx, []byte, error) {
 	pin, err := db.Begin(false)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	txid := uint64(pin.ID())
 	if txid == c.txid && c.pin != nil {
 		_ = pin.Rollback()
-		return nil // nothing committed since the last checkpoint
+		return nil, nil, nil // nothing committed since the last checkpoint
 	}
 	_, pageSize, ok := boltMeta(c.readMeta(0))
 	if !ok {
@@ -341,25 +367,36 @@ func (c *checkpointer) save(db *bolt.DB) error {
 	meta := c.readMeta(int64(txid%2) * int64(pageSize))
 	if t, _, mok := boltMeta(meta); !ok || !mok || t != txid {
 		_ = pin.Rollback()
-		return fmt.Errorf("%w: raft.db: meta page of transaction %d not found", ErrCorrupt, txid)
+		return nil, nil, fmt.Errorf("%w: raft.db: meta page of transaction %d not found", ErrCorrupt, txid)
 	}
+	return pin, meta, nil
+}
+
+// record writes meta into the slot after the current one and fdatasyncs
+// raft.db.meta; raft.db must be fdatasynced since meta's transaction was
+// pinned. It touches neither raft.db nor the checkpointer's state, so it
+// needs Node.ckMu but not Node.writeMu.
+func (c *checkpointer) record(meta []byte) (int, error) {
 	slot := 1 - c.slot
 	rec := make([]byte, ckptSlotSize)
 	copy(rec[4:], meta)
 	binary.BigEndian.PutUint32(rec, crc32.Checksum(rec[4:4+boltMetaLen], crcTable))
 	if _, err := c.f.WriteAt(rec, int64(slot*ckptSlotSize)); err != nil {
-		_ = pin.Rollback()
-		return fmt.Errorf("write %s: %w", checkpointFileName, err)
+		return 0, fmt.Errorf("write %s: %w", checkpointFileName, err)
 	}
 	if err := fdatasync(c.f); err != nil {
-		_ = pin.Rollback()
-		return fmt.Errorf("fdatasync %s: %w", checkpointFileName, err)
+		return 0, fmt.Errorf("fdatasync %s: %w", checkpointFileName, err)
 	}
+	return slot, nil
+}
+
+// adopt makes pin, recorded in slot, the checkpoint and releases the
+// previous one's pin. With Node.writeMu.
+func (c *checkpointer) adopt(pin *bolt.Tx, slot int) {
 	if c.pin != nil {
 		_ = c.pin.Rollback()
 	}
-	c.pin, c.txid, c.slot = pin, txid, slot
-	return nil
+	c.pin, c.txid, c.slot = pin, uint64(pin.ID()), slot
 }
 
 // readMeta reads a meta page head of raft.db at off (nil on error).
@@ -381,6 +418,10 @@ func (c *checkpointer) close() {
 		_ = c.pin.Rollback()
 		c.pin = nil
 	}
+	for _, tx := range c.kept {
+		_ = tx.Rollback()
+	}
+	c.kept = nil
 	for _, f := range []*os.File{c.src, c.f} {
 		if f != nil {
 			_ = f.Close()

@@ -24,6 +24,28 @@ type diskFaults struct {
 	writeErr  error
 	syncErr   error
 	syncDelay time.Duration
+	// ckptHook, if set, runs in a periodic checkpoint between its pin and
+	// its fsyncs (tests hold a checkpoint there).
+	ckptHook func()
+}
+
+func (f *diskFaults) setCheckpointHook(fn func()) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.ckptHook = fn
+}
+
+// duringCheckpoint runs the checkpoint hook, if any.
+func (f *diskFaults) duringCheckpoint() {
+	if f == nil {
+		return
+	}
+	f.mu.Lock()
+	fn := f.ckptHook
+	f.mu.Unlock()
+	if fn != nil {
+		fn()
+	}
 }
 
 func (f *diskFaults) set(writeErr, syncErr error, delay time.Duration) {

@@ -316,13 +316,40 @@ func (c *testCluster) isBlockedAll(s StoreID) bool {
 	return c.isolated[s]
 }
 
-// propose sends cmd to whoever leads shard, following not-leader hints,
-// until it succeeds or d passes.
+// currentLeader is the store whose replica of shard leads now (as agreed
+// by the leader itself, and not isolated), 0 if none; it does not wait, so
+// it may be called off the test goroutine.
+func (c *testCluster) currentLeader(shard uint32) StoreID {
+	for _, s := range c.stores() {
+		n := c.node(s)
+		if n == nil {
+			continue
+		}
+		st, err := n.Status(shard)
+		if err == nil && st.Role == "leader" && st.Leader == st.Replica && !c.isBlockedAll(s) {
+			return s
+		}
+	}
+	return 0
+}
+
+// propose sends cmd to whoever leads shard, following leader changes,
+// until it succeeds or d passes. It never fails the test itself, so
+// client goroutines may call it.
 func (c *testCluster) propose(shard uint32, cmd []byte, d time.Duration) ([]byte, error) {
 	deadline := time.Now().Add(d)
-	var last error
+	last := fmt.Errorf("no leader of shard %d", shard)
 	for time.Now().Before(deadline) {
-		s := c.leader(shard, time.Until(deadline))
+		s := c.currentLeader(shard)
+		if s == 0 {
+			// An election's pace: polled, bounded by the deadline.
+			select {
+			case <-time.After(10 * time.Millisecond):
+			case <-c.t.Context().Done():
+				return nil, c.t.Context().Err()
+			}
+			continue
+		}
 		// Generous: a commit can take seconds on this shared 2-core box.
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		res, err := c.node(s).Propose(ctx, shard, cmd)

@@ -2,7 +2,6 @@ package multiraft
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -49,25 +48,11 @@ func TestGroupCommitSharesFsyncs(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			sh := shards[cl%len(shards)]
-			n := c.node(leaders[sh])
 			for i := range perClient {
-				var err error
 				// A leader deposed by a starved election timer (10ms
 				// ticks on a loaded machine) refuses the proposal or
-				// drops it uncommitted: propose again to the new one.
-				for attempt := 0; attempt < 20; attempt++ {
-					ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-					_, err = n.Propose(ctx, sh, putCmd(fmt.Sprint("c", cl), fmt.Sprint(i)))
-					cancel()
-					var nl *NotLeaderError
-					if !errors.As(err, &nl) && !errors.Is(err, ErrProposalDropped) {
-						break
-					}
-					if lead := currentLeader(c, sh); lead != 0 {
-						n = c.node(lead)
-					}
-					<-time.After(10 * time.Millisecond) // the election's pace
-				}
+				// drops it uncommitted: propose retries on the new one.
+				_, err := c.propose(sh, putCmd(fmt.Sprint("c", cl), fmt.Sprint(i)), 20*time.Second)
 				if err != nil {
 					failed.Add(1)
 				} else {
@@ -237,17 +222,4 @@ func TestConcurrentReadsShareReadIndex(t *testing.T) {
 	if rounds != 1 {
 		t.Fatalf("reads not batched: %d queued reads took %d ReadIndex rounds, want 1", readers, rounds)
 	}
-}
-
-// currentLeader is the store whose replica of shard leads now, 0 if none
-// (without waiting: callable off the test goroutine).
-func currentLeader(c *testCluster, shard uint32) StoreID {
-	for _, s := range c.stores() {
-		if n := c.node(s); n != nil {
-			if st, err := n.Status(shard); err == nil && st.Role == "leader" && st.Leader == st.Replica {
-				return s
-			}
-		}
-	}
-	return 0
 }

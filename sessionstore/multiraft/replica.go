@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"time"
 
 	"go.etcd.io/raft/v3"
 	pb "go.etcd.io/raft/v3/raftpb"
@@ -52,6 +53,10 @@ type replica struct {
 	reads    map[uint64][]*readReq
 	readWait []*readReq // read index known, waiting for apply
 
+	// appRecv: when the first append message not yet persisted arrived
+	// (FollowerTimings).
+	appRecv time.Time
+
 	// dirty: r is in Node.dirty (guarded by Node.dirtyMu, not mu).
 	dirty bool
 }
@@ -60,6 +65,7 @@ type proposal struct {
 	ch     chan propResult
 	placed bool
 	index  uint64
+	writeStamps
 }
 
 type propResult struct {
@@ -78,6 +84,9 @@ var errRetryRead = errors.New("multiraft: read index retry")
 
 func (r *replica) complete(id uint64, p *proposal, data []byte, err error) {
 	delete(r.proposals, id)
+	if err == nil {
+		r.n.stats.timings.record(&p.writeStamps, r.n.stats.iters.Load(), time.Now())
+	}
 	p.ch <- propResult{data, err}
 }
 
@@ -142,14 +151,16 @@ func entryProposalID(e *pb.Entry) (uint64, bool) {
 // conf change refused while another is pending) or truncated by a new
 // leader before it was ever sent: definitely not committed. Called with
 // r.mu held.
-func (r *replica) placeProposals(ents []*pb.Entry) {
+func (r *replica) placeProposals(w *readyWork, now time.Time) {
 	if len(r.unplaced) == 0 {
 		return
 	}
-	for _, e := range ents {
+	for _, e := range w.rd.Entries {
 		if id, ok := entryProposalID(e); ok {
 			if p := r.proposals[id]; p != nil && !p.placed {
 				p.placed, p.index = true, e.GetIndex()
+				p.ready = now
+				w.placed = append(w.placed, p)
 			}
 		}
 	}
@@ -159,6 +170,22 @@ func (r *replica) placeProposals(ents []*pb.Entry) {
 		}
 	}
 	r.unplaced = r.unplaced[:0]
+}
+
+// stampCommitted notes, for WriteTimings, the proposals of this replica
+// whose entries w commits. Called with r.mu held.
+func (r *replica) stampCommitted(w *readyWork, now time.Time) {
+	if len(r.proposals) == 0 {
+		return
+	}
+	for _, e := range w.rd.CommittedEntries {
+		if id, ok := entryProposalID(e); ok {
+			if p := r.proposals[id]; p != nil && p.placed && p.index == e.GetIndex() {
+				p.committed = now
+				w.committed = append(w.committed, p)
+			}
+		}
+	}
 }
 
 // published runs once the iteration's WAL records are durable: it hands
@@ -346,6 +373,7 @@ func (r *replica) propose(id uint64, p *proposal, fn func(*raft.RawNode) error) 
 		}
 		return err
 	}
+	p.start, p.iter0 = time.Now(), r.n.stats.iters.Load()
 	r.proposals[id] = p
 	r.unplaced = append(r.unplaced, id)
 	r.n.stats.proposals.Add(1)

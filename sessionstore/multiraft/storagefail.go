@@ -64,6 +64,8 @@ func (n *Node) refusing() bool {
 // and the error returned wraps ErrStorageUnavailable; an error of fn is
 // returned as it is. Called on the loop goroutine.
 func (n *Node) update(what string, fn func(*bolt.Tx) error) error {
+	n.ckMu.Lock()
+	defer n.ckMu.Unlock()
 	n.writeMu.Lock()
 	defer n.writeMu.Unlock()
 	if err := n.commitLocked(what, true, fn); err != nil {
@@ -150,7 +152,7 @@ func (n *Node) checkpointLocked(what string, slow bool) error {
 		}
 		return n.storageFailed(what+" (raft.db checkpoint)", err)
 	}
-	ck.dirty, ck.last = false, time.Now()
+	ck.dirty = false
 	n.stats.ckpts.Add(1)
 	n.stats.ckptNanos.Add(uint64(time.Since(t0)))
 	n.markDurableLocked()
@@ -161,16 +163,28 @@ func (n *Node) checkpointLocked(what string, slow bool) error {
 // each replica's log may be compacted up to its committed applied index.
 // With writeMu.
 func (n *Node) markDurableLocked() {
+	n.markDurable(n.appliedSnapshot())
+}
+
+// appliedSnapshot is every replica's applied index in raft.db's latest
+// committed transaction. With writeMu.
+func (n *Node) appliedSnapshot() map[*replica]indexTerm {
 	n.mu.RLock()
-	reps := make([]*replica, 0, len(n.replicas))
+	defer n.mu.RUnlock()
+	m := make(map[*replica]indexTerm, len(n.replicas))
 	for _, r := range n.replicas {
-		reps = append(reps, r)
+		m[r] = r.commitApplied
 	}
-	n.mu.RUnlock()
-	for _, r := range reps {
+	return m
+}
+
+// markDurable lets each replica's log be compacted up to its applied index
+// in durable, now durable in raft.db.
+func (n *Node) markDurable(durable map[*replica]indexTerm) {
+	for r, it := range durable {
 		r.mu.Lock()
-		if r.commitApplied.index > r.durApplied.index {
-			r.durApplied = r.commitApplied
+		if it.index > r.durApplied.index {
+			r.durApplied = it
 		}
 		r.mu.Unlock()
 	}
@@ -318,10 +332,12 @@ func (n *Node) reopen() error {
 		closeAll()
 		return fmt.Errorf("probe write: %w", err)
 	}
+	n.ckMu.Lock()
 	n.writeMu.Lock()
 	n.dbp.Store(db)
 	n.ck = ck
 	n.writeMu.Unlock()
+	n.ckMu.Unlock()
 	n.mu.Lock()
 	n.replicas = map[uint32]*replica{}
 	n.mu.Unlock()

@@ -90,16 +90,29 @@ type wal struct {
 }
 
 func walRecord(buf []byte, typ byte, shard uint32, id ReplicaID, body []byte) []byte {
-	n := walRecordPrefix + len(body)
 	start := len(buf)
-	buf = binary.BigEndian.AppendUint32(buf, uint32(n))
+	buf = beginRecord(buf, typ, shard, id)
+	buf = append(buf, body...)
+	endRecord(buf, start)
+	return buf
+}
+
+// beginRecord appends the framing of a record (length and CRC left zero)
+// and its prefix; the caller appends the body and calls endRecord with
+// the record's start, so a body can be marshalled in place.
+func beginRecord(buf []byte, typ byte, shard uint32, id ReplicaID) []byte {
+	buf = binary.BigEndian.AppendUint32(buf, 0)
 	buf = binary.BigEndian.AppendUint32(buf, 0)
 	buf = append(buf, typ)
 	buf = binary.BigEndian.AppendUint32(buf, shard)
-	buf = binary.BigEndian.AppendUint64(buf, uint64(id))
-	buf = append(buf, body...)
+	return binary.BigEndian.AppendUint64(buf, uint64(id))
+}
+
+// endRecord fills in the length and CRC of the record at buf[start:],
+// which ends at the end of buf.
+func endRecord(buf []byte, start int) {
+	binary.BigEndian.PutUint32(buf[start:], uint32(len(buf)-start-walHeader))
 	binary.BigEndian.PutUint32(buf[start+4:], crc32.Checksum(buf[start+walHeader:], crcTable))
-	return buf
 }
 
 func (w *wal) addReset(shard uint32, id ReplicaID, trunc indexTerm) {
@@ -130,11 +143,7 @@ func (w *wal) addEntries(shard uint32, id ReplicaID, ents []*pb.Entry) error {
 	// per-record copies): the record's length and CRC are filled in once
 	// its body is complete.
 	start := len(w.buf)
-	w.buf = binary.BigEndian.AppendUint32(w.buf, 0)
-	w.buf = binary.BigEndian.AppendUint32(w.buf, 0)
-	w.buf = append(w.buf, recEntries)
-	w.buf = binary.BigEndian.AppendUint32(w.buf, shard)
-	w.buf = binary.BigEndian.AppendUint64(w.buf, uint64(id))
+	w.buf = beginRecord(w.buf, recEntries, shard, id)
 	w.buf = binary.BigEndian.AppendUint32(w.buf, uint32(len(ents)))
 	for _, e := range ents {
 		at := len(w.buf)
@@ -146,8 +155,7 @@ func (w *wal) addEntries(shard uint32, id ReplicaID, ents []*pb.Entry) error {
 		}
 		binary.BigEndian.PutUint32(w.buf[at:], uint32(len(w.buf)-at-4))
 	}
-	binary.BigEndian.PutUint32(w.buf[start:], uint32(len(w.buf)-start-walHeader))
-	binary.BigEndian.PutUint32(w.buf[start+4:], crc32.Checksum(w.buf[start+walHeader:], crcTable))
+	endRecord(w.buf, start)
 	return nil
 }
 
