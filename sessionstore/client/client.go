@@ -2,7 +2,13 @@
 // the cluster config, the shard map and the registered store nodes in etcd,
 // sends each request to the store that hosts the session's shard, and
 // retries (re-resolving) while the shard is moving or its store is briefly
-// unavailable, until the caller's deadline.
+// unavailable, until the caller's deadline or the client's retry budget,
+// whichever comes first.
+//
+// At logrus debug level every call logs one line with its RPC method,
+// shard, the store that answered (or was tried last), its attempts and
+// hedges, and its duration, so a slow request can be traced through the
+// store.
 //
 // Mutations carry one request id across their retries, so a retry whose
 // first attempt did land is applied once and answered with the first
@@ -108,6 +114,12 @@ const (
 	// defaultBudgetAttempts: a call whose ctx has no deadline retries for
 	// at most this many request timeouts.
 	defaultBudgetAttempts = 5
+	// DefaultRetryBudget bounds a call's retries when its ctx allows
+	// longer: long enough to ride out a shard leader's failover or a
+	// store's restart several times over, short enough that a caller
+	// holding a long ctx (a worker's tools/call may run for minutes) gets
+	// ErrUnavailable to act on instead of a call that waits out its ctx.
+	DefaultRetryBudget = 30 * time.Second
 	// maxBackoff caps the pause between attempts that found no leader: a
 	// fraction of the election timeout, so a call notices the new leader
 	// soon after it is elected.
@@ -133,7 +145,14 @@ type Config struct {
 	// HedgeDelay while the first is pending (default DefaultHedgeDelay;
 	// negative: never). Long-polls are never hedged.
 	HedgeDelay time.Duration
-	Log        *logrus.Entry
+	// RetryBudget bounds how long one call retries even when its ctx has
+	// a later deadline (default DefaultRetryBudget; a long-poll gets its
+	// wait on top). A call whose ctx has no deadline retries for the
+	// smaller of this and a few RequestTimeouts.
+	RetryBudget time.Duration
+	// Log gets the client's warnings, and at debug level one line per
+	// call (method, shard, store, attempts, hedges, duration).
+	Log *logrus.Entry
 }
 
 // setDefaults fills in the zero fields.
@@ -149,6 +168,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.HedgeDelay == 0 {
 		c.HedgeDelay = DefaultHedgeDelay
+	}
+	if c.RetryBudget == 0 {
+		c.RetryBudget = DefaultRetryBudget
 	}
 	if c.Log == nil {
 		l := logrus.New()
@@ -170,6 +192,9 @@ func (c Config) Validate() error {
 	}
 	if c.AttemptTimeout < 0 {
 		return fmt.Errorf("sessionstore client: attempt timeout %s must not be negative", c.AttemptTimeout)
+	}
+	if c.RetryBudget < 0 {
+		return fmt.Errorf("sessionstore client: retry budget %s must not be negative", c.RetryBudget)
 	}
 	return nil
 }
@@ -321,7 +346,7 @@ func (c *Client) Create(ctx context.Context, id string, data []byte, idleTTL tim
 	if idleTTL > 0 && req.IdleTtlMs == 0 {
 		req.IdleTtlMs = 1
 	}
-	resp, err := call(ctx, c, "create", id, 0, func(ctx context.Context, sc pb.SessionStoreServiceClient) (*pb.CreateSessionResponse, error) {
+	resp, err := call(ctx, c, "CreateSession", "create", id, 0, func(ctx context.Context, sc pb.SessionStoreServiceClient) (*pb.CreateSessionResponse, error) {
 		return sc.CreateSession(ctx, req)
 	})
 	if err != nil {
@@ -333,7 +358,7 @@ func (c *Client) Create(ctx context.Context, id string, data []byte, idleTTL tim
 // Get returns the session; touch refreshes its idle expiry.
 func (c *Client) Get(ctx context.Context, id string, touch bool) (Session, error) {
 	req := &pb.GetSessionRequest{Id: id, Touch: touch}
-	resp, err := call(ctx, c, "get", id, 0, func(ctx context.Context, sc pb.SessionStoreServiceClient) (*pb.GetSessionResponse, error) {
+	resp, err := call(ctx, c, "GetSession", "get", id, 0, func(ctx context.Context, sc pb.SessionStoreServiceClient) (*pb.GetSessionResponse, error) {
 		return sc.GetSession(ctx, req)
 	})
 	if err != nil {
@@ -346,7 +371,7 @@ func (c *Client) Get(ctx context.Context, id string, touch bool) (Session, error
 // expectedVersion and returns the session at its new version.
 func (c *Client) CompareAndSet(ctx context.Context, id string, expectedVersion uint64, data []byte) (Session, error) {
 	req := &pb.CompareAndSetSessionRequest{Id: id, ExpectedVersion: expectedVersion, Data: data, RequestId: newRequestID()}
-	resp, err := call(ctx, c, "compare-and-set", id, 0, func(ctx context.Context, sc pb.SessionStoreServiceClient) (*pb.CompareAndSetSessionResponse, error) {
+	resp, err := call(ctx, c, "CompareAndSetSession", "compare-and-set", id, 0, func(ctx context.Context, sc pb.SessionStoreServiceClient) (*pb.CompareAndSetSessionResponse, error) {
 		return sc.CompareAndSetSession(ctx, req)
 	})
 	if err != nil {
@@ -358,7 +383,7 @@ func (c *Client) CompareAndSet(ctx context.Context, id string, expectedVersion u
 // Delete removes the session; ErrNotFound if it does not exist.
 func (c *Client) Delete(ctx context.Context, id string) error {
 	req := &pb.DeleteSessionRequest{Id: id, RequestId: newRequestID()}
-	return c.do(ctx, "delete", id, func(ctx context.Context, sc pb.SessionStoreServiceClient) error {
+	return c.do(ctx, "DeleteSession", "delete", id, func(ctx context.Context, sc pb.SessionStoreServiceClient) error {
 		_, err := sc.DeleteSession(ctx, req)
 		return err
 	})
@@ -424,20 +449,14 @@ func (c *Client) resolve(id string, attempt int) (target, <-chan struct{}, error
 		return target{shard: shard}, ch, fmt.Errorf("%w: shard %d has no store assigned in the shard map", ErrUnavailable, shard)
 	}
 	if attempt > 0 {
-		cands := []string{store}
-		for _, r := range sh.Replicas {
-			if r.Store != store && (r.Role == clusterstate.RoleVoter || r.Role == "") {
-				if m, ok := c.stores[r.Store]; ok && m.Addr != "" {
-					cands = append(cands, r.Store)
-				}
-			}
+		// The preferred store's turn comes every len(others)+1 attempts,
+		// unless it is not registered.
+		others := c.votersLocked(shard, func(o target) bool { return o.store != store })
+		if k := attempt % (len(others) + 1); k > 0 {
+			return others[k-1], ch, nil
 		}
-		if alt := cands[attempt%len(cands)]; alt != store {
-			return target{shard: shard, store: alt, addr: c.stores[alt].Addr}, ch, nil
-		}
-		if m, ok := c.stores[store]; (!ok || m.Addr == "") && len(cands) > 1 {
-			alt := cands[1+attempt%(len(cands)-1)]
-			return target{shard: shard, store: alt, addr: c.stores[alt].Addr}, ch, nil
+		if m, ok := c.stores[store]; (!ok || m.Addr == "") && len(others) > 0 {
+			return others[attempt%len(others)], ch, nil
 		}
 	}
 	m, ok := c.stores[store]
@@ -471,11 +490,12 @@ func (c *Client) conn(addr string) (*grpc.ClientConn, error) {
 // than setting a variable they share.
 type attemptFunc func(context.Context, pb.SessionStoreServiceClient) (any, error)
 
-// do runs fn against the store hosting id, retrying on a moved shard
-// (FAILED_PRECONDITION), UNAVAILABLE and per-attempt timeouts until ctx's
-// deadline (or, without one, defaultBudgetAttempts request timeouts).
-func (c *Client) do(ctx context.Context, what, id string, fn func(context.Context, pb.SessionStoreServiceClient) error) error {
-	_, err := c.run(ctx, what, id, 0, func(ctx context.Context, sc pb.SessionStoreServiceClient) (any, error) {
+// do runs fn, the RPC method, against the store hosting id, retrying on a
+// moved shard (FAILED_PRECONDITION), UNAVAILABLE and per-attempt timeouts
+// until ctx's deadline or the retry budget (see run); what names the call
+// in errors.
+func (c *Client) do(ctx context.Context, method, what, id string, fn func(context.Context, pb.SessionStoreServiceClient) error) error {
+	_, err := c.run(ctx, method, what, id, 0, func(ctx context.Context, sc pb.SessionStoreServiceClient) (any, error) {
 		return nil, fn(ctx, sc)
 	})
 	return err
@@ -483,8 +503,8 @@ func (c *Client) do(ctx context.Context, what, id string, fn func(context.Contex
 
 // call is do for an RPC with a result; wait > 0 marks a long-poll (see
 // run).
-func call[T any](ctx context.Context, c *Client, what, id string, wait time.Duration, fn func(context.Context, pb.SessionStoreServiceClient) (T, error)) (T, error) {
-	v, err := c.run(ctx, what, id, wait, func(ctx context.Context, sc pb.SessionStoreServiceClient) (any, error) {
+func call[T any](ctx context.Context, c *Client, method, what, id string, wait time.Duration, fn func(context.Context, pb.SessionStoreServiceClient) (T, error)) (T, error) {
+	v, err := c.run(ctx, method, what, id, wait, func(ctx context.Context, sc pb.SessionStoreServiceClient) (any, error) {
 		return fn(ctx, sc)
 	})
 	if err != nil {
@@ -495,14 +515,56 @@ func call[T any](ctx context.Context, c *Client, what, id string, wait time.Dura
 	return r, nil
 }
 
-// run is the retry loop of do and call. A call that may block up to wait
+// callTrace is what one call did, for its debug log line; run passes nil
+// when debug logging is off, and then nothing is counted.
+type callTrace struct {
+	t        target // the store that answered, or the last one tried
+	attempts int    // rounds of the retry loop that sent a request
+	hedges   int    // requests sent besides each round's first (see hedged)
+}
+
+// run is the retry loop of do and call, and logs the call at debug level.
+func (c *Client) run(ctx context.Context, method, what, id string, wait time.Duration, fn attemptFunc) (any, error) {
+	// Checked per call, not once: the level can change at run time; and
+	// when it is off no field is built and no clock read.
+	if !c.cfg.Log.Logger.IsLevelEnabled(logrus.DebugLevel) {
+		return c.retry(ctx, what, id, wait, fn, nil)
+	}
+	var tr callTrace
+	start := time.Now()
+	v, err := c.retry(ctx, what, id, wait, fn, &tr)
+	e := c.cfg.Log.WithFields(logrus.Fields{
+		"method": method, "shard": tr.t.shard, "store": tr.t.store, "attempts": tr.attempts,
+		"hedged": tr.hedges > 0, "hedges": tr.hedges, "duration_ms": float64(time.Since(start).Microseconds()) / 1e3,
+	})
+	if err != nil {
+		e = e.WithError(err)
+	}
+	e.Debug("session store call")
+	return v, err
+}
+
+// retry is run's loop. It ends by ctx's deadline, or by the retry budget
+// when ctx has none or a later one (RetryBudget, or defaultBudgetAttempts
+// request timeouts for a ctx without deadline), so no caller waits out a
+// long ctx on a store that cannot answer. A call that may block up to wait
 // on the store (a long-poll) gets wait + the attempt timeout per attempt,
-// a budget longer by wait for a ctx without deadline, and no hedges (its
-// slow answer is the expected one).
-func (c *Client) run(ctx context.Context, what, id string, wait time.Duration, fn attemptFunc) (any, error) {
+// a budget longer by wait, and no hedges (its slow answer is the expected
+// one).
+func (c *Client) retry(ctx context.Context, what, id string, wait time.Duration, fn attemptFunc, tr *callTrace) (any, error) {
+	budget := c.cfg.RetryBudget
+	if budget <= 0 { // a Client not made by New
+		budget = DefaultRetryBudget
+	}
 	if _, ok := ctx.Deadline(); !ok {
+		budget = min(budget, defaultBudgetAttempts*c.cfg.RequestTimeout)
+	}
+	budget += wait
+	if dl, ok := ctx.Deadline(); !ok || time.Until(dl) > budget {
+		// The cause says the client gave up, not the caller: an
+		// ErrUnavailable the caller can answer (a 503), also a deadline.
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, wait+defaultBudgetAttempts*c.cfg.RequestTimeout)
+		ctx, cancel = context.WithTimeoutCause(ctx, budget, budgetError{budget})
 		defer cancel()
 	}
 	var hint *pb.ShardHint
@@ -527,6 +589,9 @@ func (c *Client) run(ctx context.Context, what, id string, wait time.Duration, f
 		if errors.Is(err, errClosed) {
 			return nil, fmt.Errorf("%s session %q: %w", what, id, err)
 		}
+		if tr != nil && err != nil {
+			tr.t = t // no store to try: the log names the shard
+		}
 		for k := 1; err == nil && stalled(t.addr, attempt) && k < 4; k++ {
 			if alt, _, aerr := c.resolve(id, attempt+k); aerr == nil && !stalled(alt.addr, attempt) {
 				t = alt
@@ -544,7 +609,14 @@ func (c *Client) run(ctx context.Context, what, id string, wait time.Duration, f
 		if err == nil {
 			var v any
 			var won target
-			v, won, err = c.hedged(ctx, t, wait+c.attemptTimeout(timeouts), wait == 0, fn)
+			if tr != nil {
+				tr.attempts++
+				tr.t = t
+			}
+			v, won, err = c.hedged(ctx, t, wait+c.attemptTimeout(timeouts), wait == 0, fn, tr)
+			if tr != nil {
+				tr.t = won
+			}
 			if err == nil {
 				c.setStall(won.addr, false)
 				// Only a shard's leader serves a request: later calls go
@@ -580,8 +652,8 @@ func (c *Client) run(ctx context.Context, what, id string, wait time.Duration, f
 				c.rememberLeader(hint)
 				lastErr = fmt.Errorf("%w: store %q at %s does not host shard %d: %s", ErrUnavailable, t.store, t.addr, t.shard, st.Message())
 			case (st.Code() == codes.Canceled || st.Code() == codes.DeadlineExceeded) && ctx.Err() != nil:
-				// The caller's ctx ended during the attempt.
-				return nil, fmt.Errorf("%s session %q: %w", what, id, ctx.Err())
+				// The caller's ctx, or the budget, ended during the attempt.
+				return nil, attemptEnded(what, id, t, context.Cause(ctx))
 			case st.Code() == codes.Unavailable,
 				st.Code() == codes.DeadlineExceeded && ctx.Err() == nil,
 				st.Code() == codes.Canceled && ctx.Err() == nil:
@@ -599,13 +671,36 @@ func (c *Client) run(ctx context.Context, what, id string, wait time.Duration, f
 		select {
 		case <-ctx.Done():
 			timer.Stop()
-			return nil, fmt.Errorf("%s session %q: %w (gave up: %w)", what, id, lastErr, ctx.Err())
+			return nil, fmt.Errorf("%s session %q: %w (gave up: %w)", what, id, lastErr, context.Cause(ctx))
 		case <-changed:
 			timer.Stop()
 		case <-timer.C:
 		}
 		backoff = min(2*backoff, maxBackoff)
 	}
+}
+
+// budgetError is the cause of a call's end at the client's retry budget:
+// an unavailable store the caller can answer (a 503), and a deadline. A
+// type, not an error made per call: every call under a long context sets
+// the budget, and it almost never fires.
+type budgetError struct{ budget time.Duration }
+
+func (e budgetError) Error() string {
+	return fmt.Sprintf("%v: gave up after the client's retry budget of %s (%v)", ErrUnavailable, e.budget, context.DeadlineExceeded)
+}
+
+func (e budgetError) Unwrap() []error { return []error{ErrUnavailable, context.DeadlineExceeded} }
+
+// attemptEnded is the error of a call whose context (cause) ended during
+// an attempt on t. A deadline, the caller's or the budget's, means the
+// store did not answer in time: ErrUnavailable, so the caller can answer
+// it as such whichever deadline came first; a cancellation stays one.
+func attemptEnded(what, id string, t target, cause error) error {
+	if errors.Is(cause, context.DeadlineExceeded) && !errors.Is(cause, ErrUnavailable) {
+		return fmt.Errorf("%s session %q: %w: store %q at %s did not answer in time (%w)", what, id, ErrUnavailable, t.store, t.addr, cause)
+	}
+	return fmt.Errorf("%s session %q: store %q at %s: %w", what, id, t.store, t.addr, cause)
 }
 
 // attemptResult is the outcome of one attempt of a hedged call.
@@ -653,7 +748,7 @@ func retryable(err error) bool {
 // It returns the first success or definite answer (a version conflict, a
 // missing session: only a leader gives one) with the store that gave it;
 // when every attempt failed, t's own outcome, for the retry loop to act on.
-func (c *Client) hedged(ctx context.Context, t target, timeout time.Duration, hedge bool, fn attemptFunc) (any, target, error) {
+func (c *Client) hedged(ctx context.Context, t target, timeout time.Duration, hedge bool, fn attemptFunc, tr *callTrace) (any, target, error) {
 	if !hedge || c.cfg.HedgeDelay <= 0 {
 		v, err := c.attempt(ctx, t, timeout, fn)
 		return v, t, err
@@ -666,6 +761,9 @@ func (c *Client) hedged(ctx context.Context, t target, timeout time.Duration, he
 	hinted := map[string]bool{t.addr: true}
 	launch := func(to target) {
 		inflight[to.addr] = true
+		if tr != nil && to != t {
+			tr.hedges++
+		}
 		go func() {
 			v, err := c.attempt(hctx, to, timeout, fn)
 			select {
@@ -724,27 +822,43 @@ func (c *Client) hedged(ctx context.Context, t target, timeout time.Duration, he
 func (c *Client) alternate(t target, turn int) (target, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.shards == nil || t.shard < 0 || t.shard >= len(c.shards) {
-		return target{}, false
-	}
-	var cands []target
-	for _, r := range c.shards[t.shard].Replicas {
-		if r.Role != clusterstate.RoleVoter && r.Role != "" {
-			continue
+	now := time.Now()
+	cands := c.votersLocked(t.shard, func(o target) bool {
+		if o.addr == t.addr {
+			return false
 		}
-		m, ok := c.stores[r.Store]
-		if !ok || m.Addr == "" || m.Addr == t.addr {
-			continue
-		}
-		if until, ok := c.stalls[m.Addr]; ok && time.Now().Before(until) {
-			continue
-		}
-		cands = append(cands, target{shard: t.shard, store: r.Store, addr: m.Addr})
-	}
+		until, ok := c.stalls[o.addr]
+		return !ok || !now.Before(until)
+	})
 	if len(cands) == 0 {
 		return target{}, false
 	}
 	return cands[turn%len(cands)], true
+}
+
+// votersLocked lists, in the shard map's order, the voter replicas of
+// shard whose stores are registered with an address, those keep accepts:
+// where resolve's retries and hedged's hedges may go when the map's
+// preferred store does not answer. Only voters: a learner never leads,
+// so it could only answer with a hint.
+func (c *Client) votersLocked(shard int, keep func(target) bool) []target {
+	if c.shards == nil || shard < 0 || shard >= len(c.shards) {
+		return nil
+	}
+	var out []target
+	for _, r := range c.shards[shard].Replicas {
+		if r.Role != clusterstate.RoleVoter && r.Role != "" {
+			continue
+		}
+		m, ok := c.stores[r.Store]
+		if !ok || m.Addr == "" {
+			continue
+		}
+		if t := (target{shard: shard, store: r.Store, addr: m.Addr}); keep(t) {
+			out = append(out, t)
+		}
+	}
+	return out
 }
 
 // attemptTimeout is the timeout of the next attempt after timeouts

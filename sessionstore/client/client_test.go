@@ -149,6 +149,7 @@ func TestConfigValidate(t *testing.T) {
 		{Config{Etcd: etcd, Prefix: "erlmcp"}, "must start and end with '/'"},
 		{Config{Etcd: etcd, AttemptTimeout: -time.Second}, "attempt timeout"},
 		{Config{Etcd: etcd, RequestTimeout: -time.Second}, "request timeout"},
+		{Config{Etcd: etcd, RetryBudget: -time.Second}, "retry budget"},
 	} {
 		tc.cfg.setDefaults()
 		err := tc.cfg.Validate()
@@ -161,7 +162,7 @@ func TestConfigValidate(t *testing.T) {
 	if err := cfg.Validate(); err != nil {
 		t.Fatalf("defaults: %v", err)
 	}
-	if cfg.HedgeDelay != DefaultHedgeDelay || cfg.AttemptTimeout != DefaultAttemptTimeout || cfg.RequestTimeout != DefaultRequestTimeout || cfg.Prefix != DefaultPrefix {
+	if cfg.HedgeDelay != DefaultHedgeDelay || cfg.AttemptTimeout != DefaultAttemptTimeout || cfg.RequestTimeout != DefaultRequestTimeout || cfg.Prefix != DefaultPrefix || cfg.RetryBudget != DefaultRetryBudget {
 		t.Fatalf("defaults not applied: %+v", cfg)
 	}
 	off := Config{Etcd: etcd, HedgeDelay: -1}

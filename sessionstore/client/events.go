@@ -37,7 +37,7 @@ type Events struct {
 // expiry).
 func (c *Client) AppendEvents(ctx context.Context, sessionID, stream string, data ...[]byte) ([]uint64, error) {
 	req := &pb.AppendEventsRequest{SessionId: sessionID, Stream: stream, Data: data, RequestId: newRequestID()}
-	resp, err := call(ctx, c, fmt.Sprintf("append to stream %q of", stream), sessionID, 0, func(ctx context.Context, sc pb.SessionStoreServiceClient) (*pb.AppendEventsResponse, error) {
+	resp, err := call(ctx, c, "AppendEvents", fmt.Sprintf("append to stream %q of", stream), sessionID, 0, func(ctx context.Context, sc pb.SessionStoreServiceClient) (*pb.AppendEventsResponse, error) {
 		return sc.AppendEvents(ctx, req)
 	})
 	if err != nil {
@@ -58,7 +58,7 @@ func (c *Client) ReadEvents(ctx context.Context, sessionID, stream string, after
 		waitMs = 1
 	}
 	req := &pb.ReadEventsRequest{SessionId: sessionID, Stream: stream, AfterSeq: afterSeq, Limit: uint32(min(max(int64(limit), 0), math.MaxUint32)), WaitMs: waitMs}
-	resp, err := call(ctx, c, fmt.Sprintf("read stream %q of", stream), sessionID, wait, func(ctx context.Context, sc pb.SessionStoreServiceClient) (*pb.ReadEventsResponse, error) {
+	resp, err := call(ctx, c, "ReadEvents", fmt.Sprintf("read stream %q of", stream), sessionID, wait, func(ctx context.Context, sc pb.SessionStoreServiceClient) (*pb.ReadEventsResponse, error) {
 		return sc.ReadEvents(ctx, req)
 	})
 	if err != nil {

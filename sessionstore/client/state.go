@@ -24,7 +24,7 @@ func stateFromPB(e *pb.StateEntry) StateEntry {
 // (ErrSessionNotFound as well when the session is).
 func (c *Client) GetState(ctx context.Context, sessionID, key string) (StateEntry, error) {
 	req := &pb.GetStateRequest{SessionId: sessionID, Key: key}
-	resp, err := call(ctx, c, fmt.Sprintf("get state %q of", key), sessionID, 0, func(ctx context.Context, sc pb.SessionStoreServiceClient) (*pb.GetStateResponse, error) {
+	resp, err := call(ctx, c, "GetState", fmt.Sprintf("get state %q of", key), sessionID, 0, func(ctx context.Context, sc pb.SessionStoreServiceClient) (*pb.GetStateResponse, error) {
 		return sc.GetState(ctx, req)
 	})
 	if err != nil {
@@ -43,7 +43,7 @@ func (c *Client) PutState(ctx context.Context, sessionID, key string, value []by
 		v := *expectedVersion
 		req.ExpectedVersion = &v
 	}
-	resp, err := call(ctx, c, fmt.Sprintf("put state %q of", key), sessionID, 0, func(ctx context.Context, sc pb.SessionStoreServiceClient) (*pb.PutStateResponse, error) {
+	resp, err := call(ctx, c, "PutState", fmt.Sprintf("put state %q of", key), sessionID, 0, func(ctx context.Context, sc pb.SessionStoreServiceClient) (*pb.PutStateResponse, error) {
 		return sc.PutState(ctx, req)
 	})
 	if err != nil {
@@ -55,7 +55,7 @@ func (c *Client) PutState(ctx context.Context, sessionID, key string, value []by
 // DeleteState removes one key; deleting an absent key succeeds.
 func (c *Client) DeleteState(ctx context.Context, sessionID, key string) error {
 	req := &pb.DeleteStateRequest{SessionId: sessionID, Key: key, RequestId: newRequestID()}
-	return c.do(ctx, fmt.Sprintf("delete state %q of", key), sessionID, func(ctx context.Context, sc pb.SessionStoreServiceClient) error {
+	return c.do(ctx, "DeleteState", fmt.Sprintf("delete state %q of", key), sessionID, func(ctx context.Context, sc pb.SessionStoreServiceClient) error {
 		_, err := sc.DeleteState(ctx, req)
 		return err
 	})
@@ -64,7 +64,7 @@ func (c *Client) DeleteState(ctx context.Context, sessionID, key string) error {
 // ListState returns the entries whose key starts with prefix, in key order.
 func (c *Client) ListState(ctx context.Context, sessionID, prefix string) ([]StateEntry, error) {
 	req := &pb.ListStateRequest{SessionId: sessionID, Prefix: prefix}
-	resp, err := call(ctx, c, fmt.Sprintf("list state %q of", prefix), sessionID, 0, func(ctx context.Context, sc pb.SessionStoreServiceClient) (*pb.ListStateResponse, error) {
+	resp, err := call(ctx, c, "ListState", fmt.Sprintf("list state %q of", prefix), sessionID, 0, func(ctx context.Context, sc pb.SessionStoreServiceClient) (*pb.ListStateResponse, error) {
 		return sc.ListState(ctx, req)
 	})
 	if err != nil {

@@ -53,7 +53,7 @@ func (c *Client) PutTask(ctx context.Context, sessionID string, t Task, expected
 		v := *expectedVersion
 		req.ExpectedVersion = &v
 	}
-	resp, err := call(ctx, c, fmt.Sprintf("put task %q of", t.ID), sessionID, 0, func(ctx context.Context, sc pb.SessionStoreServiceClient) (*pb.PutTaskResponse, error) {
+	resp, err := call(ctx, c, "PutTask", fmt.Sprintf("put task %q of", t.ID), sessionID, 0, func(ctx context.Context, sc pb.SessionStoreServiceClient) (*pb.PutTaskResponse, error) {
 		return sc.PutTask(ctx, req)
 	})
 	if err != nil {
@@ -66,7 +66,7 @@ func (c *Client) PutTask(ctx context.Context, sessionID string, t Task, expected
 // (ErrSessionNotFound as well when the session is).
 func (c *Client) GetTask(ctx context.Context, sessionID, taskID string) (Task, error) {
 	req := &pb.GetTaskRequest{SessionId: sessionID, TaskId: taskID}
-	resp, err := call(ctx, c, fmt.Sprintf("get task %q of", taskID), sessionID, 0, func(ctx context.Context, sc pb.SessionStoreServiceClient) (*pb.GetTaskResponse, error) {
+	resp, err := call(ctx, c, "GetTask", fmt.Sprintf("get task %q of", taskID), sessionID, 0, func(ctx context.Context, sc pb.SessionStoreServiceClient) (*pb.GetTaskResponse, error) {
 		return sc.GetTask(ctx, req)
 	})
 	if err != nil {
@@ -80,7 +80,7 @@ func (c *Client) GetTask(ctx context.Context, sessionID, taskID string) (Task, e
 // pass as afterTaskID for the next page ("" when there are no more).
 func (c *Client) ListTasks(ctx context.Context, sessionID, afterTaskID string, limit int) ([]Task, string, error) {
 	req := &pb.ListTasksRequest{SessionId: sessionID, AfterTaskId: afterTaskID, Limit: uint32(min(max(int64(limit), 0), math.MaxUint32))}
-	resp, err := call(ctx, c, "list tasks of", sessionID, 0, func(ctx context.Context, sc pb.SessionStoreServiceClient) (*pb.ListTasksResponse, error) {
+	resp, err := call(ctx, c, "ListTasks", "list tasks of", sessionID, 0, func(ctx context.Context, sc pb.SessionStoreServiceClient) (*pb.ListTasksResponse, error) {
 		return sc.ListTasks(ctx, req)
 	})
 	if err != nil {
