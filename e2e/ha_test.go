@@ -48,7 +48,7 @@ func (c *haCluster) output() string {
 // (SIGTERM, then SIGKILL) when the test ends.
 func startHAUp(t *testing.T, env []string, args ...string) *haCluster {
 	t.Helper()
-	c := &haCluster{dataDir: t.TempDir(), base: freeRun(t, 80, map[int]bool{}), exited: make(chan struct{})}
+	c := &haCluster{dataDir: haDataDir(t), base: freeRun(t, 80, map[int]bool{}), exited: make(chan struct{})}
 	b := c.base
 	all := append([]string{"up", "--data-dir", c.dataDir,
 		"--listen", fmt.Sprintf("127.0.0.1:%d", b), "--front-port-base", strconv.Itoa(b + 1),
@@ -58,6 +58,9 @@ func startHAUp(t *testing.T, env []string, args ...string) *haCluster {
 		"--store-proxy-port-base", strconv.Itoa(b + 60)}, args...)
 	c.cmd = exec.Command(binary, all...)
 	c.cmd.Env = append(os.Environ(), env...)
+	if level := os.Getenv("ERLMCP_HA_LOG_LEVEL"); level != "" {
+		c.cmd.Env = append(c.cmd.Env, "ERLMCP_LOG_LEVEL="+level) // the last one counts
+	}
 	c.cmd.Stderr = c
 	stdout, err := c.cmd.StdoutPipe()
 	if err != nil {
@@ -111,12 +114,34 @@ func startHAUp(t *testing.T, env []string, args ...string) *haCluster {
 }
 
 // haEnv is the environment of a cluster for the HA tests: failure
-// detection in seconds, so a scenario takes seconds.
+// detection in seconds, so a scenario takes seconds. ERLMCP_HA_LOG_LEVEL
+// overrides its log level (startHAUp); at debug the workers log every
+// request's timing (store calls, settle wait, queueing), to trace a
+// stall in a scenario's report to where its time went.
 var haEnv = []string{
 	"ERLMCP_LOG_LEVEL=info",
 	"ERLMCP_PROBE_INTERVAL=1s",
 	"ERLMCP_REGION_FAIL_AFTER=3",
 	"ERLMCP_REGION_PROBE_WINDOW=4",
+}
+
+// haDataDir is the cluster's data dir: a new directory under
+// ERLMCP_HA_KEEP_DIR, kept after the test with the processes' logs (in
+// its logs/) and the scenarios' reports (in reports/), or a temporary one.
+func haDataDir(t *testing.T) string {
+	keep := os.Getenv("ERLMCP_HA_KEEP_DIR")
+	if keep == "" {
+		return t.TempDir()
+	}
+	if err := os.MkdirAll(keep, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp(keep, "ha-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("cluster data, logs and reports kept in %s", dir)
+	return dir
 }
 
 // haSeed is ERLMCP_HA_SEED, or a new one each run (logged for replay).
@@ -164,6 +189,9 @@ func TestHALoadScenarios(t *testing.T) {
 		"controlplane_failure", "etcd_failure", "front_failure", "pause", "partition", "rolling_restart", "region_failure"} {
 		t.Run(sc, func(t *testing.T) {
 			reports := t.TempDir()
+			if os.Getenv("ERLMCP_HA_KEEP_DIR") != "" {
+				reports = filepath.Join(c.dataDir, "reports")
+			}
 			cmd := exec.Command("bash", script, sc)
 			cmd.Env = append(os.Environ(), "ERLMCP_BIN="+binary, "HA_DATA_DIR="+c.dataDir, "HA_REPORT_DIR="+reports,
 				"HA_SEED="+seed, "HA_PHASE="+phase, "HA_REGION_HOLD="+regionHold)

@@ -35,13 +35,15 @@
 #                       failover-time budgets [1s 2s 0s 0s 0s 1s 10s]
 #   HA_REPORT_DIR       where reports, fault logs and cluster history go
 #                       [a temporary dir, printed]
+#   ERLMCP_LOG_LEVEL    log level of a started cluster [info]; at debug each
+#                       worker logs every request's timing (logs/ of the data dir)
 #
 # Exit status: 0 every scenario met its budgets; 1 one missed (its seed,
 # report and the cluster's history are printed); 2 bad usage.
 set -euo pipefail
 
 usage() {
-	sed -n '2,40p' "$0" | sed 's/^# \{0,1\}//'
+	sed -n '2,42p' "$0" | sed 's/^# \{0,1\}//'
 	exit 2
 }
 

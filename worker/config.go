@@ -40,7 +40,16 @@ type Config struct {
 	// AllowedOrigins are Origin values accepted besides http(s) on
 	// localhost, 127.0.0.1 and [::1] (any port). "*" accepts every origin.
 	AllowedOrigins []string
-	// RequestTimeout bounds the store calls made for one HTTP request.
+	// RequestTimeout bounds the store calls made for one HTTP request,
+	// and each store call a tool, resource or prompt handler makes
+	// (Request.GetState, PutState, notifications), however long the
+	// handler itself may run (CallTimeout). It is below clients' usual
+	// timeouts (5 s for erlmcp loadtest, more for most SDKs), so a request
+	// the store cannot serve in time (a shard electing a leader, a stalled
+	// store node) ends with a definite error (HTTP 503, or JSON-RPC -32003
+	// in a stream) the client can retry, not with the client giving up
+	// while the worker goes on with it. It is the store client's retry
+	// budget, and its attempts are at most half of it (storeClientConfig).
 	RequestTimeout time.Duration
 	// Version is reported as serverInfo.version and in membership.
 	Version string
@@ -113,7 +122,7 @@ const (
 	DefaultListen         = "127.0.0.1:8081"
 	DefaultMaxBodyBytes   = 4 << 20
 	DefaultSessionIdleTTL = 30 * time.Minute
-	DefaultRequestTimeout = 10 * time.Second
+	DefaultRequestTimeout = 4 * time.Second
 
 	DefaultToolset              = "all"
 	DefaultCallTimeout          = 10 * time.Minute

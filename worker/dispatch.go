@@ -118,7 +118,9 @@ func decodeParams(raw json.RawMessage, v any) *Error {
 	return nil
 }
 
-// requestMeta reads params._meta.progressToken.
+// requestMeta reads params._meta.progressToken (nil when absent or
+// null). It decodes into a struct, not requestMetaObject's map: one
+// allocation fewer on the path of every call that has a _meta.
 func requestMeta(params json.RawMessage) (progressToken json.RawMessage) {
 	if len(params) == 0 || params[0] != '{' || !mayHaveMeta(params) {
 		return nil

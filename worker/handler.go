@@ -54,6 +54,14 @@ type Handler struct {
 	incarnation string
 	// cache holds session records read from the store (sessioncache.go).
 	cache sessionCache
+	// tracing: the log is at debug level, so each request's timing is
+	// traced and logged (reqtrace.go); decided once, when built.
+	tracing bool
+	// lastArrival is when the last /mcp request arrived while draining
+	// (Unix nanoseconds; AwaitQuiet), set only then; active counts the
+	// /mcp requests being served.
+	lastArrival atomic.Int64
+	active      atomic.Int64
 }
 
 // Option changes how NewHandler builds a Handler.
@@ -163,6 +171,10 @@ func NewHandler(store SessionStore, opts ...Option) *Handler {
 		h.server = srv
 	}
 	h.cache.ttl = h.cfg.SessionCacheTTL
+	if h.log.Logger.IsLevelEnabled(logrus.DebugLevel) {
+		h.tracing = true
+		h.store = tracedStore{h.store}
+	}
 	h.metrics = newMetrics(h.cfg.Common.ID, h.cfg.Common.Region, h.cfg.Common.Zone)
 	h.disp = newDispatcher(h)
 	h.mux = http.NewServeMux()
@@ -190,7 +202,39 @@ func (h *Handler) Close() { h.closeBase() }
 
 // SetDraining makes /readyz answer 503 so load balancers stop sending new
 // work; /mcp keeps serving what still arrives.
-func (h *Handler) SetDraining(d bool) { h.draining.Store(d) }
+func (h *Handler) SetDraining(d bool) {
+	if d {
+		h.lastArrival.Store(time.Now().UnixNano())
+	}
+	h.draining.Store(d)
+}
+
+// AwaitQuiet waits, once draining, until no /mcp request has arrived for
+// quiet and none is running, and reports whether that happened before ctx
+// ended. Run calls it after leaving membership and before shutting the
+// HTTP server down, which closes the listener at once:
+//   - fronts learn that the worker left through a watch, and until they
+//     do they keep sending requests, on connections the shutdown would
+//     close under them (a request written to a connection the server is
+//     closing fails, and a POST is not retried); each is served instead;
+//   - a front that probes a worker whose listener is closed takes it for
+//     dead and fails the requests it has in flight there (502), although
+//     the shutdown would have let them finish; with none running, there
+//     are none to fail.
+func (h *Handler) AwaitQuiet(ctx context.Context, quiet time.Duration) bool {
+	tick := time.NewTicker(max(quiet/4, time.Millisecond))
+	defer tick.Stop()
+	for {
+		if h.active.Load() == 0 && time.Since(time.Unix(0, h.lastArrival.Load())) >= quiet {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-tick.C:
+		}
+	}
+}
 
 func (h *Handler) serveHealthz(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")

@@ -112,21 +112,23 @@ func runTool(ctx context.Context, c *call, t *tool, raw json.RawMessage) (any, *
 	if err == nil {
 		return res, nil
 	}
-	var je *Error
 	var ia *invalidArgs
 	var tc *taskCreated
 	switch {
 	case errors.As(err, &tc):
 		return tc.result, nil
-	case errors.As(err, &je):
-		return nil, je
 	case errors.As(err, &ia):
 		return invalidToolInput(c, t, err)
-	case errors.Is(err, ErrSessionNotFound), errors.Is(err, ErrStoreUnavailable):
-		c.storeErr = err
-		return nil, nil
 	}
-	return &ToolResult{Content: []Content{TextContent(err.Error())}, IsError: true}, nil
+	out, rerr, serr := toolOutcome(nil, err)
+	switch {
+	case serr != nil:
+		c.storeErr = serr // answered as the store's failure
+		return nil, nil
+	case rerr != nil:
+		return nil, rerr
+	}
+	return out, nil
 }
 
 // invalidToolInput answers arguments that fail the input schema: a tool

@@ -33,6 +33,14 @@ const testShards = 4
 // control plane would, and starts one store node hosting every shard.
 func realStore(t *testing.T) (*testcluster.Etcd, *clientv3.Client) {
 	t.Helper()
+	e, cli, _ := realStoreNode(t)
+	return e, cli
+}
+
+// realStoreNode is realStore, also returning the store node (closed when
+// the test ends, or before by the test).
+func realStoreNode(t *testing.T) (*testcluster.Etcd, *clientv3.Client, *sessionstore.Node) {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("starts etcd and a store node")
 	}
@@ -65,7 +73,7 @@ func realStore(t *testing.T) (*testcluster.Etcd, *clientv3.Client) {
 	case <-ctx.Done():
 		t.Fatal("store node not ready")
 	}
-	return e, cli
+	return e, cli, n
 }
 
 func testCommon(e *testcluster.Etcd, id string) config.Common {
@@ -91,6 +99,51 @@ func storeClient(t *testing.T, e *testcluster.Etcd, cli *clientv3.Client) *clien
 		t.Fatal(err)
 	}
 	return c
+}
+
+// TestRealStoreCallEndsWithinRequestTimeout: a worker's store client
+// gives up on a store that cannot answer (here: gone) after the worker's
+// RequestTimeout (storeClientConfig sets its retry budget), with an error
+// the worker answers as the store's failure, although the call's ctx runs
+// for minutes (a tools/call's CallTimeout) and the client's own default
+// budget is 30 s. Without that wiring the call runs past the 10 s bound.
+func TestRealStoreCallEndsWithinRequestTimeout(t *testing.T) {
+	e, cli, node := realStoreNode(t)
+	cfg := DefaultConfig()
+	cfg.Common = testCommon(e, "w1")
+	cfg.RequestTimeout = time.Second
+	sc, err := client.New(context.Background(), storeClientConfig(cfg, cli, logging.Discard()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sc.Close() })
+	rctx, rcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer rcancel()
+	if err := sc.Ready(rctx); err != nil {
+		t.Fatal(err)
+	}
+	store := StoreFromClient(sc)
+	srv := testWorker(t, store, "w1")
+	sid := initSession(t, srv.URL)
+	if err := node.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	const bound = 10 * time.Second
+	ctx, cancel := context.WithTimeout(context.Background(), DefaultCallTimeout)
+	defer cancel()
+	start := time.Now()
+	_, err = store.GetState(ctx, sid, stateKeyPrefix+"counter")
+	took := time.Since(start)
+	if took > bound || !errors.Is(err, ErrStoreUnavailable) {
+		t.Fatalf("GetState with the store gone: %v after %s, want ErrStoreUnavailable within %s (budget %s)", err, took, bound, cfg.RequestTimeout)
+	}
+	t.Logf("GetState with the store gone ended after %s (budget %s)", took, cfg.RequestTimeout)
+	// Through the handler: the counter's state call fails the same way and
+	// the client gets a 503 with -32003 it may retry.
+	if r := post(t, srv.URL, counterCall, sessionHeaders(sid)); r.status != http.StatusServiceUnavailable || r.rpc.Error == nil || r.rpc.Error.Code != CodeStoreUnavailable {
+		t.Fatalf("counter with the store gone: %d %s", r.status, r.body)
+	}
 }
 
 // TestRealStoreTwoWorkers: initialize on worker A, serve the session on

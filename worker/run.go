@@ -28,6 +28,17 @@ const (
 	// etcdOpTimeout bounds the membership update and revoke at shutdown
 	// and the etcd probe of /readyz.
 	etcdOpTimeout = 2 * time.Second
+	// storeReadyWait bounds the wait for the store client before the
+	// worker registers (Run).
+	storeReadyWait = 10 * time.Second
+	// drainQuiet is how long no request must arrive, with none running,
+	// after the worker left membership before its HTTP server shuts down,
+	// and drainQuietMax bounds that wait (Handler.AwaitQuiet): a front
+	// applies a membership change within milliseconds unless starved, and
+	// a request's store calls end within the request timeout. Requests
+	// still running then get the rest of ShutdownTimeout.
+	drainQuiet    = 300 * time.Millisecond
+	drainQuietMax = 5 * time.Second
 )
 
 // Run serves a worker until ctx ends: it connects to etcd and the session
@@ -51,7 +62,7 @@ func Run(ctx context.Context, cfg Config, log *logrus.Entry, opts ...Option) (er
 	}
 	defer cli.Close()
 
-	sc, err := client.New(ctx, client.Config{Etcd: cli, Prefix: cfg.Common.Prefix, RequestTimeout: storeAttemptTimeout(cfg.RequestTimeout), Log: log})
+	sc, err := client.New(ctx, storeClientConfig(cfg, cli, log))
 	if err != nil {
 		return fmt.Errorf("session store client: %w", err)
 	}
@@ -106,6 +117,17 @@ func Run(ctx context.Context, cfg Config, log *logrus.Entry, opts ...Option) (er
 		}
 	}
 
+	// Fronts send requests as soon as the worker is a member; until the
+	// store client knows the shard map and the store nodes, each would
+	// wait for them in its store calls (a restarted worker in a rolling
+	// restart answered its first requests 503 after the request timeout).
+	// So register once the client is ready, or after storeReadyWait
+	// anyway (the store may be down; /readyz then says why).
+	rctx, rcancel := context.WithTimeout(ctx, storeReadyWait)
+	if err := sc.Ready(rctx); err != nil && ctx.Err() == nil {
+		log.WithError(err).Warnf("the session store client is not ready after %s; registering anyway", storeReadyWait)
+	}
+	rcancel()
 	log.WithFields(logrus.Fields{"addr": addr, "etcd": cfg.Common.EtcdEndpoints}).Info("worker listening; registering in etcd")
 	reg, err := membership.Register(ctx, cli, cfg.Common.Prefix, self, cfg.Common.LeaseTTL, log)
 	if err != nil {
@@ -151,6 +173,11 @@ func Run(ctx context.Context, cfg Config, log *logrus.Entry, opts ...Option) (er
 		log.WithError(err).Warn("could not revoke the membership lease; it expires by itself")
 	}
 	cancel()
+	qctx, cancel := context.WithTimeout(context.Background(), drainQuietMax)
+	if !h.AwaitQuiet(qctx, drainQuiet) {
+		log.WithField("running", h.active.Load()).Warnf("requests still arriving or running %s after leaving membership; shutting down anyway", drainQuietMax)
+	}
+	cancel()
 	shutdown()
 	if err := <-serveErr; err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("HTTP server on %s: %w", addr, err)
@@ -172,10 +199,32 @@ func workerAlive(cli *clientv3.Client, prefix, id string) bool {
 	return resp.Count > 0
 }
 
-// storeAttemptTimeout is the store client's per-attempt timeout: a few
-// attempts fit in one request's budget.
+// storeClientConfig is the session store client's configuration for a
+// worker. RetryBudget is the request timeout: a tools/call's ctx runs for
+// up to CallTimeout, and each store call the handler makes for it
+// (GetState, PutState, notifications, stream events) must still end with
+// ErrUnavailable, answered as 503 or -32003, before the client's own
+// timeout, not wait out that ctx on a shard without a leader. A long-poll
+// gets its wait on top (the client adds it).
+func storeClientConfig(cfg Config, cli *clientv3.Client, log *logrus.Entry) client.Config {
+	return client.Config{
+		Etcd:           cli,
+		Prefix:         cfg.Common.Prefix,
+		RequestTimeout: storeAttemptTimeout(cfg.RequestTimeout),
+		RetryBudget:    cfg.RequestTimeout,
+		Log:            log,
+	}
+}
+
+// storeAttemptTimeout caps the store client's per-attempt timeout: its
+// attempts start short (client.DefaultAttemptTimeout, so a stalled store
+// node costs little) and grow up to this cap when they keep timing out;
+// half the request's budget leaves a starved but live store (seconds per
+// answer under CPU contention) time to answer one attempt instead of
+// cancelling each and retrying, and still fits a first short attempt and
+// a retry elsewhere in the budget.
 func storeAttemptTimeout(request time.Duration) time.Duration {
-	return max(request/4, 250*time.Millisecond)
+	return max(request/2, 250*time.Millisecond)
 }
 
 // ready is the /readyz check: etcd answers a linearizable read and the

@@ -114,9 +114,13 @@ func (c *sessionCache) forget(id string) {
 // It blocks for settleDelay (about the TTL) whatever the request's
 // context does: the change is already durable, so ending early could only
 // turn a success into an error (a retried DELETE would then get 404).
-func (c *sessionCache) settle(old sessionRecord) {
+// It returns how long it waited (for the debug log: the sleep may
+// overrun under load), zero when the record was not cacheable.
+func (c *sessionCache) settle(old sessionRecord) time.Duration {
 	if c.ttl <= 0 || !old.Initialized {
-		return
+		return 0
 	}
+	t0 := time.Now()
 	time.Sleep(c.settleDelay()) // the wait is the point: see sessionCache
+	return time.Since(t0)
 }

@@ -161,10 +161,19 @@ func (c *call) loadTask(ctx context.Context) (Task, *Error) {
 		version := t.Version
 		t.Status, t.StatusMessage = taskFailed, "the worker running this task stopped; retry it"
 		t.Data, _ = json.Marshal(errorf(CodeWorkerLost, "the worker running this task stopped; retry it"))
-		if nt, err := c.h.store.PutTask(ctx, c.session.id, t, &version); err == nil {
+		nt, err := c.h.store.PutTask(ctx, c.session.id, t, &version)
+		switch {
+		case err == nil:
 			t = nt
-		} else {
+		case errors.Is(err, ErrVersionConflict):
+			// Changed meanwhile (finished, or failed by another
+			// worker): read it again.
 			return c.loadTask(ctx)
+		default:
+			// Not again on a store that refuses writes: a loop of
+			// reads and failed writes until the context ends.
+			c.storeErr = err
+			return Task{}, nil
 		}
 	}
 	return t, nil

@@ -1,9 +1,12 @@
 package worker
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -112,4 +115,50 @@ func TestTasksAcrossWorkers(t *testing.T) {
 	if !strings.Contains(string(caps), `"tasks":{"cancel":{},"list":{},"requests":{"tools":{"call":{}}}}`) {
 		t.Fatalf("capabilities %s", caps)
 	}
+}
+
+// refusingTaskWrites is a store whose PutTask fails (as on a full disk)
+// once refuse is set; reads still work.
+type refusingTaskWrites struct {
+	SessionStore
+	refuse atomic.Bool
+	puts   atomic.Int32
+}
+
+func (s *refusingTaskWrites) PutTask(ctx context.Context, sid string, task Task, expected *uint64) (Task, error) {
+	if s.refuse.Load() {
+		s.puts.Add(1)
+		return Task{}, fmt.Errorf("%w: no space left on device", ErrStoreUnavailable)
+	}
+	return s.SessionStore.PutTask(ctx, sid, task, expected)
+}
+
+// TestLostTaskOnStoreRefusingWrites: tasks/get of a task whose worker died,
+// on a store that refuses the write failing it, answers the store error
+// once; it does not loop over reads and failed writes until the request's
+// context ends.
+func TestLostTaskOnStoreRefusingWrites(t *testing.T) {
+	s := &refusingTaskWrites{SessionStore: newMemStore()}
+	c := clusterOver(t, []string{"a", "b"}, nil, func() SessionStore { return s })
+	v := "2025-11-25"
+	sid := initOn(t, c.urls["a"], v, `{}`)
+	h := hdr(sid, v)
+	h["Accept"] = "application/json"
+	r := post(t, c.urls["a"], `{"jsonrpc":"2.0","id":"t","method":"tools/call","params":{"name":"gate","task":{"ttl":60000}}}`, h)
+	var res struct{ Task struct{ TaskID string } }
+	mustUnmarshal(t, r.rpc.Result, &res)
+	waitStarted(t, c.hk, "gate")
+	t.Cleanup(func() { c.hk.release <- struct{}{} })
+
+	c.dead.Store("a", true)
+	s.refuse.Store(true)
+	start := time.Now()
+	r = post(t, c.urls["b"], `{"jsonrpc":"2.0","id":2,"method":"tasks/get","params":{"taskId":"`+res.Task.TaskID+`"}}`, h)
+	if r.status != 503 {
+		t.Fatalf("tasks/get with task writes refused: %d %s, want 503", r.status, r.body)
+	}
+	if n := s.puts.Load(); n != 1 || time.Since(start) > testDeadline {
+		t.Fatalf("%d refused writes in %v, want 1", n, time.Since(start))
+	}
+	s.refuse.Store(false)
 }

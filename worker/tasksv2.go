@@ -161,9 +161,11 @@ func safeTaskRun(ctx context.Context, req *Request, fn TaskFunc) (res *ToolResul
 	return fn(ctx, req)
 }
 
-// toolOutcome maps a tool's return as runTool does: a *Error is a
-// protocol error (the task fails), a store failure fails it too, any
-// other error is a tool result with isError (the task completes).
+// toolOutcome maps a tool's return, for a task (runTaskV2) and for a call
+// (runTool, after the errors only a call has): a *Error is a protocol
+// error (the task fails), a store failure is returned as such (the task
+// fails; a call is answered as the store's failure), any other error is a
+// tool result with isError (the task completes).
 func toolOutcome(res *ToolResult, err error) (*ToolResult, *Error, error) {
 	var je *Error
 	switch {

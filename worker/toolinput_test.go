@@ -261,3 +261,22 @@ func TestTextContentJSON(t *testing.T) {
 		}
 	}
 }
+
+// TestRequestMeta: the progress token is read from params._meta, and a
+// null, absent or malformed one is none.
+func TestRequestMeta(t *testing.T) {
+	for params, want := range map[string]string{
+		`{"name":"x","_meta":{"progressToken":"tok","other":1}}`: `"tok"`,
+		`{"_meta":{"progressToken":7}}`:                          `7`,
+		`{"_meta":{"progressToken":null}}`:                       ``,
+		`{"_meta":{}}`:                                           ``,
+		`{"_meta":"not an object"}`:                              ``,
+		`{"name":"x"}`:                                           ``,
+		`[1]`:                                                    ``,
+		``:                                                       ``,
+	} {
+		if got := string(requestMeta(json.RawMessage(params))); got != want {
+			t.Errorf("requestMeta(%s) = %q, want %q", params, got, want)
+		}
+	}
+}

@@ -47,6 +47,17 @@ func versionSupported(v string) bool {
 type statusWriter struct {
 	http.ResponseWriter
 	status int
+	// rpcCode is the JSON-RPC error code of the answer, 0 for none or not
+	// known (an error inside an SSE stream).
+	rpcCode int
+}
+
+// noteError remembers the JSON-RPC error code of an answer w carries,
+// for the debug log (reqtrace.go).
+func noteError(w http.ResponseWriter, e *Error) {
+	if sw, ok := w.(*statusWriter); ok && e != nil {
+		sw.rpcCode = e.Code
+	}
 }
 
 func (s *statusWriter) WriteHeader(code int) {
@@ -74,18 +85,28 @@ func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
 // serveMCP is the Streamable HTTP endpoint.
 func (h *Handler) serveMCP(rw http.ResponseWriter, r *http.Request) {
 	start := time.Now()
+	if h.draining.Load() {
+		h.lastArrival.Store(start.UnixNano())
+	}
+	h.active.Add(1)
+	defer h.active.Add(-1)
 	w := &statusWriter{ResponseWriter: rw}
 	w.Header().Set(HeaderWorker, h.cfg.Common.ID)
 	label := labelInvalid
+	var trace *reqTrace
+	if h.tracing {
+		var ctx context.Context
+		ctx, trace = h.withTrace(r.Context())
+		r = r.WithContext(ctx)
+	}
 	defer func() {
 		if w.status == 0 {
 			w.status = http.StatusOK
 		}
 		d := time.Since(start)
 		h.metrics.observe(label, w.status, d)
-		if h.log.Logger.IsLevelEnabled(logrus.DebugLevel) {
-			h.log.WithFields(logrus.Fields{"http_method": r.Method, "method": label, "status": w.status,
-				"duration": d, "session": r.Header.Get(HeaderSessionID)}).Debug("mcp request")
+		if trace != nil {
+			h.logRequest(r, label, w, start, d, trace)
 		}
 	}()
 	if origin := r.Header.Get("Origin"); origin != "" && !h.originAllowed(origin) {
@@ -166,6 +187,11 @@ func (h *Handler) post(w http.ResponseWriter, r *http.Request) string {
 	// "after" the call that overtook it, and apply (a skipped increment in
 	// CI's pause scenario).
 	msg.received = time.Now()
+	if h.tracing {
+		if t := traceOf(r.Context()); t != nil {
+			t.received = msg.received
+		}
+	}
 	if msg.Kind == KindRequest && peerconn.Gone(r) {
 		// Its sender (the front, a client) gave up before this worker
 		// started it: the request sat here while the worker was frozen
@@ -473,7 +499,7 @@ func (h *Handler) delete(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// 204 only once no worker can serve the session from its cache.
-	h.cache.settle(sess.rec)
+	h.settle(ctx, sess.rec)
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -586,7 +612,7 @@ func (h *Handler) updateSession(ctx context.Context, s *session, change func(*se
 			old := s.rec
 			s.version, s.rec = stored.Version, next
 			// Acknowledged only once no worker can serve the old record.
-			h.cache.settle(old)
+			h.settle(ctx, old)
 			return nil
 		}
 		if !errors.Is(err, ErrVersionConflict) {
@@ -650,6 +676,7 @@ func (msg *Message) started() time.Time {
 
 // fail writes an HTTP error status with a JSON-RPC error body.
 func (h *Handler) fail(w http.ResponseWriter, status int, id json.RawMessage, e *Error) {
+	noteError(w, e)
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_, _ = w.Write(encodeError(id, e))
@@ -675,6 +702,7 @@ func (h *Handler) encodeAnswer(id json.RawMessage, result any, rerr *Error) []by
 // answer writes the response to a request as JSON.
 func (h *Handler) answer(w http.ResponseWriter, id json.RawMessage, result any, rerr *Error) {
 	body := h.encodeAnswer(id, result, rerr)
+	noteError(w, rerr)
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(body)

@@ -128,6 +128,7 @@ func runLoadtest(ctx context.Context, args []string, stdout, stderr io.Writer, l
 	fs.Uint64Var(&cfg.Seed, "seed", cfg.Seed, "seed of the operation choice")
 	fs.StringVar(&cfg.Protocol, "protocol", cfg.Protocol, "MCP protocol version: "+strings.Join(loadgen.Protocols, ", ")+" (sessionless)")
 	fs.Var(headers, "header", `extra request header "Name: value"; repeatable (in the environment, one per line)`)
+	fs.BoolVar(&cfg.StampSentAt, "stamp-sent-at", false, "send X-Erlmcp-Sent-At (when each request was sent): workers logging at debug level then log how long a request took to reach them (queued)")
 	fs.StringVar(&cfg.SSETool, "sse-tool", "", "tool called by the sse and resume operations: one that answers slowly with progress notifications")
 	fs.StringVar(&sseArgs, "sse-args", sseArgs, "arguments of --sse-tool, a JSON object")
 	fs.Float64Var(&cfg.Budgets.MaxErrorsPct, "max-errors-pct", cfg.Budgets.MaxErrorsPct, "budget: largest share of failed operations, in percent")

@@ -48,7 +48,7 @@ func cmdWorker(ctx context.Context, args []string, _, stderr io.Writer) int {
 	fs.Int64Var(&cfg.MaxBodyBytes, "max-body-bytes", cfg.MaxBodyBytes, "largest POST body accepted on /mcp, in bytes (larger: 413)")
 	fs.DurationVar(&cfg.SessionIdleTTL, "session-idle-ttl", cfg.SessionIdleTTL, "a session unused this long expires in the store")
 	fs.Var(originsFlag{&cfg.AllowedOrigins}, "allowed-origins", "comma-separated Origin values accepted besides http(s)://localhost, 127.0.0.1 and [::1] (\"*\" accepts any)")
-	fs.DurationVar(&cfg.RequestTimeout, "request-timeout", cfg.RequestTimeout, "bound on the session store calls made for one MCP request")
+	fs.DurationVar(&cfg.RequestTimeout, "request-timeout", cfg.RequestTimeout, "bound on the session store calls made for one MCP request, and on each store call of a tool, resource or prompt; keep it below clients' timeouts so a request the store cannot serve ends in a definite error (503, JSON-RPC -32003) first")
 	fs.StringVar(&cfg.Toolset, "toolset", cfg.Toolset, "built-in tools, resources and prompts: demo (echo, counter), everything (the MCP conformance fixture) or all")
 	fs.DurationVar(&cfg.CallTimeout, "call-timeout", cfg.CallTimeout, "bound on one tools/call, resources/read or prompts/get, including waits for the client")
 	fs.DurationVar(&cfg.ServerRequestTimeout, "server-request-timeout", cfg.ServerRequestTimeout, "how long a tool waits for the client's answer to sampling, elicitation or roots")

@@ -110,6 +110,10 @@ type Client struct {
 	ClientName, ClientVersion string
 	// OnHTTP, when set, is called once per HTTP request sent.
 	OnHTTP func()
+	// StampSentAt sends X-Erlmcp-Sent-At (when the request was sent) with
+	// every request; only a worker logging at debug level reads it, so it
+	// is off unless asked for (loadtest --stamp-sent-at).
+	StampSentAt bool
 }
 
 // NewHTTPClient returns an HTTP/1.1 keep-alive client whose pool holds at
@@ -311,11 +315,19 @@ func (s *Session) newRequest(ctx context.Context, httpMethod string, body []byte
 	return req, nil
 }
 
+// headerSentAt is worker.HeaderSentAt (this package imports no role).
+const headerSentAt = "X-Erlmcp-Sent-At"
+
 func (s *Session) send(req *http.Request) (*http.Response, error) {
 	if s.c.OnHTTP != nil {
 		s.c.OnHTTP()
 	}
 	ep, sent := s.ep, time.Now()
+	if s.c.StampSentAt {
+		// The worker's debug log tells from it how long the request took
+		// to reach it (the front, a paused process), to trace a stall.
+		req.Header.Set(headerSentAt, strconv.FormatInt(sent.UnixMicro(), 10))
+	}
 	resp, err := s.c.HTTP.Do(req)
 	if err != nil {
 		return nil, s.transportFailed(ep, req, classify(req.Context(), err))

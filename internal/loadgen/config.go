@@ -208,6 +208,8 @@ type Config struct {
 	Protocol string
 	// Headers are sent with every request.
 	Headers http.Header
+	// StampSentAt: each request carries when it was sent (Client.StampSentAt).
+	StampSentAt bool
 	// Seed makes the choice of operations repeatable.
 	Seed uint64
 	// SSETool names a tool that answers slowly with progress notifications,

@@ -190,7 +190,7 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (Report, error) {
 	hc := NewHTTPClient(cfg.Concurrency, cfg.Timeout)
 	defer hc.CloseIdleConnections()
 	newClient := func() *Client {
-		return &Client{URL: cfg.URL, Fallbacks: cfg.Fallbacks, HTTP: hc, Headers: cfg.Headers, Protocol: cfg.Protocol, ClientName: "erlmcp-loadtest"}
+		return &Client{URL: cfg.URL, Fallbacks: cfg.Fallbacks, HTTP: hc, Headers: cfg.Headers, Protocol: cfg.Protocol, ClientName: "erlmcp-loadtest", StampSentAt: cfg.StampSentAt}
 	}
 
 	mix, missing, err := probe(ctx, cfg, newClient())

@@ -177,3 +177,42 @@ func TestUpClusterSignals(t *testing.T) {
 		t.Fatal("killed process still running")
 	}
 }
+
+// TestQuorumsIn: the shards a region holds a majority of the voters of,
+// which a stop of that region leaves without a quorum.
+func TestQuorumsIn(t *testing.T) {
+	members := []Member{
+		{Role: "store", ID: "store-1", Region: "us-east-1", PID: 21, Healthy: true},
+		{Role: "store", ID: "store-4", Region: "us-east-1", PID: 24, Healthy: true},
+		{Role: "store", ID: "store-2", Region: "eu-west-1", PID: 22, Healthy: true},
+		{Role: "store", ID: "store-3", Region: "ap-southeast-1", PID: 23, Healthy: true},
+	}
+	shard := func(n int, replicas ...string) string {
+		var rs []string
+		for _, r := range replicas {
+			store, role, _ := strings.Cut(r, ":")
+			if role == "" {
+				role = "voter"
+			}
+			rs = append(rs, fmt.Sprintf(`{"store":%q,"role":%q,"lag":0}`, store, role))
+		}
+		return fmt.Sprintf(`{"shard":%d,"leader":"store-2","replicas":[%s]}`, n, strings.Join(rs, ","))
+	}
+	shards := "[" + strings.Join([]string{
+		shard(0, "store-1", "store-2", "store-3"),                    // spread
+		shard(1, "store-1", "store-4", "store-2"),                    // two of three in us-east-1
+		shard(2, "store-1", "store-2", "store-3", "store-4:learner"), // a learner is no voter
+		shard(3, "store-4"),                                          // its only voter
+	}, ",") + "]"
+	u := newFakeUp(t, &fakeAdmin{members: members, shards: shards, leader: "cp-1"})
+	got, err := u.quorumsIn(context.Background(), "us-east-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(got) != "[1 3]" {
+		t.Errorf("quorumsIn(us-east-1) = %v, want [1 3]", got)
+	}
+	if got, _ := u.quorumsIn(context.Background(), "eu-west-1"); len(got) != 0 {
+		t.Errorf("quorumsIn(eu-west-1) = %v, want none", got)
+	}
+}
