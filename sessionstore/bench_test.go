@@ -216,20 +216,7 @@ func idleCPU(d time.Duration) float64 {
 func (c *rcluster) raftStats() multiraft.Stats {
 	var sum multiraft.Stats
 	for _, n := range c.nodes {
-		st := n.RaftStats()
-		sum.Syncs += st.Syncs
-		sum.ApplyCommits += st.ApplyCommits
-		sum.Sends += st.Sends
-		sum.Messages += st.Messages
-		sum.Iterations += st.Iterations
-		sum.ApplyTime += st.ApplyTime
-		sum.ApplyRounds += st.ApplyRounds
-		sum.ApplyQueueTime += st.ApplyQueueTime
-		sum.Checkpoints += st.Checkpoints
-		sum.CheckpointTime += st.CheckpointTime
-		sum.Writes = sum.Writes.Add(st.Writes)
-		sum.FollowerAppends.Count += st.FollowerAppends.Count
-		sum.FollowerAppends.Time += st.FollowerAppends.Time
+		sum = sum.Add(n.RaftStats())
 	}
 	return sum
 }
@@ -245,18 +232,12 @@ func reportEngine(b *testing.B, before, after multiraft.Stats) {
 	b.ReportMetric(per(before.Messages, after.Messages), "msgs/op")
 	// Where a write's time went (multiraft.WriteTimings), mean ms per
 	// stage, and the loop iterations it spanned.
-	if w := after.Writes.Sub(before.Writes); w.Count > 0 {
-		ms := func(d time.Duration) float64 { return float64(d) / float64(w.Count) / float64(time.Millisecond) }
-		b.ReportMetric(ms(w.Queued), "w-queued-ms")
-		b.ReportMetric(ms(w.LeaderSync), "w-lsync-ms")
-		b.ReportMetric(ms(w.Quorum), "w-quorum-ms")
-		b.ReportMetric(ms(w.ApplyQueued), "w-applyq-ms")
-		b.ReportMetric(ms(w.Applied), "w-apply-ms")
-		b.ReportMetric(float64(w.Iterations)/float64(w.Count), "w-iters")
-	}
+	after.Writes.Sub(before.Writes).Report(b.ReportMetric)
 	if r := after.ApplyRounds - before.ApplyRounds; r > 0 {
 		b.ReportMetric(float64(after.ApplyQueueTime-before.ApplyQueueTime)/float64(r)/float64(time.Millisecond), "applier-wait-ms")
-		b.ReportMetric(float64(after.ApplyTime-before.ApplyTime)/float64(after.ApplyCommits-before.ApplyCommits+1)/float64(time.Millisecond), "apply-tx-ms")
+	}
+	if n := after.ApplyCommits - before.ApplyCommits; n > 0 {
+		b.ReportMetric(float64(after.ApplyTime-before.ApplyTime)/float64(n)/float64(time.Millisecond), "apply-tx-ms")
 	}
 	if c := after.Checkpoints - before.Checkpoints; c > 0 {
 		b.ReportMetric(float64(after.CheckpointTime-before.CheckpointTime)/float64(c)/float64(time.Millisecond), "ckpt-ms")

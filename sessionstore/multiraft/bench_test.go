@@ -69,15 +69,14 @@ func benchPropose(b *testing.B, legacy bool) {
 			lat := make([][]time.Duration, clients)
 			var failed atomic.Int64
 			wb0 := procWriteBytes()
-			var st0 Stats
-			for _, s := range c.stores() {
-				st := c.node(s).Stats()
-				st0.Syncs += st.Syncs
-				st0.SyncTime += st.SyncTime
-				st0.ApplyCommits += st.ApplyCommits
-				st0.Checkpoints += st.Checkpoints
-				st0.Writes = st0.Writes.Add(st.Writes)
+			sum := func() Stats {
+				var st Stats
+				for _, s := range c.stores() {
+					st = st.Add(c.node(s).Stats())
+				}
+				return st
 			}
+			st0 := sum()
 			cpu0 := proccpu.Used()
 			b.ResetTimer()
 			start := time.Now()
@@ -122,20 +121,12 @@ func benchPropose(b *testing.B, legacy bool) {
 			b.ReportMetric(ms(0.50), "p50-ms")
 			b.ReportMetric(ms(0.99), "p99-ms")
 			cpu := proccpu.Used() - cpu0
-			var st1 Stats
-			for _, s := range c.stores() {
-				st := c.node(s).Stats()
-				st1.Syncs += st.Syncs
-				st1.SyncTime += st.SyncTime
-				st1.ApplyCommits += st.ApplyCommits
-				st1.Checkpoints += st.Checkpoints
-				st1.Writes = st1.Writes.Add(st.Writes)
-			}
+			st1 := sum()
+			st1.Writes.Sub(st0.Writes).Report(b.ReportMetric)
 			st1.Syncs -= st0.Syncs
 			st1.SyncTime -= st0.SyncTime
 			st1.ApplyCommits -= st0.ApplyCommits
 			st1.Checkpoints -= st0.Checkpoints
-			reportWriteTimings(b, st1.Writes.Sub(st0.Writes))
 			writes := float64(len(merged))
 			b.ReportMetric(float64(st1.ApplyCommits)/writes, "apply-commits/write")
 			b.ReportMetric(float64(st1.Syncs+2*st1.Checkpoints)/writes, "fsyncs/write")
@@ -149,21 +140,6 @@ func benchPropose(b *testing.B, legacy bool) {
 			}
 		})
 	}
-}
-
-// reportWriteTimings reports the mean time per stage of the write path
-// (WriteTimings) in ms and the loop iterations a write spanned.
-func reportWriteTimings(b *testing.B, w WriteTimings) {
-	if w.Count == 0 {
-		return
-	}
-	ms := func(d time.Duration) float64 { return float64(d) / float64(w.Count) / float64(time.Millisecond) }
-	b.ReportMetric(ms(w.Queued), "w-queued-ms")
-	b.ReportMetric(ms(w.LeaderSync), "w-lsync-ms")
-	b.ReportMetric(ms(w.Quorum), "w-quorum-ms")
-	b.ReportMetric(ms(w.ApplyQueued), "w-applyq-ms")
-	b.ReportMetric(ms(w.Applied), "w-apply-ms")
-	b.ReportMetric(float64(w.Iterations)/float64(w.Count), "w-iters")
 }
 
 // procWriteBytes is this process's write_bytes from /proc/self/io (bytes

@@ -179,6 +179,32 @@ type Stats struct {
 	FollowerAppends FollowerTimings
 }
 
+// Add is s plus o, field by field (sums over nodes, for benchmarks).
+func (s Stats) Add(o Stats) Stats {
+	s.Syncs += o.Syncs
+	s.SyncTime += o.SyncTime
+	s.ApplyCommits += o.ApplyCommits
+	s.ApplyTime += o.ApplyTime
+	s.ApplyRounds += o.ApplyRounds
+	s.ApplyQueueTime += o.ApplyQueueTime
+	s.Checkpoints += o.Checkpoints
+	s.CheckpointTime += o.CheckpointTime
+	s.Proposals += o.Proposals
+	s.Applied += o.Applied
+	s.SnapshotsApplied += o.SnapshotsApplied
+	s.Sends += o.Sends
+	s.Messages += o.Messages
+	s.Reads += o.Reads
+	s.ReadIndexRounds += o.ReadIndexRounds
+	s.StorageFailures += o.StorageFailures
+	s.StorageRecoveries += o.StorageRecoveries
+	s.Iterations += o.Iterations
+	s.Writes = s.Writes.Add(o.Writes)
+	s.FollowerAppends.Count += o.FollowerAppends.Count
+	s.FollowerAppends.Time += o.FollowerAppends.Time
+	return s
+}
+
 type counters struct {
 	syncs, syncNanos, proposals, applied, snaps, sends, msgs atomic.Uint64
 	storFails, storRecoveries                                atomic.Uint64

@@ -105,6 +105,22 @@ func (w WriteTimings) Sub(o WriteTimings) WriteTimings {
 	}
 }
 
+// Report hands report each stage's mean in ms and the loop iterations per
+// write, under the units the benchmarks print (testing.B.ReportMetric
+// fits); nothing when no write was counted.
+func (w WriteTimings) Report(report func(float64, string)) {
+	if w.Count == 0 {
+		return
+	}
+	ms := func(d time.Duration) float64 { return float64(d) / float64(w.Count) / float64(time.Millisecond) }
+	report(ms(w.Queued), "w-queued-ms")
+	report(ms(w.LeaderSync), "w-lsync-ms")
+	report(ms(w.Quorum), "w-quorum-ms")
+	report(ms(w.ApplyQueued), "w-applyq-ms")
+	report(ms(w.Applied), "w-apply-ms")
+	report(float64(w.Iterations)/float64(w.Count), "w-iters")
+}
+
 // Add is w plus o (sums over nodes).
 func (w WriteTimings) Add(o WriteTimings) WriteTimings {
 	return WriteTimings{

@@ -2,6 +2,7 @@ package multiraft
 
 import (
 	"context"
+	"reflect"
 	"sync"
 	"testing"
 	"time"
@@ -151,4 +152,48 @@ func TestDurablePrefix(t *testing.T) {
 			t.Errorf("%s: durablePrefix = %d, want %d", tc.name, got, tc.want)
 		}
 	}
+}
+
+// TestStatsAddCoversEveryField: Stats.Add sums every counter, so a field
+// added later is not silently left out of the benchmarks' sums.
+func TestStatsAddCoversEveryField(t *testing.T) {
+	var one Stats
+	var fill func(v reflect.Value)
+	fill = func(v reflect.Value) {
+		for i := range v.NumField() {
+			f := v.Field(i)
+			switch f.Kind() {
+			case reflect.Struct:
+				fill(f)
+			case reflect.Uint64, reflect.Int64:
+				if f.Kind() == reflect.Uint64 {
+					f.SetUint(1)
+				} else {
+					f.SetInt(1)
+				}
+			default:
+				t.Fatalf("Stats field %s of kind %s: extend this test and Stats.Add", v.Type().Field(i).Name, f.Kind())
+			}
+		}
+	}
+	fill(reflect.ValueOf(&one).Elem())
+	var check func(v reflect.Value, path string)
+	check = func(v reflect.Value, path string) {
+		for i := range v.NumField() {
+			f, name := v.Field(i), path+v.Type().Field(i).Name
+			switch f.Kind() {
+			case reflect.Struct:
+				check(f, name+".")
+			case reflect.Uint64:
+				if f.Uint() != 2 {
+					t.Errorf("Stats.Add: %s = %d, want 2", name, f.Uint())
+				}
+			case reflect.Int64:
+				if f.Int() != 2 {
+					t.Errorf("Stats.Add: %s = %d, want 2", name, f.Int())
+				}
+			}
+		}
+	}
+	check(reflect.ValueOf(one.Add(one)), "")
 }
