@@ -4,12 +4,10 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/erlmcp/erlmcp/internal/embedetcd"
 	"github.com/erlmcp/erlmcp/internal/testcluster"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -119,49 +117,11 @@ func benchEtcdShapes(b *testing.B, cli *clientv3.Client) {
 
 // startEtcdCluster starts members embedded etcd members on loopback, data
 // in b.TempDir(), production timings and fsync, and returns a client of
-// all of them; everything stops when the benchmark ends.
+// the leader alone; everything stops when the benchmark ends.
 func startEtcdCluster(b *testing.B, members int) *clientv3.Client {
 	b.Helper()
-	cfgs := make([]embedetcd.Config, members)
-	var initial []string
-	for i := range cfgs {
-		cfgs[i] = embedetcd.Config{
-			Name:         fmt.Sprintf("ref-%d", i),
-			DataDir:      b.TempDir(),
-			ClientURL:    "http://" + testcluster.FreeAddr(b),
-			PeerURL:      "http://" + testcluster.FreeAddr(b),
-			ClusterState: "new",
-			TickMs:       100,
-			ElectionMs:   1000,
-			StartTimeout: time.Minute,
-		}
-		initial = append(initial, cfgs[i].Name+"="+cfgs[i].PeerURL)
-	}
-	// Members start together: each is ready only once a quorum runs.
-	servers := make([]*embedetcd.Server, members)
-	errs := make([]error, members)
-	var wg sync.WaitGroup
-	for i := range cfgs {
-		cfgs[i].InitialCluster = strings.Join(initial, ",")
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			servers[i], errs[i] = embedetcd.Start(context.Background(), cfgs[i])
-		}()
-	}
-	wg.Wait()
-	for i, s := range servers {
-		if s != nil {
-			b.Cleanup(s.Close)
-		}
-		if errs[i] != nil {
-			b.Fatalf("start etcd member %s: %v", cfgs[i].Name, errs[i])
-		}
-	}
-	endpoints := make([]string, members)
-	for i, c := range cfgs {
-		endpoints[i] = c.ClientURL
-	}
+	// Production timings: a 100 ms heartbeat, a 1 s election.
+	endpoints := testcluster.StartEtcdMembers(b, members, 100, 1000)
 	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 10 * time.Second})
 	if err != nil {
 		b.Fatalf("etcd client: %v", err)

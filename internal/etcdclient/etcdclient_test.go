@@ -3,14 +3,12 @@ package etcdclient
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/erlmcp/erlmcp/internal/embedetcd"
 	"github.com/erlmcp/erlmcp/internal/testcluster"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -111,46 +109,8 @@ func (p *freezeProxy) close() {
 // startEtcd3 starts a 3-member embedded etcd on loopback and returns the
 // members' client URLs.
 func startEtcd3(t *testing.T) []string {
-	t.Helper()
-	var cfgs []embedetcd.Config
-	var initial []string
-	for i := range 3 {
-		c := embedetcd.Config{
-			Name:         fmt.Sprintf("m%d", i),
-			DataDir:      t.TempDir(),
-			ClientURL:    "http://" + testcluster.FreeAddr(t),
-			PeerURL:      "http://" + testcluster.FreeAddr(t),
-			ClusterState: "new",
-			// Slow enough for a loaded 2-core box, fast enough for short leases.
-			TickMs:       50,
-			ElectionMs:   1000,
-			StartTimeout: 60 * time.Second,
-		}
-		cfgs = append(cfgs, c)
-		initial = append(initial, c.Name+"="+c.PeerURL)
-	}
-	var wg sync.WaitGroup
-	errs := make([]error, 3)
-	for i := range cfgs {
-		cfgs[i].InitialCluster = strings.Join(initial, ",")
-		wg.Go(func() {
-			s, err := embedetcd.Start(context.Background(), cfgs[i])
-			if err != nil {
-				errs[i] = err
-				return
-			}
-			t.Cleanup(s.Close)
-		})
-	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		t.Fatalf("start 3-member etcd: %v", err)
-	}
-	urls := make([]string, 3)
-	for i, c := range cfgs {
-		urls[i] = c.ClientURL
-	}
-	return urls
+	// Slow enough for a loaded 2-core box, fast enough for short leases.
+	return testcluster.StartEtcdMembers(t, 3, 50, 1000)
 }
 
 // A client whose member freezes keeps working within a few seconds: a Put
