@@ -232,7 +232,10 @@ func TestCallsEndWithTheirContext(t *testing.T) {
 		return context.WithTimeout(context.Background(), d)
 	}
 
-	t.Run("paused stores", func(t *testing.T) {
+	// pausedCluster: three stores that accept and never answer, and a
+	// hedging client that has read their shard map.
+	pausedCluster := func(t *testing.T) (*testcluster.Etcd, *Client) {
+		t.Helper()
 		e := testcluster.StartEtcd(t)
 		cli := e.Client()
 		storeCluster(t, cli, e.Prefix, true, map[string]string{"a": pausedStore(t), "b": pausedStore(t), "c": pausedStore(t)})
@@ -242,6 +245,11 @@ func TestCallsEndWithTheirContext(t *testing.T) {
 		if err := c.Ready(rctx); err != nil {
 			t.Fatal(err)
 		}
+		return e, c
+	}
+
+	t.Run("paused stores", func(t *testing.T) {
+		_, c := pausedCluster(t)
 		ctx, cancel := withDeadline(deadline)
 		defer cancel()
 		check(t, every(ctx, c, "sess", pollWait), deadline, 0, context.DeadlineExceeded, ErrUnavailable)
@@ -275,15 +283,7 @@ func TestCallsEndWithTheirContext(t *testing.T) {
 	})
 
 	t.Run("etcd gone, stores paused", func(t *testing.T) {
-		e := testcluster.StartEtcd(t)
-		cli := e.Client()
-		storeCluster(t, cli, e.Prefix, true, map[string]string{"a": pausedStore(t), "b": pausedStore(t), "c": pausedStore(t)})
-		c := newTestClient(t, cli, e.Prefix, Config{HedgeDelay: 50 * time.Millisecond, AttemptTimeout: 300 * time.Millisecond})
-		rctx, rcancel := withDeadline(20 * time.Second)
-		defer rcancel()
-		if err := c.Ready(rctx); err != nil {
-			t.Fatal(err)
-		}
+		e, c := pausedCluster(t)
 		e.Server.Close() // the watches now fail and retry; the map stays as last seen
 		ctx, cancel := withDeadline(deadline)
 		defer cancel()
