@@ -17,11 +17,12 @@
 # ERLMCP_BIN overrides the erlmcp binary (bin/erlmcp).
 set -euo pipefail
 
-cd "$(dirname "$0")/.."
 if [[ $# -lt 2 ]]; then
 	sed -n '2,19p' "$0" >&2
 	exit 2
 fi
+# The usage above is read from "$0", so only now to the repository root.
+cd "$(dirname "$0")/.."
 PID=$1
 URL=$2
 C=${3:-16}
