@@ -80,6 +80,17 @@ func decodeStatuses(prefix string, kvs map[string][]byte) map[int]map[string]Rep
 }
 
 // decodeShardDocs parses the shard map (with target_leader).
+// unplaced reports whether a shard has no replica yet (initial placement
+// has work to do).
+func unplaced(docs []ShardDoc) bool {
+	for _, d := range docs {
+		if len(d.Shard.Replicas) == 0 {
+			return true
+		}
+	}
+	return false
+}
+
 func decodeShardDocs(prefix string, shardCount int, kvs map[string][]byte) []ShardDoc {
 	out := make([]ShardDoc, shardCount)
 	for i := range out {
@@ -262,6 +273,7 @@ func (cp *ControlPlane) raftPlacementLoop(ctx context.Context, lead leadership, 
 	var need [nWatch]int64 // a pass waits until each snapshot shows our writes
 	var tracker storeTracker
 	var firstStore time.Time
+	waitingLogged := false // "waiting for regions", once per wait
 	lastPause := ""
 	tick := time.NewTicker(cp.cfg.PlannerTick)
 	defer tick.Stop()
@@ -310,6 +322,16 @@ func (cp *ControlPlane) raftPlacementLoop(ctx context.Context, lead leadership, 
 		state := ClusterState{
 			Stores:           tracker.update(all, docs, ops, now, 2*max(pcfg.DownGrace, pcfg.MassExpiryWindow, time.Minute)),
 			BootstrapAllowed: cp.bootstrapReady(members, all, regions, cc.ReplicationFactor, firstStore, now),
+		}
+		if !state.BootstrapAllowed && len(members) > 0 && unplaced(docs) {
+			if !waitingLogged {
+				cp.log.WithFields(map[string]any{"stores": len(members), "store_regions": distinctRegions(members),
+					"settle": cp.cfg.PlacementSettle.String()}).
+					Info("placement: waiting for store nodes in more regions before placing shards (a region without store nodes delays it up to --placement-settle)")
+				waitingLogged = true
+			}
+		} else {
+			waitingLogged = false
 		}
 		for _, d := range regions {
 			if d.State == RegionActive {
