@@ -185,6 +185,10 @@ func TestHALoadScenarios(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The baseline's slowest steady answer is the stall reference of the
+	// faulted scenarios after it (loadtest --stall-reference): their own
+	// fault-free lead-in is a few seconds.
+	var stallRef time.Duration
 	for _, sc := range []string{"baseline", "worker_failure", "store_failure", "store_follower_failure",
 		"controlplane_failure", "etcd_failure", "front_failure", "pause", "partition", "rolling_restart", "region_failure"} {
 		t.Run(sc, func(t *testing.T) {
@@ -195,6 +199,9 @@ func TestHALoadScenarios(t *testing.T) {
 			cmd := exec.Command("bash", script, sc)
 			cmd.Env = append(os.Environ(), "ERLMCP_BIN="+binary, "HA_DATA_DIR="+c.dataDir, "HA_REPORT_DIR="+reports,
 				"HA_SEED="+seed, "HA_PHASE="+phase, "HA_REGION_HOLD="+regionHold)
+			if stallRef > 0 {
+				cmd.Env = append(cmd.Env, "HA_STALL_REFERENCE="+stallRef.String())
+			}
 			out, err := cmd.CombinedOutput()
 			code := 0
 			if ee, ok := err.(*exec.ExitError); ok {
@@ -206,6 +213,9 @@ func TestHALoadScenarios(t *testing.T) {
 			rep := readReport(t, filepath.Join(reports, sc+".json"))
 			if rep == nil {
 				t.Fatalf("no report written (exit %d)", code)
+			}
+			if sc == "baseline" {
+				stallRef = rep.SteadyMax()
 			}
 			for _, v := range checkSafety(rep) {
 				t.Errorf("seed %s: %s", seed, v)

@@ -29,6 +29,10 @@
 #   HA_SEED             seed of fault times and the operation mix [time]
 #   HA_SESSIONS, HA_CONCURRENCY   load shape [16, 8]
 #   HA_MAX_P95          baseline p95 budget [100ms]
+#   HA_STALL_REFERENCE  the slowest steady answer of a fault-free run on this
+#                       cluster: a fault's slowest answer counts as a stall
+#                       only above it [the baseline scenario's, when it ran
+#                       before in the same invocation; else none]
 #   HA_MAX_ERRORS_PCT   budget of errors no fault explains, percent [0.01]
 #   HA_MAX_WORKER, HA_MAX_STORE_LEADER, HA_MAX_STORE_FOLLOWER,
 #   HA_MAX_CONTROLPLANE, HA_MAX_ETCD, HA_MAX_FRONT, HA_MAX_REGION
@@ -43,7 +47,7 @@
 set -euo pipefail
 
 usage() {
-	sed -n '2,42p' "$0" | sed 's/^# \{0,1\}//'
+	sed -n '2,46p' "$0" | sed 's/^# \{0,1\}//'
 	exit 2
 }
 
@@ -148,8 +152,15 @@ run() {
 	local report=$reports/$name.json log=$reports/$name.log
 	echo
 	echo "=== $name"
-	local rc=0
-	"$bin" loadtest --data-dir "$data_dir" --settle 120s --seed "$seed" \
+	local rc=0 ref=()
+	# A faulted run's own fault-free seconds are few; the baseline's
+	# slowest answer says better how slow an answer gets with no fault.
+	if [[ -n ${HA_STALL_REFERENCE:-} ]]; then
+		ref=(--stall-reference "$HA_STALL_REFERENCE")
+	elif [[ $name != baseline && -s $reports/baseline.json ]]; then
+		ref=(--stall-reference-from "$reports/baseline.json")
+	fi
+	"$bin" loadtest --data-dir "$data_dir" --settle 120s --seed "$seed" "${ref[@]}" \
 		--sessions "$sessions" --concurrency "$concurrency" --timeout 5s \
 		--max-errors-pct "$max_errors_pct" --max-sessions-lost 0 --max-writes-lost 0 \
 		--report-file "$report" "$@" >"$reports/$name.txt" 2>"$log" || rc=$?

@@ -108,6 +108,7 @@ func runLoadtest(ctx context.Context, args []string, stdout, stderr io.Writer, l
 		faults     faultFlag
 		dataDir    string
 		settle     time.Duration
+		refReport  string
 	)
 	fs := config.NewFlagSet("loadtest", loadtestSummary, stderr)
 	fs.StringVar(&cfg.URL, "url", cfg.URL, "MCP endpoint (Streamable HTTP); a comma-separated list names endpoints of the same cluster (several fronts) to fail over between, first one first")
@@ -138,6 +139,8 @@ func runLoadtest(ctx context.Context, args []string, stdout, stderr io.Writer, l
 	fs.DurationVar(&cfg.Budgets.MaxFailover, "max-failover", cfg.Budgets.MaxFailover, "budget: longest window a session went unserved (0: no budget)")
 	fs.DurationVar(&cfg.Budgets.MaxP95, "max-p95", cfg.Budgets.MaxP95, "budget: 95th percentile latency (0: no budget)")
 	fs.DurationVar(&cfg.Budgets.StallResolution, "stall-resolution", cfg.Budgets.StallResolution, "a fault's slowest answer counts as a window without service only when it exceeds the slowest answer outside faults by more than this and every answer while no fault was active (less is latency spread)")
+	fs.DurationVar(&cfg.Budgets.StallReference, "stall-reference", cfg.Budgets.StallReference, "the slowest answer of a fault-free run against the same cluster (e.g. its baseline scenario): a fault's slowest answer counts as a stall only above it too (0: none)")
+	fs.StringVar(&refReport, "stall-reference-from", "", "a fault-free run's report (its --report-file) against the same cluster: its slowest answer other than initialize is the stall reference, if above --stall-reference")
 	if err := config.Parse(fs, args, lookup); err != nil {
 		if errors.Is(err, config.ErrHelp) {
 			return exitOK
@@ -191,6 +194,14 @@ func runLoadtest(ctx context.Context, args []string, stdout, stderr io.Writer, l
 		}
 	}
 	cfg.Faults = faults.f
+	if refReport != "" {
+		ref, err := loadgen.ReadReport(refReport)
+		if err != nil {
+			fmt.Fprintf(stderr, "erlmcp loadtest: --stall-reference-from: %v\n", err)
+			return exitUsage
+		}
+		cfg.Budgets.StallReference = max(cfg.Budgets.StallReference, ref.SteadyMax())
+	}
 	if err := cfg.Validate(); err != nil {
 		fmt.Fprintf(stderr, "erlmcp loadtest: %v\n", err)
 		return exitUsage

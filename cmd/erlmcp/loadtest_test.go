@@ -39,6 +39,8 @@ func TestLoadtestUsage(t *testing.T) {
 		{"fault without a cluster", nil, []string{"--fault", "kill:worker@1s"}, "--data-dir"},
 		{"no cluster in the data dir", nil, []string{"--data-dir", "/nonexistent/erlmcp"}, "no erlmcp up cluster"},
 		{"bad second url", nil, []string{"--url", "http://a/mcp,ftp://b/mcp"}, "another http(s)"},
+		{"negative stall reference", nil, []string{"--stall-reference", "-1s"}, "--stall-reference -1s"},
+		{"no reference report", nil, []string{"--stall-reference-from", "/nonexistent/baseline.json"}, "--stall-reference-from"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			code, _, stderr := loadtest(t, tc.env, tc.args...)
@@ -74,6 +76,14 @@ func TestLoadtestPasses(t *testing.T) {
 	b, err := os.ReadFile(file)
 	if err != nil || !json.Valid(b) || !bytes.Contains(b, []byte(`"passed": true`)) {
 		t.Fatalf("report file: %v %s", err, b)
+	}
+	// The file is what a later faulted run takes its stall reference from.
+	ref, err := loadgen.ReadReport(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ref.SteadyMax() <= 0 || ref.Requests != rep.Requests {
+		t.Fatalf("report file read back: steady max %s, %d requests", ref.SteadyMax(), ref.Requests)
 	}
 }
 

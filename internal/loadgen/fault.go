@@ -217,7 +217,8 @@ type FaultReport struct {
 	// FailoverMS is the fault's failover time: the longer of ErrorGapMS
 	// and how much StallMS exceeds BaselineMaxMS, the latter only when it
 	// is more than the stall resolution (Budgets.StallResolution) and
-	// StallMS is above every answer while no fault was active.
+	// StallMS is above every answer while no fault was active and above
+	// StallReferenceMS.
 	FailoverMS float64 `json:"failover_ms"`
 	// ErrorGapMS is the longest window a session went unserved (from its
 	// last answer before failures to its next answer) that overlaps the
@@ -231,12 +232,15 @@ type FaultReport struct {
 	// out);
 	// BaselineMaxMS is the slowest answer to a request that overlaps no
 	// fault's window.
-	StallMS        float64  `json:"stall_ms"`
-	BaselineMaxMS  float64  `json:"baseline_max_ms"`
-	MaxFailoverMS  float64  `json:"max_failover_ms"`
-	HasMaxFailover bool     `json:"has_max_failover"`
-	Passed         bool     `json:"passed"`
-	Violations     []string `json:"violations"`
+	StallMS       float64 `json:"stall_ms"`
+	BaselineMaxMS float64 `json:"baseline_max_ms"`
+	// StallReferenceMS is Budgets.StallReference: StallMS counts only
+	// above it too (0: none).
+	StallReferenceMS float64  `json:"stall_reference_ms"`
+	MaxFailoverMS    float64  `json:"max_failover_ms"`
+	HasMaxFailover   bool     `json:"has_max_failover"`
+	Passed           bool     `json:"passed"`
+	Violations       []string `json:"violations"`
 }
 
 // failureRec is one failed operation, for attributing errors to faults.
@@ -316,7 +320,13 @@ func runFaults(ctx context.Context, inj Injector, faults []Fault, start time.Tim
 // faultReports attributes failures and unserved windows to the faults and
 // checks each against its budgets. settle is how long after a fault is over
 // its effects still count as its own.
-func faultReports(runs []*faultRun, start, end time.Time, settle, resolution time.Duration, concurrency int, fails []failureRec, gaps, oks []gapRec) ([]FaultReport, int64) {
+// stallRule decides when a fault's slowest answer is a stall (see
+// Budgets.StallResolution and Budgets.StallReference).
+type stallRule struct {
+	resolution, reference time.Duration
+}
+
+func faultReports(runs []*faultRun, start, end time.Time, settle time.Duration, rule stallRule, concurrency int, fails []failureRec, gaps, oks []gapRec) ([]FaultReport, int64) {
 	out := make([]FaultReport, 0, len(runs))
 	attributed := make([]bool, len(fails))
 	// window is the span in which a fault's effects count as its own.
@@ -437,7 +447,8 @@ func faultReports(runs []*faultRun, start, end time.Time, settle, resolution tim
 			}
 		}
 		fr.ErrorGapMS, fr.StallMS, fr.BaselineMaxMS = ms(worst), ms(stall), ms(baseline)
-		if excess := stall - baseline; excess > resolution && stall > tail {
+		fr.StallReferenceMS = ms(rule.reference)
+		if excess := stall - baseline; excess > rule.resolution && stall > tail && stall > rule.reference {
 			worst = max(worst, excess)
 		}
 		fr.FailoverMS = ms(worst)

@@ -82,7 +82,7 @@ func TestFaultReportsAttribution(t *testing.T) {
 		{start: at(9), end: at(9.5)},   // outside
 		{start: at(12), end: at(14)},   // b: 2s stall
 	}
-	reps, outside := faultReports(runs, t0, at(20), 2*time.Second, 0, 4, fails, gaps, oks)
+	reps, outside := faultReports(runs, t0, at(20), 2*time.Second, stallRule{}, 4, fails, gaps, oks)
 	if outside != 1 {
 		t.Errorf("outside = %d, want 1", outside)
 	}
@@ -125,7 +125,7 @@ func TestFaultReportsStall(t *testing.T) {
 		{start: at(30.5), end: at(32)},    // killed: 1000ms over
 		{start: at(34), end: at(41.5)},    // waited on the later stop: not the kill's
 	}
-	reps, _ := faultReports(runs, t0, at(50), 5*time.Second, 100*time.Millisecond, 4, nil, nil, oks)
+	reps, _ := faultReports(runs, t0, at(50), 5*time.Second, stallRule{resolution: 100 * time.Millisecond}, 4, nil, nil, oks)
 	noise, paused, killed, later := reps[0], reps[1], reps[2], reps[3]
 	if noise.FailoverMS != 0 || !noise.Passed || noise.StallMS != 560 {
 		t.Errorf("noise: want stall 560ms counted as failover 0 and a pass; got %+v", noise)
@@ -162,7 +162,7 @@ func TestFaultReportsStallWithinTail(t *testing.T) {
 		s := at(11.5 + float64(i)*0.03)
 		oks = append(oks, gapRec{start: s, end: s.Add(d)})
 	}
-	reps, _ := faultReports(runs, t0, at(30), 5*time.Second, 100*time.Millisecond, 4, nil, nil, oks)
+	reps, _ := faultReports(runs, t0, at(30), 5*time.Second, stallRule{resolution: 100 * time.Millisecond}, 4, nil, nil, oks)
 	if r := reps[0]; r.FailoverMS != 0 || !r.Passed || r.StallMS != 503 || r.BaselineMaxMS != 402 {
 		t.Errorf("want stall 503ms over baseline 402ms counted as failover 0 and a pass; got %+v", r)
 	}
@@ -179,7 +179,7 @@ func TestFaultReportsEarlierFaultsGap(t *testing.T) {
 		{f: Fault{Spec: "cp", Action: ActionStop, HasMax: true, MaxErrors: -1}, started: true, injected: at(9.7), done: at(12.6)},
 	}
 	gaps := []gapRec{{start: at(7.5), end: at(12.9)}}
-	reps, _ := faultReports(runs, t0, at(20), 5*time.Second, 100*time.Millisecond, 4, nil, gaps, nil)
+	reps, _ := faultReports(runs, t0, at(20), 5*time.Second, stallRule{resolution: 100 * time.Millisecond}, 4, nil, gaps, nil)
 	if reps[0].ErrorGapMS != 5400 || reps[1].ErrorGapMS != 0 || !reps[1].Passed {
 		t.Errorf("want the 5.4s gap the store pause's and none the control plane's; got store %+v, cp %+v", reps[0], reps[1])
 	}
@@ -311,5 +311,59 @@ func TestRunFaultTail(t *testing.T) {
 	}
 	if len(r.Faults) != 1 || r.Faults[0].DoneAtS < 1.9 {
 		t.Errorf("faults %+v", r.Faults)
+	}
+}
+
+// TestFaultReportsStallReference: seed 22's store-follower SIGKILL on a
+// loaded machine. Its slowest answer (378 ms) exceeded the 3 s lead-in's
+// slowest (269 ms) by more than the resolution, but the fault-free run on
+// the same cluster just before held a 1392 ms answer: not a stall. A real
+// stall above the reference still counts, measured from the run's own
+// answers outside faults, not from the reference.
+func TestFaultReportsStallReference(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	at := func(s float64) time.Time { return t0.Add(time.Duration(s * float64(time.Second))) }
+	runs := []*faultRun{
+		{f: Fault{Spec: "follower", Action: ActionKill, HasMax: true, MaxErrors: -1}, started: true, injected: at(4), done: at(4.5)},
+		{f: Fault{Spec: "leader", Action: ActionStop, HasMax: true, MaxErrors: -1}, started: true, injected: at(20), done: at(23)},
+	}
+	oks := []gapRec{
+		{start: at(0), end: at(0.269)},  // the lead-in
+		{start: at(5), end: at(5.378)},  // after the follower's kill
+		{start: at(21), end: at(22.9)},  // waited on the stopped leader
+		{start: at(40), end: at(40.05)}, // after every window
+	}
+	for _, tc := range []struct {
+		ref              time.Duration
+		follower, leader float64
+	}{
+		{0, 109, 1631},                     // without a reference: the lead-in decides
+		{1392 * time.Millisecond, 0, 1631}, // the follower's answer is within the fault-free tail
+		{2000 * time.Millisecond, 0, 0},    // so is the leader's, on a machine that slow
+	} {
+		reps, _ := faultReports(runs, t0, at(45), 5*time.Second, stallRule{resolution: 100 * time.Millisecond, reference: tc.ref}, 4, nil, nil, oks)
+		f, l := reps[0], reps[1]
+		if f.FailoverMS != tc.follower || f.Passed != (tc.follower == 0) || f.StallReferenceMS != ms(tc.ref) {
+			t.Errorf("reference %s: follower: want failover %.0fms; got %+v", tc.ref, tc.follower, f)
+		}
+		if l.FailoverMS != tc.leader || l.Passed != (tc.leader == 0) {
+			t.Errorf("reference %s: leader: want failover %.0fms; got %+v", tc.ref, tc.leader, l)
+		}
+	}
+}
+
+// TestSteadyMaxLeavesOutInitialize: a run's sessions all initialize at its
+// start on cold connections; that is not how slow a steady answer gets.
+func TestSteadyMaxLeavesOutInitialize(t *testing.T) {
+	r := &Report{Ops: map[Op]OpReport{
+		OpInit:    {Latency: Latency{Max: 1392}},
+		OpEcho:    {Latency: Latency{Max: 352.5}},
+		OpCounter: {Latency: Latency{Max: 513.25}},
+	}}
+	if got, want := r.SteadyMax(), 513250*time.Microsecond; got != want {
+		t.Fatalf("SteadyMax %s, want %s", got, want)
+	}
+	if got := (&Report{}).SteadyMax(); got != 0 {
+		t.Fatalf("empty report: SteadyMax %s, want 0", got)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -119,6 +120,8 @@ type BudgetsReport struct {
 	MaxP95MS        float64 `json:"max_p95_ms"`
 	// StallResolutionMS is Budgets.StallResolution.
 	StallResolutionMS float64 `json:"stall_resolution_ms"`
+	// StallReferenceMS is Budgets.StallReference.
+	StallReferenceMS float64 `json:"stall_reference_ms"`
 }
 
 // Report is the outcome of a run, as printed and as JSON.
@@ -179,6 +182,7 @@ func buildReport(cfg Config, mix Mix, missing []string, col *collector, slots []
 			MaxErrorsPct: cfg.Budgets.MaxErrorsPct, MaxSessionsLost: cfg.Budgets.MaxSessionsLost,
 			MaxWritesLost: cfg.Budgets.MaxWritesLost, MaxSkipped: cfg.Budgets.MaxSkipped,
 			MaxFailoverMS: ms(cfg.Budgets.MaxFailover), MaxP95MS: ms(cfg.Budgets.MaxP95), StallResolutionMS: ms(cfg.Budgets.StallResolution),
+			StallReferenceMS: ms(cfg.Budgets.StallReference),
 		},
 		Violations: []string{},
 	}
@@ -226,7 +230,7 @@ func buildReport(cfg Config, mix Mix, missing []string, col *collector, slots []
 			gaps = append(gaps, g)
 		}
 	}
-	r.Faults, r.Errors.OutsideFaults = faultReports(runs, start, end, cfg.Timeout, cfg.Budgets.StallResolution, cfg.Concurrency, col.fails, gaps, col.oks)
+	r.Faults, r.Errors.OutsideFaults = faultReports(runs, start, end, cfg.Timeout, stallRule{cfg.Budgets.StallResolution, cfg.Budgets.StallReference}, cfg.Concurrency, col.fails, gaps, col.oks)
 	if col.requests > 0 {
 		r.Errors.OutsidePct = 100 * float64(r.Errors.OutsideFaults) / float64(col.requests)
 	}
@@ -325,8 +329,12 @@ func (r Report) WriteTable(w io.Writer) error {
 			}
 			hit = append(hit, h)
 		}
-		p("fault\t%s %s at %.1fs–%.1fs on %s: failover %.0fms (%s; error gap %.0fms, slowest answer %.0fms vs %.0fms outside faults), errors %d (allowed %d) %s",
-			verdict, f.Spec, f.InjectedAtS, f.DoneAtS, dash(strings.Join(hit, ", ")), f.FailoverMS, budget, f.ErrorGapMS, f.StallMS, f.BaselineMaxMS,
+		ref := ""
+		if f.StallReferenceMS > 0 {
+			ref = fmt.Sprintf(", %.0fms fault-free reference", f.StallReferenceMS)
+		}
+		p("fault\t%s %s at %.1fs–%.1fs on %s: failover %.0fms (%s; error gap %.0fms, slowest answer %.0fms vs %.0fms outside faults%s), errors %d (allowed %d) %s",
+			verdict, f.Spec, f.InjectedAtS, f.DoneAtS, dash(strings.Join(hit, ", ")), f.FailoverMS, budget, f.ErrorGapMS, f.StallMS, f.BaselineMaxMS, ref,
 			f.Errors, f.MaxErrors, reasons(f.ErrorsByKind))
 		if w := f.WorstGap; w != nil && !f.Passed {
 			p("  worst gap\tsession slot %d unserved %.1fs–%.1fs; its failures: %s", w.Slot, w.StartS, w.EndS, dash(strings.Join(w.Failures, ", ")))
@@ -404,4 +412,31 @@ func dash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// SteadyMax is the slowest answer of the run other than initialize (a
+// run's sessions all initialize at its start, on cold connections): how
+// slow an answer got under steady load. A fault-free run's SteadyMax is
+// the stall reference of the faulted runs after it (Budgets.StallReference).
+func (r *Report) SteadyMax() time.Duration {
+	var m float64
+	for op, o := range r.Ops {
+		if op != OpInit {
+			m = max(m, o.Latency.Max)
+		}
+	}
+	return time.Duration(m * float64(time.Millisecond))
+}
+
+// ReadReport reads a report written by --report-file.
+func ReadReport(path string) (*Report, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading loadtest report: %w", err)
+	}
+	var r Report
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("loadtest report %s: not a report written by --report-file: %w", path, err)
+	}
+	return &r, nil
 }
