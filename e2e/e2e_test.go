@@ -59,10 +59,15 @@ func (p ports) args() []string {
 	}
 }
 
-// freeRun returns the first port of n consecutive free loopback ports.
+// freeRun returns the first port of n consecutive free loopback ports,
+// below the kernel's ephemeral range: a port in that range that is free
+// while a process of the cluster restarts can become the local port of
+// any outgoing connection meanwhile, and the restarted process then fails
+// to bind it (a store node stayed down for 100 s so in a rolling restart).
 func freeRun(t *testing.T, n int, taken map[int]bool) int {
 	t.Helper()
-	for base := 20000 + os.Getpid()%20000; base < 60000; base += n + 7 {
+	limit := ephemeralLow(t)
+	for base := 10000 + os.Getpid()%max((limit-10000)/2, 1); base+n <= limit; base += n + 7 {
 		ok := true
 		for p := base; p < base+n && ok; p++ {
 			if taken[p] {
@@ -83,8 +88,22 @@ func freeRun(t *testing.T, n int, taken map[int]bool) int {
 			return base
 		}
 	}
-	t.Fatal("no free port run")
+	t.Fatalf("no run of %d free ports below %d (the ephemeral range)", n, limit)
 	return 0
+}
+
+// ephemeralLow is the first port of the kernel's ephemeral range (32768
+// when it cannot be read).
+func ephemeralLow(t *testing.T) int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 32768
+	}
+	var lo, hi int
+	if _, err := fmt.Sscan(string(b), &lo, &hi); err != nil || lo < 12000 {
+		t.Fatalf("ephemeral port range %q: want its low end at 12000 or above, so test clusters can listen below it", strings.TrimSpace(string(b)))
+	}
+	return lo
 }
 
 func pickPorts(t *testing.T) ports {

@@ -20,7 +20,8 @@
 # Environment (defaults in brackets):
 #   ERLMCP_BIN          erlmcp binary [bin/erlmcp, built if missing]
 #   HA_DATA_DIR         target a running cluster instead of starting one
-#   HA_PORT_BASE        first of 80 loopback ports for a started cluster [random]
+#   HA_PORT_BASE        first of 80 loopback ports for a started cluster [random,
+#                       below 32080]
 #   HA_PHASE            seconds between faults; a scenario lasts ~5 phases [4]
 #   HA_HOLD             how long a SIGSTOPped process stays stopped [3s]
 #   HA_REGION           region whose every process is stopped [active: the
@@ -47,7 +48,7 @@
 set -euo pipefail
 
 usage() {
-	sed -n '2,46p' "$0" | sed 's/^# \{0,1\}//'
+	sed -n '2,47p' "$0" | sed 's/^# \{0,1\}//'
 	exit 2
 }
 
@@ -102,7 +103,11 @@ trap cleanup EXIT
 
 if [[ -z $data_dir ]]; then
 	data_dir=$(mktemp -d -t erlmcp-ha-up-XXXXXX)
-	base=${HA_PORT_BASE:-$((20000 + (RANDOM * 7 + $$) % 30000))}
+	# Below the kernel's ephemeral range (32768 up here): a port in it
+	# that is free while a process restarts can be taken meanwhile as the
+	# local port of an outgoing connection, and the restart then fails to
+	# bind it.
+	base=${HA_PORT_BASE:-$((10000 + (RANDOM * 7 + $$) % 22000))}
 	echo "ha-load-test: starting erlmcp up in $data_dir (ports $base..$((base + 79)))"
 	# Short detection settings so a region failure is seen within seconds;
 	# the children read them from the environment (their ERLMCP_* flags).
