@@ -19,25 +19,31 @@
 // TickInterval it calls Tick on every replica: one ticker for all groups,
 // not one per shard), on new work (a proposal, a received message, a read
 // request), or on an operation (create/destroy a replica). Each wake-up it
-// collects the Ready of every replica that has one and appends all their
-// snapshots' resets, entries and HardStates to the WAL with ONE write and
-// ONE fdatasync: proposals arriving on any shard while the previous append
-// was syncing share the next one (group commit; TestGroupCommitSharesFsyncs
-// measures it). A HardState that only moves the commit index is written
-// (at once, so a restart can tell a lost log tail) but needs no fsync of
-// its own. A leader's messages (appends to
-// followers) go out before that fsync when its term and vote are
-// unchanged, so followers fsync while the leader does (Raft thesis
+// collects the Ready of every replica that has one and adds their
+// snapshots' resets, entries and HardStates to the WAL. The Readies that
+// need an fsync go to the WAL writer goroutine (walwriter.go), which makes
+// everything handed to it while its previous fsync ran durable with ONE
+// write and ONE fdatasync: proposals arriving on any shard during one
+// append's sync share the next one (group commit;
+// TestGroupCommitSharesFsyncs measures it). The loop does not wait for
+// it: it serves the other replicas meanwhile and finishes those Readies
+// once durable (TestReadsDoNotWaitForOtherShardsFsync). A HardState that
+// only moves the commit index is written (at once, so a restart can tell
+// a lost log tail) but needs no fsync of its own. A leader's messages
+// (appends to followers) go out before that fsync when its term and vote
+// are unchanged, so followers fsync while the leader does (Raft thesis
 // §10.2.1; the leader counts itself for a quorum only after its own
-// append); all other messages only after it. They are grouped by
-// destination store (one Transport.Send per peer per batch, whatever the
-// number of shards, so the heartbeats of all shards to a peer share one
-// stream message). The committed entries then go to the applier, which
-// applies them to raft.db in its own bbolt transactions (batched across
-// shards and iterations, see applier.go, and not fsynced: raft.db is
-// fsynced by a checkpoint every 100ms, see checkpoint.go) while the loop
-// carries on, and each group is Advanced. Readies that only carry messages
-// (heartbeats) need no fsync.
+// append); all other messages of a Ready that needs an fsync only after
+// it. They are grouped by destination store (one Transport.Send per peer
+// per batch, whatever the number of shards, so the heartbeats of all
+// shards to a peer share one stream message). The committed entries then
+// go to the applier, which applies them to raft.db in its own bbolt
+// transactions (batched across shards and iterations, see applier.go, and
+// not fsynced: raft.db is fsynced by a checkpoint every 100ms, see
+// checkpoint.go) while the loop carries on, and each group is Advanced.
+// Readies that only carry messages (heartbeats) need no fsync. An
+// iteration with a snapshot or a conf change waits for the writer and
+// runs synchronously, as the loop always did before.
 //
 // So an acknowledged write waits for its share of one WAL fdatasync on
 // the leader and on a follower, and for no other disk flush;

@@ -87,9 +87,10 @@ type Config struct {
 	// segmentBytes: the WAL starts a new segment past this size
 	// (walSegmentBytes; tests make it small).
 	segmentBytes int64
-	// legacyWritePath: leaders' messages wait for their WAL append too,
-	// and proposers are answered only once their entry's application is
-	// durable here (without both optimizations of the write path;
+	// legacyWritePath: the loop persists every iteration itself (no WAL
+	// writer: processSync), leaders' messages wait for their WAL append
+	// too, and proposers are answered only once their entry's application
+	// is durable here (without the optimizations of the write path;
 	// benchmarks compare the two).
 	legacyWritePath bool
 }
@@ -135,9 +136,10 @@ func (c *Config) setDefaults() {
 
 // Stats are counters since Open.
 type Stats struct {
-	// Syncs counts group commits: WAL appends made durable by the loop
-	// (each one write and one fdatasync, whatever the number of shards and
-	// entries in it).
+	// Syncs counts group commits: WAL appends made durable by the WAL
+	// writer (walwriter.go), or by the loop in an iteration with a
+	// snapshot or conf change (each one write and one fdatasync, whatever
+	// the number of shards, entries and loop iterations in it).
 	Syncs uint64
 	// SyncTime is the time spent in those commits.
 	SyncTime time.Duration
@@ -170,7 +172,8 @@ type Stats struct {
 	// StorageFailures counts failed writes/fsyncs that made the node refuse
 	// work; StorageRecoveries the in-process restarts after them.
 	StorageFailures, StorageRecoveries uint64
-	// Iterations counts the loop's iterations that had work.
+	// Iterations counts the loop's iterations that had work (Readies
+	// taken, or batches the WAL writer was done with, or both).
 	Iterations uint64
 	// Writes breaks down where the proposals this node led spent their
 	// time; FollowerAppends how long this node took to acknowledge the
@@ -218,8 +221,9 @@ type counters struct {
 
 // Node hosts the replicas of many shards in one process: one WAL, one
 // bbolt file for the state machines, one loop goroutine that processes the
-// Ready of every group and persists them with one fsync (group commit), one
-// applier goroutine, one ticker for all groups, and one Transport.
+// Ready of every group, one WAL writer goroutine that persists them, all
+// those waiting with one fsync (group commit, walwriter.go), one applier
+// goroutine, one ticker for all groups, and one Transport.
 type Node struct {
 	cfg Config
 	// dbp is the open raft.db, nil while the node refuses work after a
@@ -241,8 +245,13 @@ type Node struct {
 
 	loopReplicas []*replica // owned by the loop goroutine
 	scanBuf      []*replica // owned by the loop goroutine (processReady)
-	wal          *wal       // owned by the loop goroutine
-	applier      *applier
+	// outbox: messages queued by send for flushSends (loop goroutine).
+	outbox map[StoreID][]ShardMessage
+	// wal is replaced by the loop goroutine only while the writer holds
+	// no batch (walwriter.go).
+	wal     *wal
+	writer  *walWriter
+	applier *applier
 
 	readyC chan struct{}
 	// dirty are the replicas that may have a Ready: something stepped,
@@ -296,6 +305,7 @@ func Open(cfg Config) (*Node, error) {
 		stopC:    make(chan struct{}),
 		doneC:    make(chan struct{}),
 		applier:  newApplier(),
+		writer:   newWALWriter(),
 		ckStopC:  make(chan struct{}),
 		ckDoneC:  make(chan struct{}),
 	}
@@ -318,6 +328,7 @@ func Open(cfg Config) (*Node, error) {
 	n.scanAll.Store(true)
 	go n.runApplier()
 	go n.runCheckpoints()
+	go n.runWALWriter()
 	go n.run()
 	if err := n.awaitReplay(replay); err != nil {
 		n.Close()
@@ -795,6 +806,7 @@ func (n *Node) stoppedErr() error {
 // processing for all groups.
 func (n *Node) run() {
 	defer close(n.doneC)
+	defer n.stopWALWriter()
 	t := time.NewTicker(n.cfg.TickInterval)
 	defer t.Stop()
 	for {
@@ -811,7 +823,13 @@ func (n *Node) run() {
 			}
 			n.scanAll.Store(true)
 		case <-n.readyC:
+		case <-n.writer.doneC:
 		case op := <-n.opC:
+			// Operations write the WAL and change the replicas without a
+			// Ready: none may be in flight. A failed batch makes the op
+			// refuse (n.err) and the recovery follow.
+			_ = n.drainWrites()
+			n.flushSends()
 			op()
 			n.scanAll.Store(true)
 		}
@@ -824,6 +842,9 @@ func (n *Node) run() {
 			continue
 		}
 		err := n.processReady()
+		if err == nil {
+			n.flushSends()
+		}
 		if err == nil && n.compactDue.Swap(false) {
 			// A checkpoint made more of the state durable: logs of shards
 			// that have gone quiet since are compacted too.
@@ -852,8 +873,11 @@ func (n *Node) run() {
 type readyWork struct {
 	r  *replica
 	rd raft.Ready
+	// sync: the Ready must be durable before its messages (but early
+	// ones) and its Advance: new entries, a snapshot, a new term or vote.
+	sync bool
 	// early: the messages may go out before the WAL append is durable
-	// (see processReady).
+	// (see processSync).
 	early bool
 	// snapIndex: the index of the snapshot restored, 0 if none.
 	snapIndex uint64
@@ -876,29 +900,24 @@ type applyResult struct {
 	conf bool
 }
 
-// processReady handles the Ready of every group that has one, in the order
-// raft's Ready contract demands:
+// processReady finishes the batches the WAL writer has made durable, then
+// takes the Ready of every replica that has one and is not in flight.
+// Those that need an fsync go to the writer, the others are finished at
+// once (processPipelined, walwriter.go); an iteration with a snapshot or
+// a conf change waits for the writer and runs the synchronous path
+// (processSync), as does legacyWritePath.
 //
-//  1. the incoming snapshot is restored into the state machine (after the
-//     applier has finished what it had), then one WAL append persists,
-//     for all groups, the snapshot's reset, the new entries (replacing any
-//     conflicting tail) and the HardState; its fdatasync is the single
-//     fsync of the iteration (group commit);
-//  2. only after that, the new log is handed to raft.Storage and messages
-//     are sent (grouped per destination store: one Transport.Send per
-//     store), except a leader's, which go out before the append when its
-//     term and vote did not change;
-//  3. the committed entries go to the applier (see applier.go), then
-//     Advance; logs past the compaction threshold are compacted, and the
-//     WAL starts a new segment when the current one is full.
-//
-// A failed append returns an error and the node refuses work (see
-// storagefail.go) without sending or acknowledging anything else from this
-// iteration.
+// A failed write or fsync returns an error and the node refuses work (see
+// storagefail.go) without sending or acknowledging anything else from the
+// batches concerned.
 func (n *Node) processReady() error {
+	finished, err := n.finishSynced()
+	if err != nil {
+		return err
+	}
 	var work []*readyWork
 	// needSync: entries, a snapshot or a new term or vote must be durable
-	// before the iteration's messages and acknowledgements. A HardState
+	// before the Ready's messages and acknowledgements. A HardState
 	// that only moves the commit index is written with the next append
 	// but needs no fsync of its own (a restarted replica learns the
 	// commit index again from the leader; see fromWAL): that saves an
@@ -912,7 +931,9 @@ func (n *Node) processReady() error {
 		if !r.destroyed {
 			r.issueReads()
 		}
-		if r.destroyed || !r.rn.HasReady() {
+		// In flight: its previous Ready is not advanced yet; finishing
+		// it marks the replica dirty again.
+		if r.destroyed || r.inflight || !r.rn.HasReady() {
 			r.mu.Unlock()
 			continue
 		}
@@ -934,6 +955,7 @@ func (n *Node) processReady() error {
 			snaps = true
 		}
 		if !raft.IsEmptySnap(w.rd.Snapshot) || len(w.rd.Entries) > 0 || !r.st.sameTermVote(w.rd.HardState) {
+			w.sync = true
 			needSync = true
 		}
 		if !raft.IsEmptyHardState(w.rd.HardState) {
@@ -946,16 +968,133 @@ func (n *Node) processReady() error {
 		}
 		work = append(work, w)
 	}
+	if finished || len(work) > 0 {
+		n.stats.iters.Add(1)
+	}
 	if len(work) == 0 {
 		return nil
 	}
-	n.stats.iters.Add(1)
-	// Without an fsync to get ahead of there is nothing to gain.
-	earlyApply := needSync && !snaps && !confs && !n.cfg.legacyWritePath
-	if !earlyApply {
-		for _, w := range work {
-			w.stable = 0
+	if snaps || confs || n.cfg.legacyWritePath {
+		// The restore must not overlap appends in flight, and the
+		// synchronous path owns the WAL and raft.Storage while it runs.
+		if err := n.drainWrites(); err != nil {
+			return err
 		}
+		return n.processSync(work, needSync, needWrite, snaps, confs)
+	}
+	return n.processPipelined(work, needWrite)
+}
+
+// processPipelined handles an iteration without snapshot or conf change
+// (walwriter.go): the Readies that need an fsync have their records added
+// to the WAL, their early messages sent and their durable committed
+// entries applied (applyEarly), and go to the WAL writer; the others are
+// finished now, their commit-index HardStates written (not fsynced) first.
+func (n *Node) processPipelined(work []*readyWork, needWrite bool) error {
+	var synced, now []*readyWork
+	for _, w := range work {
+		if err := n.persist(w); err != nil {
+			return fmt.Errorf("shard %d: %w", w.r.shard, err)
+		}
+		if w.sync {
+			synced = append(synced, w)
+		} else {
+			// Nothing new in its log: every committed entry is durable
+			// here and goes with the Ready's finish.
+			w.stable = 0
+			now = append(now, w)
+		}
+	}
+	if len(synced) > 0 {
+		// See processSync for why a leader's messages may go first.
+		n.send(synced, func(w *readyWork) bool { return w.early })
+		n.applyEarly(synced)
+		n.handOver(&syncBatch{work: synced})
+	}
+	if needWrite {
+		// Written now, not fsynced (see processSync); this writes the
+		// batch's records too, which the writer's fsync covers later.
+		if err := n.wal.write(n.cfg.faults); err != nil {
+			return n.storageFailed("WAL write", err)
+		}
+	}
+	if len(now) > 0 {
+		n.finish(now, false)
+	}
+	if n.wal.grown() > n.cfg.segmentBytes {
+		// The new segment's checkpoint holds raft.Storage's logs: the
+		// batches in flight must be in them first.
+		if err := n.drainWrites(); err != nil {
+			return err
+		}
+		if err := n.rotateWAL(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// finish completes Readies whose records are durable (synced: their early
+// messages are sent already) or that needed no fsync: the new log goes to
+// raft.Storage, the messages are sent (one Send per destination store),
+// the committed entries not handed yet go to the applier, then Advance.
+func (n *Node) finish(work []*readyWork, synced bool) {
+	for _, w := range work {
+		w.r.published(w)
+	}
+	n.send(work, func(w *readyWork) bool { return !synced || !w.early })
+	t2 := time.Now()
+	var batch applyBatch
+	for _, w := range work {
+		if !w.appRecv.IsZero() {
+			n.stats.timings.followerCount.Add(1)
+			n.stats.timings.followerNanos.Add(nanos(t2.Sub(w.appRecv)))
+		}
+		for _, p := range w.committed {
+			if p.handed.IsZero() {
+				p.handed = t2
+			}
+		}
+		if ents := w.rd.CommittedEntries[w.stable:]; len(ents) > 0 {
+			batch.items = append(batch.items, applyItem{r: w.r, ents: ents})
+		}
+	}
+	if len(batch.items) > 0 {
+		n.applier.enqueue(&batch)
+	}
+	for _, w := range work {
+		w.r.advance(w)
+		w.r.inflight = false
+		// Advance may have produced more work (e.g. the leader's own
+		// append acknowledgement advancing the commit index).
+		n.markDirty(w.r)
+	}
+	n.wake()
+}
+
+// processSync handles an iteration the old way, with no batch in flight,
+// in the order raft's Ready contract demands:
+//
+//  1. the incoming snapshot is restored into the state machine (after the
+//     applier has finished what it had), then one WAL append persists,
+//     for all groups, the snapshot's reset, the new entries (replacing any
+//     conflicting tail) and the HardState; its fdatasync is the single
+//     fsync of the iteration (group commit);
+//  2. only after that, the new log is handed to raft.Storage and messages
+//     are sent (grouped per destination store: one Transport.Send per
+//     store), except a leader's, which go out before the append when its
+//     term and vote did not change;
+//  3. the committed entries go to the applier (see applier.go), then
+//     Advance (after a conf change, once the applier has applied it);
+//     logs past the compaction threshold are compacted, and the WAL
+//     starts a new segment when the current one is full.
+func (n *Node) processSync(work []*readyWork, needSync, needWrite, snaps, confs bool) error {
+	// Every committed entry goes to the applier after the fsync: early
+	// application (applyEarly) belongs to the pipelined path, and this one
+	// runs with a snapshot or a conf change in the iteration (which must
+	// be restored or applied in order) or with legacyWritePath.
+	for _, w := range work {
+		w.stable = 0
 	}
 	if snaps {
 		// The state machine must not be written under the restore.
@@ -989,9 +1128,7 @@ func (n *Node) processReady() error {
 		// changed in this batch: those must be durable before anything
 		// that depends on them leaves the node.
 		n.send(work, func(w *readyWork) bool { return w.early })
-		if earlyApply {
-			n.applyEarly(work)
-		}
+		n.flushSends()
 		t0 := time.Now()
 		for _, w := range work {
 			if err := n.persist(w); err != nil {
@@ -1021,6 +1158,7 @@ func (n *Node) processReady() error {
 		}
 	}
 	n.send(work, func(w *readyWork) bool { return !needSync || !w.early })
+	n.flushSends()
 	t2 := time.Now()
 	var batch applyBatch
 	for _, w := range work {
@@ -1054,7 +1192,7 @@ func (n *Node) processReady() error {
 	}
 	// Compaction follows the durable applied index, which only a
 	// checkpoint moves: run() compacts after one (compactDue).
-	if n.wal.size-n.wal.base > n.cfg.segmentBytes {
+	if n.wal.grown() > n.cfg.segmentBytes {
 		if err := n.rotateWAL(); err != nil {
 			return err
 		}
@@ -1086,11 +1224,11 @@ func durablePrefix(committed []*pb.Entry, last uint64, entries []*pb.Entry) int 
 }
 
 // applyEarly hands the applier the committed entries that are durable in
-// this node's WAL already, before the iteration's own append and fsync,
-// and marks them handed (w.stable stays what was handed: the rest goes
-// after the fsync). Without it an answer waited for the fsync of whatever
-// other shards appended in the same iteration: at 16 clients a whole
-// extra fsync per write.
+// this node's WAL already, when their Ready goes to the WAL writer (it runs
+// only in processPipelined), and marks them handed (w.stable stays what
+// was handed: the rest goes when the batch is durable). Without it an
+// answer waited for the fsync of whatever other shards appended in the
+// same iteration: at 16 clients a whole extra fsync per write.
 //
 // Safe, as etcd applies alongside its WAL writes: the entries are
 // committed (durable on a quorum) and durable here, so a crash after the
@@ -1099,9 +1237,10 @@ func durablePrefix(committed []*pb.Entry, last uint64, entries []*pb.Entry) int 
 // accepts for entries the log holds). For a leader every committed entry
 // is durable here (raft counts the leader's own log for a quorum only
 // after Advance); a follower may learn of commits of entries that arrive
-// in this very Ready, and those wait. Not with a snapshot in the
+// in this very Ready, and those wait. Never with a snapshot in the
 // iteration (it must be restored first) nor with a conf change (the loop
-// waits for its application before Advance).
+// waits for its application before Advance): such an iteration takes
+// processSync, which applies everything after its fsync.
 func (n *Node) applyEarly(work []*readyWork) {
 	var batch applyBatch
 	var t time.Time
@@ -1133,6 +1272,11 @@ func (n *Node) persist(w *readyWork) error {
 		if err := n.restoreSnapshot(w, rd.Snapshot); err != nil {
 			return err
 		}
+	}
+	// The WAL writer may be writing the pending records meanwhile.
+	n.wal.mu.Lock()
+	defer n.wal.mu.Unlock()
+	if !raft.IsEmptySnap(rd.Snapshot) {
 		md := rd.Snapshot.GetMetadata()
 		n.wal.addReset(r.shard, r.id, indexTerm{md.GetIndex(), md.GetTerm()})
 	}
@@ -1175,7 +1319,11 @@ func (n *Node) maybeCompact(r *replica) {
 	}
 	to := applied.index - n.cfg.CompactRetain
 	it := indexTerm{to, r.st.termAt(to)}
+	// Safe with r in flight: its durable applied index is in the log
+	// raft.Storage holds already, before the Ready's new entries.
+	n.wal.mu.Lock()
 	n.wal.addCompact(r.shard, r.id, it)
+	n.wal.mu.Unlock()
 	r.st.compactTo(it)
 }
 
@@ -1241,28 +1389,35 @@ func (n *Node) restoreSnapshot(w *readyWork, snap *pb.Snapshot) error {
 	return nil
 }
 
-// send hands messages of the iteration to the transport, one Send per
-// destination store: heartbeats and appends of all shards for a peer travel
-// together. Only the messages of the replicas for which which(w) holds.
+// send queues the messages of the replicas for which which(w) holds for
+// flushSends. Loop goroutine.
 func (n *Node) send(work []*readyWork, which func(*readyWork) bool) {
-	var byStore map[StoreID][]ShardMessage
 	for _, w := range work {
 		if !which(w) {
 			continue
 		}
 		for _, m := range w.rd.Messages {
-			if byStore == nil {
-				byStore = map[StoreID][]ShardMessage{}
+			if n.outbox == nil {
+				n.outbox = map[StoreID][]ShardMessage{}
 			}
 			to := ReplicaID(m.GetTo()).Store()
-			byStore[to] = append(byStore[to], ShardMessage{Shard: w.r.shard, Message: m})
+			n.outbox[to] = append(n.outbox[to], ShardMessage{Shard: w.r.shard, Message: m})
 		}
 	}
-	for to, msgs := range byStore {
+}
+
+// flushSends hands the queued messages to the transport, one Send per
+// destination store: heartbeats and appends of all shards for a peer
+// travel together, and so do those of the Readies a loop turn finishes
+// (the batches the WAL writer is done with, the Readies needing no fsync)
+// and the leaders' early appends. Loop goroutine.
+func (n *Node) flushSends() {
+	for to, msgs := range n.outbox {
 		n.stats.sends.Add(1)
 		n.stats.msgs.Add(uint64(len(msgs)))
 		n.cfg.Transport.Send(to, msgs)
 	}
+	clear(n.outbox) // the slices are the transport's now
 }
 
 // nodeHandler is the Node's Handler for its Transport.

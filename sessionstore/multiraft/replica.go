@@ -59,6 +59,9 @@ type replica struct {
 
 	// dirty: r is in Node.dirty (guarded by Node.dirtyMu, not mu).
 	dirty bool
+	// inflight: the loop has taken a Ready of r that waits in the WAL
+	// writer (walwriter.go); loop goroutine only.
+	inflight bool
 }
 
 type proposal struct {

@@ -213,6 +213,9 @@ func (n *Node) storageFailed(what string, cause error) error {
 // restarts the groups from disk. It returns false if the node was closed
 // (or failed for good) meanwhile.
 func (n *Node) recoverStorage() bool {
+	// The WAL writer must be done with the WAL before it is cut back, and
+	// nothing it held is finished (sent or acknowledged).
+	n.dropWrites()
 	n.discard()
 	var logged string // the last probe failure logged: no log line per retry
 	t := time.NewTimer(n.cfg.StorageRetryInterval)

@@ -11,13 +11,17 @@ import (
 // another, so their sum is the whole time from Propose to the answer:
 //
 //   - Queued: until the loop took the proposal into a Ready (it waits for
-//     the iteration in progress, i.e. for that iteration's fsync);
-//   - LeaderSync: until its entry was durable in this node's WAL;
+//     the loop's turn and, when the shard's previous Ready is in flight in
+//     the WAL writer, for that Ready's fsync: walwriter.go);
+//   - LeaderSync: until the WAL writer's fsync that covered its entry
+//     ended (the fsync in progress when it was handed over, if any, then
+//     its own);
 //   - Quorum: until the loop saw it committed (a follower's append,
-//     fsync and acknowledgement, and the leader's next iteration to step
-//     it);
-//   - ApplyQueued: until the loop handed it to the applier (the rest of
-//     the iteration that saw it committed);
+//     fsync and acknowledgement; the loop finishing the leader's own
+//     Ready once durable; the next Ready of the shard);
+//   - ApplyQueued: until the loop handed it to the applier (at once when
+//     its entry is durable here, as on a leader; else the rest of the
+//     iteration that saw it committed);
 //   - Applied: until the applier answered it.
 //
 // Iterations sums the loop iterations each proposal spanned.

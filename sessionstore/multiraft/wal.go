@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	pb "go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
@@ -18,9 +19,9 @@ import (
 
 // The write-ahead log: every replica's Raft log entries and HardState, for
 // all shards of a node, in one append-only file of records (<Dir>/wal/,
-// segments named by a hex sequence number). A loop iteration appends the
-// records of every group with one write and makes them durable with one
-// fdatasync: the group commit. The state machine (raft.db, bbolt) is
+// segments named by a hex sequence number). The WAL writer appends the
+// records of every group handed to it since its last sync with one write
+// and makes them durable with one fdatasync: the group commit. The state machine (raft.db, bbolt) is
 // written by the applier off the loop; on start the log from the applied
 // index on is replayed into it (raft redelivers those committed entries).
 //
@@ -77,16 +78,31 @@ type walReplica struct {
 	ents  []*pb.Entry // contiguous from trunc.index+1
 }
 
-// wal is the node's open log, written by the loop goroutine only.
+// wal is the node's open log. The loop adds records and writes them
+// without an fsync; the WAL writer goroutine (walwriter.go) writes them and
+// fdatasyncs. Replacing the segment (rotation, recovery) and records added
+// outside an iteration (new replicas) wait until the writer is idle.
 type wal struct {
-	dir    string
-	name   string // the segment's path (f may be named as before its rename)
-	f      *os.File
-	seq    uint64
+	dir  string
+	name string // the segment's path (f may be named as before its rename)
+	f    *os.File
+	seq  uint64
+	base int64 // bytes of the checkpoint f starts with
+
+	// mu guards what follows and the writes to f (not the fdatasyncs,
+	// which run without it so the loop can add records meanwhile).
+	mu     sync.Mutex
 	size   int64 // bytes written to f
-	base   int64 // bytes of the checkpoint f starts with
 	synced int64 // bytes of f known durable
 	buf    []byte
+}
+
+// grown is how far the segment has grown past its checkpoint, with the
+// records not written yet.
+func (w *wal) grown() int64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.size + int64(len(w.buf)) - w.base
 }
 
 func walRecord(buf []byte, typ byte, shard uint32, id ReplicaID, body []byte) []byte {
@@ -164,11 +180,21 @@ func (w *wal) addEntries(shard uint32, id ReplicaID, ents []*pb.Entry) error {
 // process does not. A failed write is a storage failure like a failed
 // sync.
 func (w *wal) write(faults *diskFaults) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	if len(w.buf) == 0 {
 		return nil
 	}
 	if err := faults.beforeWrite(); err != nil {
 		return err
+	}
+	return w.flushLocked()
+}
+
+// flushLocked writes the pending records. With mu.
+func (w *wal) flushLocked() error {
+	if len(w.buf) == 0 {
+		return nil
 	}
 	if _, err := w.f.WriteAt(w.buf, w.size); err != nil {
 		return fmt.Errorf("write %s: %w", w.name, err)
@@ -185,20 +211,24 @@ func (w *wal) sync(faults *diskFaults) error {
 	if err := faults.beforeCommit(); err != nil {
 		return err
 	}
-	if len(w.buf) > 0 {
-		if _, err := w.f.WriteAt(w.buf, w.size); err != nil {
-			return fmt.Errorf("write %s: %w", w.name, err)
-		}
-		w.size += int64(len(w.buf))
-		w.buf = w.buf[:0]
+	w.mu.Lock()
+	err := w.flushLocked()
+	target := w.size
+	w.mu.Unlock()
+	if err != nil {
+		return err
 	}
+	// Without mu: the loop adds (and may write) records meanwhile; this
+	// fdatasync covers everything written up to target at least.
 	if err := fdatasync(w.f); err != nil {
 		return fmt.Errorf("fdatasync %s: %w", w.name, err)
 	}
 	if err := faults.afterCommit(); err != nil {
 		return err
 	}
-	w.synced = w.size
+	w.mu.Lock()
+	w.synced = max(w.synced, target)
+	w.mu.Unlock()
 	return nil
 }
 
@@ -216,6 +246,9 @@ func (w *wal) cutBack() error {
 	if w == nil || w.f == nil {
 		return nil
 	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf = w.buf[:0]
 	if err := w.f.Truncate(w.synced); err != nil {
 		return fmt.Errorf("truncate %s: %w", w.name, err)
 	}

@@ -2,11 +2,14 @@ package multiraft
 
 import (
 	"context"
+	"fmt"
 	"reflect"
+	"slices"
 	"sync"
 	"testing"
 	"time"
 
+	bolt "go.etcd.io/bbolt"
 	pb "go.etcd.io/raft/v3/raftpb"
 )
 
@@ -75,6 +78,183 @@ func TestAnswerDoesNotWaitForNextAppend(t *testing.T) {
 	}
 	if d := a.syncs - syncs0; d > 1 {
 		t.Fatalf("A was answered after %d WAL fsyncs of the leader: it waited for the append of B", d)
+	}
+}
+
+// A node keeps serving the shards it has nothing to persist for while its
+// WAL fsync runs (walwriter.go). Store f's disk takes 2s per fsync and a
+// client keeps writing to shard 1, so f (a follower of both shards) is
+// nearly always inside an fsync of shard 1's entries. Reads of shard 2
+// through f need f to forward a read-index request and to take the answer
+// into a Ready, nothing durable: they must not wait for the fsync. When
+// the loop itself synced, each of them waited for the fsync in progress
+// and then for the next one (the forward was a follower's message of an
+// iteration that appended shard 1's entries), 2s at least.
+func TestReadsDoNotWaitForOtherShardsFsync(t *testing.T) {
+	c := newTestCluster(t, 3, func(cfg *Config) {
+		// Slow ticks keep elections out of a 2s fsync on the old loop.
+		cfg.TickInterval, cfg.ElectionTicks = 100*time.Millisecond, 30
+	})
+	c.bootstrap(1, 2)
+	l1, l2 := c.leader(1, 30*time.Second), c.leader(2, 30*time.Second)
+	var f StoreID
+	for _, s := range c.stores() {
+		if s != l1 && s != l2 {
+			f = s
+			break
+		}
+	}
+	c.mustPut(1, "warm", "1")
+	c.mustPut(2, "warm", "1")
+	c.waitValue(2, "warm", "1", 30*time.Second, f)
+
+	const syncDelay = 2 * time.Second
+	c.disk(f).set(nil, nil, syncDelay)
+	defer c.disk(f).set(nil, nil, 0)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			// Committed by the leader and the other follower; errors
+			// (a leader change) just mean try again.
+			_, _ = c.propose(1, putCmd("w", fmt.Sprint(i)), 10*time.Second)
+		}
+	}()
+	defer func() {
+		close(stop)
+		wg.Wait()
+	}()
+	syncs0 := c.node(f).Stats().Syncs
+	waitFor(t, 30*time.Second, "store f inside a slow fsync of shard 1", func() bool {
+		return c.node(f).Stats().Syncs > syncs0
+	})
+
+	const reads = 5
+	var took []time.Duration
+	for range reads {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		t0 := time.Now()
+		err := c.node(f).Read(ctx, 2, func(*bolt.Bucket) error { return nil })
+		cancel()
+		if err != nil {
+			t.Fatalf("read of shard 2 on store %d: %v", f, err)
+		}
+		took = append(took, time.Since(t0))
+	}
+	slices.Sort(took)
+	t.Logf("reads of shard 2 on store %d during its %v fsyncs of shard 1: %v", f, syncDelay, took)
+	// The median, so that one read slowed by a starved CPU does not
+	// fail the test; half the fsync is far above a read's own cost here
+	// and far below what a read waiting for the fsync takes.
+	if med := took[reads/2]; med >= syncDelay/2 {
+		t.Fatalf("reads of shard 2 waited for store %d's fsyncs of shard 1: median %v, all %v", f, med, took)
+	}
+}
+
+// A follower acknowledges an append only once the entries are durable in
+// its WAL, although its loop goes on while the WAL writer syncs, and the
+// writer's fsync covers only what was handed to it before the fsync began:
+// an entry that arrives during an fsync waits for the next one. Store f's
+// disk takes 2s per fsync and a client keeps writing to shard 2, so f's
+// writer is always inside an fsync of shard 2's entries; 300ms into one of
+// them (t0) an entry of shard 1 is proposed. It reaches f after t0 and
+// needs a whole fsync begun after it arrived, so shard 1's leader cannot
+// see f match it before t0 + 2s: a bound from the injected delay, not from
+// the machine's speed. A writer that also marked durable the batches
+// queued during its fsync would acknowledge it when the fsync in progress
+// ends, about 1.7s after t0.
+func TestFollowerAcksOnlyDurableEntries(t *testing.T) {
+	c := newTestCluster(t, 3, func(cfg *Config) {
+		// Slow ticks keep elections out of f's 2s fsyncs.
+		cfg.TickInterval, cfg.ElectionTicks = 100*time.Millisecond, 30
+	})
+	c.bootstrap(1, 2)
+	l1, l2 := c.leader(1, 30*time.Second), c.leader(2, 30*time.Second)
+	var f StoreID
+	for _, s := range c.stores() {
+		if s != l1 && s != l2 {
+			f = s
+			break
+		}
+	}
+	c.mustPut(1, "warm", "1")
+	c.mustPut(2, "warm", "1")
+	c.waitValue(1, "warm", "1", 30*time.Second, f)
+	c.waitValue(2, "warm", "1", 30*time.Second, f)
+	fid := NewReplicaID(f, 0)
+
+	const syncDelay = 2 * time.Second
+	c.disk(f).set(nil, nil, syncDelay)
+	defer c.disk(f).set(nil, nil, 0)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			// Committed by shard 2's leader and the other follower;
+			// errors (a leader change) just mean try again.
+			_, _ = c.propose(2, putCmd("w", fmt.Sprint(i)), 10*time.Second)
+		}
+	}()
+	defer func() {
+		close(stop)
+		wg.Wait()
+	}()
+	syncs0 := c.node(f).Stats().Syncs
+	waitFor(t, 30*time.Second, "store f to end a slow fsync of shard 2", func() bool {
+		return c.node(f).Stats().Syncs > syncs0
+	})
+	// The writes kept queueing during that fsync: the next one began as it
+	// ended and runs until about 1.7s after t0.
+	time.Sleep(300 * time.Millisecond)
+
+	n := c.node(l1)
+	st, err := n.Status(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx := st.Commit + 1 // shard 1 is idle: its next entry is ours
+	t0 := time.Now()
+	errC := make(chan error, 1)
+	go func() {
+		// Committed by the leader and the third store, whatever f does.
+		_, err := c.propose(1, putCmd("k", "1"), 30*time.Second)
+		errC <- err
+	}()
+	var acked time.Time
+	waitFor(t, 30*time.Second, "store f's acknowledgement of the entry", func() bool {
+		st, err := n.Status(1)
+		if err != nil {
+			return false
+		}
+		for _, p := range st.Progress {
+			if p.ID == fid && p.Match >= idx {
+				acked = time.Now()
+				return true
+			}
+		}
+		return false
+	})
+	if err := <-errC; err != nil {
+		t.Fatalf("proposal on shard 1: %v", err)
+	}
+	took := acked.Sub(t0)
+	t.Logf("store %d acknowledged entry %d of shard 1 %v after its proposal (fsync delay %v)", f, idx, took, syncDelay)
+	if took < syncDelay {
+		t.Fatalf("store %d acknowledged entry %d %v after its proposal, before any fsync begun after it could end (%v): an ack before durability", f, idx, took, syncDelay)
 	}
 }
 
