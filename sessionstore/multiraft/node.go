@@ -1043,22 +1043,7 @@ func (n *Node) finish(work []*readyWork, synced bool) {
 		w.r.published(w)
 	}
 	n.send(work, func(w *readyWork) bool { return !synced || !w.early })
-	t2 := time.Now()
-	var batch applyBatch
-	for _, w := range work {
-		if !w.appRecv.IsZero() {
-			n.stats.timings.followerCount.Add(1)
-			n.stats.timings.followerNanos.Add(nanos(t2.Sub(w.appRecv)))
-		}
-		for _, p := range w.committed {
-			if p.handed.IsZero() {
-				p.handed = t2
-			}
-		}
-		if ents := w.rd.CommittedEntries[w.stable:]; len(ents) > 0 {
-			batch.items = append(batch.items, applyItem{r: w.r, ents: ents})
-		}
-	}
+	batch := n.committedBatch(work)
 	if len(batch.items) > 0 {
 		n.applier.enqueue(&batch)
 	}
@@ -1070,6 +1055,28 @@ func (n *Node) finish(work []*readyWork, synced bool) {
 		n.markDirty(w.r)
 	}
 	n.wake()
+}
+
+// committedBatch is the applier's share of work: the committed entries not
+// handed over yet (early), stamped for the write-stage timings.
+func (n *Node) committedBatch(work []*readyWork) applyBatch {
+	now := time.Now()
+	var batch applyBatch
+	for _, w := range work {
+		if !w.appRecv.IsZero() {
+			n.stats.timings.followerCount.Add(1)
+			n.stats.timings.followerNanos.Add(nanos(now.Sub(w.appRecv)))
+		}
+		for _, p := range w.committed {
+			if p.handed.IsZero() {
+				p.handed = now
+			}
+		}
+		if ents := w.rd.CommittedEntries[w.stable:]; len(ents) > 0 {
+			batch.items = append(batch.items, applyItem{r: w.r, ents: ents})
+		}
+	}
+	return batch
 }
 
 // processSync handles an iteration the old way, with no batch in flight,
@@ -1159,22 +1166,7 @@ func (n *Node) processSync(work []*readyWork, needSync, needWrite, snaps, confs 
 	}
 	n.send(work, func(w *readyWork) bool { return !needSync || !w.early })
 	n.flushSends()
-	t2 := time.Now()
-	var batch applyBatch
-	for _, w := range work {
-		if !w.appRecv.IsZero() {
-			n.stats.timings.followerCount.Add(1)
-			n.stats.timings.followerNanos.Add(nanos(t2.Sub(w.appRecv)))
-		}
-		for _, p := range w.committed {
-			if p.handed.IsZero() {
-				p.handed = t2
-			}
-		}
-		if ents := w.rd.CommittedEntries[w.stable:]; len(ents) > 0 {
-			batch.items = append(batch.items, applyItem{r: w.r, ents: ents})
-		}
-	}
+	batch := n.committedBatch(work)
 	if len(batch.items) > 0 {
 		if confs {
 			batch.done = make(chan struct{})

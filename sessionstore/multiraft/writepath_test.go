@@ -111,26 +111,7 @@ func TestReadsDoNotWaitForOtherShardsFsync(t *testing.T) {
 	const syncDelay = 2 * time.Second
 	c.disk(f).set(nil, nil, syncDelay)
 	defer c.disk(f).set(nil, nil, 0)
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			// Committed by the leader and the other follower; errors
-			// (a leader change) just mean try again.
-			_, _ = c.propose(1, putCmd("w", fmt.Sprint(i)), 10*time.Second)
-		}
-	}()
-	defer func() {
-		close(stop)
-		wg.Wait()
-	}()
+	defer c.keepProposing(1)()
 	syncs0 := c.node(f).Stats().Syncs
 	waitFor(t, 30*time.Second, "store f inside a slow fsync of shard 1", func() bool {
 		return c.node(f).Stats().Syncs > syncs0
@@ -193,26 +174,7 @@ func TestFollowerAcksOnlyDurableEntries(t *testing.T) {
 	const syncDelay = 2 * time.Second
 	c.disk(f).set(nil, nil, syncDelay)
 	defer c.disk(f).set(nil, nil, 0)
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			// Committed by shard 2's leader and the other follower;
-			// errors (a leader change) just mean try again.
-			_, _ = c.propose(2, putCmd("w", fmt.Sprint(i)), 10*time.Second)
-		}
-	}()
-	defer func() {
-		close(stop)
-		wg.Wait()
-	}()
+	defer c.keepProposing(2)()
 	syncs0 := c.node(f).Stats().Syncs
 	waitFor(t, 30*time.Second, "store f to end a slow fsync of shard 2", func() bool {
 		return c.node(f).Stats().Syncs > syncs0
@@ -376,4 +338,29 @@ func TestStatsAddCoversEveryField(t *testing.T) {
 		}
 	}
 	check(reflect.ValueOf(one.Add(one)), "")
+}
+
+// keepProposing writes to shard over and over, from a goroutine, until the
+// function it returns is called (which waits for the goroutine). Errors (a
+// leader change) just mean try again: a slow follower's fsyncs stay busy
+// while the leader and the other follower commit.
+func (c *testCluster) keepProposing(shard uint32) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			_, _ = c.propose(shard, putCmd("w", fmt.Sprint(i)), 10*time.Second)
+		}
+	}()
+	return func() {
+		close(done)
+		wg.Wait()
+	}
 }
