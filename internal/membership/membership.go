@@ -119,7 +119,7 @@ func (r *Registration) keepAlive(ctx context.Context, ka <-chan *clientv3.LeaseK
 		if ctx.Err() != nil {
 			return
 		}
-		r.log.WithField("key", r.key).Warn("membership lease lost; registering again")
+		r.log.WithField("key", r.key).WithField("etcd_says", r.leaseState()).Warn("membership lease lost; registering again")
 		backoff := 200 * time.Millisecond
 		for ctx.Err() == nil {
 			actx, cancel := context.WithTimeout(ctx, r.ttl)
@@ -138,6 +138,24 @@ func (r *Registration) keepAlive(ctx context.Context, ka <-chan *clientv3.LeaseK
 			}
 			backoff = min(2*backoff, 2*time.Second)
 		}
+	}
+}
+
+// leaseState says, for the log, what etcd reports of the lease whose
+// renewals ended: gone (etcd expired or revoked it) or still alive (the
+// renewals failed on this side: no member answered in time). The two call
+// for different searches when every member loses its lease at once.
+func (r *Registration) leaseState() string {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	ttl, err := r.cli.TimeToLive(ctx, r.LeaseID())
+	switch {
+	case err != nil:
+		return fmt.Sprintf("unknown (lease lookup failed: %v)", err)
+	case ttl.TTL <= 0:
+		return "lease not found: etcd expired or revoked it"
+	default:
+		return fmt.Sprintf("lease still alive, %ds left: renewals failed on this side", ttl.TTL)
 	}
 }
 

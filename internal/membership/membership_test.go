@@ -3,12 +3,16 @@ package membership_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/erlmcp/erlmcp/internal/logging"
 	"github.com/erlmcp/erlmcp/internal/membership"
 	"github.com/erlmcp/erlmcp/internal/testcluster"
+	"github.com/sirupsen/logrus"
+	logtest "github.com/sirupsen/logrus/hooks/test"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -113,7 +117,8 @@ func TestReRegisterAfterLeaseLoss(t *testing.T) {
 	e := testcluster.StartEtcd(t)
 	cli := e.Client()
 	ctx := context.Background()
-	r, err := membership.Register(ctx, cli, e.Prefix, member(membership.RoleStore, "s1"), 2*time.Second, logging.Discard())
+	logger, hook := logtest.NewNullLogger()
+	r, err := membership.Register(ctx, cli, e.Prefix, member(membership.RoleStore, "s1"), 2*time.Second, logrus.NewEntry(logger))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,6 +137,18 @@ func TestReRegisterAfterLeaseLoss(t *testing.T) {
 		}
 		return nil
 	})
+	// The log says etcd no longer had the lease (not that renewals failed
+	// here), which is what tells the two apart when every member loses
+	// its lease at once.
+	var said []string
+	for _, e := range hook.AllEntries() {
+		if e.Message == "membership lease lost; registering again" {
+			said = append(said, fmt.Sprint(e.Data["etcd_says"]))
+		}
+	}
+	if len(said) != 1 || !strings.Contains(said[0], "lease not found") {
+		t.Fatalf("lease-lost log lines say %q, want one saying the lease was not found in etcd", said)
+	}
 }
 
 func TestFromKVsSkipsGarbage(t *testing.T) {
