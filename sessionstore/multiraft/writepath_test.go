@@ -91,26 +91,7 @@ func TestAnswerDoesNotWaitForNextAppend(t *testing.T) {
 // and then for the next one (the forward was a follower's message of an
 // iteration that appended shard 1's entries), 2s at least.
 func TestReadsDoNotWaitForOtherShardsFsync(t *testing.T) {
-	c := newTestCluster(t, 3, func(cfg *Config) {
-		// Slow ticks keep elections out of a 2s fsync on the old loop.
-		cfg.TickInterval, cfg.ElectionTicks = 100*time.Millisecond, 30
-	})
-	c.bootstrap(1, 2)
-	l1, l2 := c.leader(1, 30*time.Second), c.leader(2, 30*time.Second)
-	var f StoreID
-	for _, s := range c.stores() {
-		if s != l1 && s != l2 {
-			f = s
-			break
-		}
-	}
-	c.mustPut(1, "warm", "1")
-	c.mustPut(2, "warm", "1")
-	c.waitValue(2, "warm", "1", 30*time.Second, f)
-
-	const syncDelay = 2 * time.Second
-	c.disk(f).set(nil, nil, syncDelay)
-	defer c.disk(f).set(nil, nil, 0)
+	c, f := slowFollowerCluster(t, syncDelay)
 	defer c.keepProposing(1)()
 	syncs0 := c.node(f).Stats().Syncs
 	waitFor(t, 30*time.Second, "store f inside a slow fsync of shard 1", func() bool {
@@ -152,28 +133,8 @@ func TestReadsDoNotWaitForOtherShardsFsync(t *testing.T) {
 // queued during its fsync would acknowledge it when the fsync in progress
 // ends, about 1.7s after t0.
 func TestFollowerAcksOnlyDurableEntries(t *testing.T) {
-	c := newTestCluster(t, 3, func(cfg *Config) {
-		// Slow ticks keep elections out of f's 2s fsyncs.
-		cfg.TickInterval, cfg.ElectionTicks = 100*time.Millisecond, 30
-	})
-	c.bootstrap(1, 2)
-	l1, l2 := c.leader(1, 30*time.Second), c.leader(2, 30*time.Second)
-	var f StoreID
-	for _, s := range c.stores() {
-		if s != l1 && s != l2 {
-			f = s
-			break
-		}
-	}
-	c.mustPut(1, "warm", "1")
-	c.mustPut(2, "warm", "1")
-	c.waitValue(1, "warm", "1", 30*time.Second, f)
-	c.waitValue(2, "warm", "1", 30*time.Second, f)
+	c, f := slowFollowerCluster(t, syncDelay)
 	fid := NewReplicaID(f, 0)
-
-	const syncDelay = 2 * time.Second
-	c.disk(f).set(nil, nil, syncDelay)
-	defer c.disk(f).set(nil, nil, 0)
 	defer c.keepProposing(2)()
 	syncs0 := c.node(f).Stats().Syncs
 	waitFor(t, 30*time.Second, "store f to end a slow fsync of shard 2", func() bool {
@@ -183,7 +144,7 @@ func TestFollowerAcksOnlyDurableEntries(t *testing.T) {
 	// ended and runs until about 1.7s after t0.
 	time.Sleep(300 * time.Millisecond)
 
-	n := c.node(l1)
+	n := c.node(c.leader(1, 30*time.Second))
 	st, err := n.Status(1)
 	if err != nil {
 		t.Fatal(err)
@@ -363,4 +324,34 @@ func (c *testCluster) keepProposing(shard uint32) (stop func()) {
 		close(done)
 		wg.Wait()
 	}
+}
+
+// syncDelay is how long every fsync of slowFollowerCluster's follower takes.
+const syncDelay = 2 * time.Second
+
+// slowFollowerCluster is 3 stores with shards 1 and 2, both written once and
+// replicated to f, the store that leads neither, whose fsyncs then take
+// delay each (until the test ends). Slow ticks keep elections out of
+// those fsyncs (and out of a 2s fsync on a loop that waits in it).
+func slowFollowerCluster(t *testing.T, delay time.Duration) (*testCluster, StoreID) {
+	t.Helper()
+	c := newTestCluster(t, 3, func(cfg *Config) {
+		cfg.TickInterval, cfg.ElectionTicks = 100*time.Millisecond, 30
+	})
+	c.bootstrap(1, 2)
+	l1, l2 := c.leader(1, 30*time.Second), c.leader(2, 30*time.Second)
+	var f StoreID
+	for _, s := range c.stores() {
+		if s != l1 && s != l2 {
+			f = s
+			break
+		}
+	}
+	c.mustPut(1, "warm", "1")
+	c.mustPut(2, "warm", "1")
+	c.waitValue(1, "warm", "1", 30*time.Second, f)
+	c.waitValue(2, "warm", "1", 30*time.Second, f)
+	c.disk(f).set(nil, nil, delay)
+	t.Cleanup(func() { c.disk(f).set(nil, nil, 0) })
+	return c, f
 }
