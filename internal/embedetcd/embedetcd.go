@@ -7,8 +7,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/url"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -37,6 +39,9 @@ type Config struct {
 	QuotaBackendBytes int64
 	// StartTimeout bounds the wait for the member to be ready.
 	StartTimeout time.Duration
+	// LogTo receives the member's log (JSON lines: errors and the events
+	// logFilter keeps); nil means standard error.
+	LogTo io.Writer
 }
 
 // DefaultConfig returns a single-member config on the default ports.
@@ -80,22 +85,74 @@ type Server struct {
 	closing atomic.Bool
 }
 
-// closingFilter passes etcd's log entries through until Close starts.
-type closingFilter struct {
+// logFilter passes etcd's errors, and the few lower-level events an
+// operator needs to explain a lost lease or a stalled request (see
+// eventMessages), until Close starts.
+type logFilter struct {
 	zapcore.Core
 	closing *atomic.Bool
 }
 
-func (f *closingFilter) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
-	if f.closing.Load() {
+// eventMessages are parts of etcd's and raft's info and warning messages
+// that say the member's leadership changed, or that it was too slow to
+// renew leases or answer in time: what explains a membership lease that
+// etcd expired while its holder kept renewing. Everything else below
+// error (etcd logs every connection, compaction and snapshot at info)
+// stays out of our logs.
+var eventMessages = []string{
+	"elected leader",
+	"lost leader",
+	"became leader",
+	"leader failed to send out heartbeat on time",
+	"slow fdatasync",
+	"apply request took too long",
+	"waiting for ReadIndex response took too long",
+	"Failed to check current member's leadership",
+	"isn't a leader",
+	"Ignore the lease revoking request",
+}
+
+// logsEvent reports whether e is an error, or an event that eventMessages
+// lists.
+func logsEvent(e zapcore.Entry) bool {
+	if e.Level >= zapcore.ErrorLevel {
+		return true
+	}
+	if e.Level < zapcore.InfoLevel {
+		return false
+	}
+	for _, m := range eventMessages {
+		if strings.Contains(e.Message, m) {
+			return true
+		}
+	}
+	return false
+}
+
+func (f *logFilter) Enabled(l zapcore.Level) bool { return l >= zapcore.InfoLevel }
+
+func (f *logFilter) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
+	if f.closing.Load() || !logsEvent(e) {
 		return ce
 	}
 	return f.Core.Check(e, ce)
 }
 
-func (f *closingFilter) With(fields []zapcore.Field) zapcore.Core {
-	return &closingFilter{Core: f.Core.With(fields), closing: f.closing}
+func (f *logFilter) With(fields []zapcore.Field) zapcore.Core {
+	return &logFilter{Core: f.Core.With(fields), closing: f.closing}
 }
+
+// newLogCore is the zap core of a member's log: JSON lines to w, errors
+// and eventMessages only, each message at most eventsPerSecond times a
+// second (a slow disk repeats "slow fdatasync" on every sync), nothing
+// once closing is set.
+func newLogCore(w zapcore.WriteSyncer, closing *atomic.Bool) zapcore.Core {
+	core := zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.Lock(w), zap.InfoLevel)
+	return &logFilter{Core: zapcore.NewSamplerWithOptions(core, time.Second, eventsPerSecond, 0), closing: closing}
+}
+
+// eventsPerSecond bounds how often one message is logged.
+const eventsPerSecond = 3
 
 // Start starts the member and blocks until it is ready to serve, ctx ends,
 // or StartTimeout passes; on failure nothing is left running.
@@ -117,15 +174,17 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	ec.ClusterState = c.ClusterState
 	ec.TickMs, ec.ElectionMs = c.TickMs, c.ElectionMs
 	ec.QuotaBackendBytes = c.QuotaBackendBytes
-	// etcd logs through zap; keep only its errors so our logrus output
-	// stays readable, and drop what it logs while we close it on purpose
-	// (it reports its own listeners closing as errors).
+	// etcd logs through zap; keep its errors and its leadership and
+	// slowness events (logFilter) so our logrus output stays readable,
+	// and drop what it logs while we close it on purpose (it reports its
+	// own listeners closing as errors).
 	s := &Server{cfg: c}
-	ec.LogLevel = "error"
-	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.New(&closingFilter{
-		Core:    zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.Lock(os.Stderr), zap.ErrorLevel),
-		closing: &s.closing,
-	}))
+	ec.LogLevel = "info"
+	var logTo io.Writer = os.Stderr
+	if c.LogTo != nil {
+		logTo = c.LogTo
+	}
+	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.New(newLogCore(zapcore.AddSync(logTo), &s.closing)))
 	// Keep history bounded: watches re-list on compaction.
 	ec.AutoCompactionMode = "periodic"
 	ec.AutoCompactionRetention = "1h"

@@ -1,13 +1,18 @@
 package embedetcd
 
 import (
+	"bytes"
 	"context"
 	"net"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 )
 
 func freeURL(t *testing.T) string {
@@ -81,5 +86,86 @@ func TestValidate(t *testing.T) {
 		if c.Validate() == nil {
 			t.Errorf("%s: validated", name)
 		}
+	}
+}
+
+// syncBuffer is a log sink the member writes from its own goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// A member's log holds its leadership events, not etcd's chatter at info
+// (listeners, cluster version, snapshots), and nothing from its own Close.
+func TestLogKeepsLeadershipEventsOnly(t *testing.T) {
+	var log syncBuffer
+	cfg := Config{Name: "e", DataDir: t.TempDir(), ClientURL: freeURL(t), PeerURL: freeURL(t), ClusterState: "new", TickMs: 10, ElectionMs: 100, StartTimeout: 10 * time.Second, LogTo: &log}
+	s, err := Start(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := log.String()
+	s.Close()
+	if !strings.Contains(got, "became leader at term") || !strings.Contains(got, "elected leader") {
+		t.Errorf("no leadership event in the member's log:\n%s", got)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(got), "\n") {
+		if !strings.Contains(line, "leader") {
+			t.Errorf("log line that is neither an error nor an event: %s", line)
+		}
+	}
+	if after := log.String(); after != got {
+		t.Errorf("logged while closing on purpose:\n%s", strings.TrimPrefix(after, got))
+	}
+}
+
+func TestLogCoreFiltersAndSamples(t *testing.T) {
+	var buf syncBuffer
+	var closing atomic.Bool
+	lg := zap.New(newLogCore(zapcore.AddSync(&buf), &closing))
+	lg.Debug("slow fdatasync")
+	lg.Info("serving client traffic insecurely")
+	lg.Warn("some warning nobody needs")
+	for range 2 * eventsPerSecond {
+		lg.Warn("slow fdatasync", zap.Duration("took", time.Second))
+	}
+	lg.Error("failed to publish local member")
+	lg.Info("raft.node: 1 elected leader 1 at term 2")
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	count := func(sub string) int {
+		n := 0
+		for _, l := range lines {
+			if strings.Contains(l, sub) {
+				n++
+			}
+		}
+		return n
+	}
+	if n := count("slow fdatasync"); n != eventsPerSecond {
+		t.Errorf("slow fdatasync logged %d times in a burst, want %d (sampled)", n, eventsPerSecond)
+	}
+	if count("failed to publish") != 1 || count("elected leader") != 1 {
+		t.Errorf("an error or an event is missing:\n%s", buf.String())
+	}
+	if len(lines) != eventsPerSecond+2 {
+		t.Errorf("got %d lines, want %d:\n%s", len(lines), eventsPerSecond+2, buf.String())
+	}
+	closing.Store(true)
+	before := buf.String()
+	lg.Error("listener closed")
+	if buf.String() != before {
+		t.Errorf("logged after closing: %s", strings.TrimPrefix(buf.String(), before))
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -113,6 +115,13 @@ func startEtcd(ctx context.Context, cfg Config, plan Plan, out io.Writer, log *l
 		return nil, func() {}, nil
 	}
 	fmt.Fprintf(out, "erlmcp up: starting embedded etcd on %s (data %s)\n", plan.EtcdClientURL, plan.path("etcd"))
+	// etcd's own events (leadership, slow disk) go to a log file beside
+	// the children's, not to up's terminal.
+	logPath := filepath.Join(plan.LogDir(), "etcd.log")
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, nil, fmt.Errorf("embedded etcd log %s: %w", logPath, err)
+	}
 	etcd, err := embedetcd.Start(ctx, embedetcd.Config{
 		Name:         "erlmcp-up",
 		DataDir:      plan.path("etcd"),
@@ -122,12 +131,15 @@ func startEtcd(ctx context.Context, cfg Config, plan Plan, out io.Writer, log *l
 		TickMs:       cfg.EtcdTickMs,
 		ElectionMs:   cfg.EtcdElectionMs,
 		StartTimeout: 30 * time.Second,
+		LogTo:        logFile,
 	})
 	if err != nil {
+		_ = logFile.Close()
 		return nil, nil, err
 	}
 	return etcd.Err(), func() {
 		etcd.Close()
+		_ = logFile.Close()
 		log.Info("embedded etcd stopped")
 	}, nil
 }
