@@ -3,6 +3,7 @@ package etcdclient
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"strings"
 	"sync"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/erlmcp/erlmcp/internal/testcluster"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -271,4 +273,35 @@ func TestKeepAliveClosesOnRevoke(t *testing.T) {
 			t.Fatal("keepalive channel still open a minute after the revoke")
 		}
 	}
+}
+
+// A renewal sent to a member cut off from its quorum is answered "no
+// leader" at once, so the hedged renewal moves on to another member,
+// instead of waiting there for a leader until its deadline.
+func TestRenewalRefusedAtOnceWithoutLeader(t *testing.T) {
+	servers := testcluster.StartEtcdServers(t, 2, 10, 100)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cfg := DefaultConfig(servers[0].ClientURL())
+	cfg.AutoSyncInterval = 0
+	cli, err := New(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	g, err := cli.Grant(ctx, 30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	servers[1].Close() // the member left has no quorum, so no leader
+	testcluster.WaitFor(t, 20*time.Second, "a quick no-leader answer", func() error {
+		actx, acancel := context.WithTimeout(ctx, 2*time.Second)
+		defer acancel()
+		start := time.Now()
+		_, err := renewOnce(actx, cli, g.ID)
+		if errors.Is(err, rpctypes.ErrNoLeader) && time.Since(start) < time.Second {
+			return nil
+		}
+		return fmt.Errorf("renewal answered %v after %s", err, time.Since(start).Round(time.Millisecond))
+	})
 }

@@ -65,21 +65,31 @@ func renewUntil(ctx context.Context, cli *clientv3.Client, id clientv3.LeaseID, 
 	dctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 	r, err := Hedge(dctx, renewTimeout(deadline), func(actx context.Context) (*clientv3.LeaseKeepAliveResponse, error) {
-		r, err := cli.KeepAliveOnce(actx, id)
-		switch {
-		case err == nil && r.TTL > 0:
-			return r, nil
-		case err == nil:
-			return nil, Final(fmt.Errorf("lease %x: %w", int64(id), rpctypes.ErrLeaseNotFound))
-		case errors.Is(err, rpctypes.ErrLeaseNotFound):
-			return nil, Final(err)
-		}
-		return nil, err
+		return renewOnce(actx, cli, id)
 	})
 	if err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
 		return nil, fmt.Errorf("no renewal before the lease could expire: %w", err)
 	}
 	return r, err
+}
+
+// renewOnce is one renewal attempt. It requires the member to have a
+// leader: one that lost it (cut off from a quorum of the others) answers
+// "no leader" at once, so Hedge
+// tries the next member 50 ms later, instead of holding the renewal until
+// etcd's own request timeout (5 s, as long as a default lease) while it
+// waits for a leader to forward it to.
+func renewOnce(ctx context.Context, cli *clientv3.Client, id clientv3.LeaseID) (*clientv3.LeaseKeepAliveResponse, error) {
+	r, err := cli.KeepAliveOnce(clientv3.WithRequireLeader(ctx), id)
+	switch {
+	case err == nil && r.TTL > 0:
+		return r, nil
+	case err == nil:
+		return nil, Final(fmt.Errorf("lease %x: %w", int64(id), rpctypes.ErrLeaseNotFound))
+	case errors.Is(err, rpctypes.ErrLeaseNotFound):
+		return nil, Final(err)
+	}
+	return nil, err
 }
 
 // renewTimeout is one renewal attempt's timeout: short enough that several

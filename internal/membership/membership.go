@@ -119,7 +119,8 @@ func (r *Registration) keepAlive(ctx context.Context, ka <-chan *clientv3.LeaseK
 		if ctx.Err() != nil {
 			return
 		}
-		r.log.WithField("key", r.key).WithField("etcd_says", r.leaseState()).Warn("membership lease lost; registering again")
+		lost := r.LeaseID()
+		r.log.WithField("key", r.key).WithField("lease", fmt.Sprintf("%x", int64(lost))).Warn("membership lease lost; registering again")
 		backoff := 200 * time.Millisecond
 		for ctx.Err() == nil {
 			actx, cancel := context.WithTimeout(ctx, r.ttl)
@@ -127,7 +128,9 @@ func (r *Registration) keepAlive(ctx context.Context, ka <-chan *clientv3.LeaseK
 			cancel()
 			if err == nil {
 				ka = next
-				r.log.WithField("key", r.key).Info("membership registered again")
+				// Asked only now, so the lookup (a second at most) does not
+				// delay the new registration the member waits on to serve.
+				r.log.WithField("key", r.key).WithField("etcd_says_of_lost_lease", r.leaseState(lost)).Info("membership registered again")
 				break
 			}
 			r.log.WithError(err).WithField("key", r.key).Warn("membership re-register failed; will retry")
@@ -145,10 +148,10 @@ func (r *Registration) keepAlive(ctx context.Context, ka <-chan *clientv3.LeaseK
 // renewals ended: gone (etcd expired or revoked it) or still alive (the
 // renewals failed on this side: no member answered in time). The two call
 // for different searches when every member loses its lease at once.
-func (r *Registration) leaseState() string {
+func (r *Registration) leaseState(lease clientv3.LeaseID) string {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	ttl, err := r.cli.TimeToLive(ctx, r.LeaseID())
+	ttl, err := r.cli.TimeToLive(ctx, lease)
 	switch {
 	case err != nil:
 		return fmt.Sprintf("unknown (lease lookup failed: %v)", err)

@@ -137,17 +137,23 @@ func TestReRegisterAfterLeaseLoss(t *testing.T) {
 		}
 		return nil
 	})
-	// The log says etcd no longer had the lease (not that renewals failed
-	// here), which is what tells the two apart when every member loses
-	// its lease at once.
-	var said []string
+	// The log names the lost lease, then, once registered again, says
+	// etcd no longer had it (not that renewals failed here), which is
+	// what tells the two apart when every member loses its lease at once.
+	var lost, said []string
 	for _, e := range hook.AllEntries() {
-		if e.Message == "membership lease lost; registering again" {
-			said = append(said, fmt.Sprint(e.Data["etcd_says"]))
+		switch e.Message {
+		case "membership lease lost; registering again":
+			lost = append(lost, fmt.Sprint(e.Data["lease"]))
+		case "membership registered again":
+			said = append(said, fmt.Sprint(e.Data["etcd_says_of_lost_lease"]))
 		}
 	}
+	if want := fmt.Sprintf("%x", int64(old)); len(lost) != 1 || lost[0] != want {
+		t.Errorf("lease-lost log lines name leases %q, want one naming %s", lost, want)
+	}
 	if len(said) != 1 || !strings.Contains(said[0], "lease not found") {
-		t.Fatalf("lease-lost log lines say %q, want one saying the lease was not found in etcd", said)
+		t.Fatalf("re-registration log lines say %q of the lost lease, want one saying it was not found in etcd", said)
 	}
 }
 

@@ -19,6 +19,20 @@ import (
 // runs, so they start together.
 func StartEtcdMembers(t testing.TB, n int, tickMs, electionMs uint) []string {
 	t.Helper()
+	servers := StartEtcdServers(t, n, tickMs, electionMs)
+	urls := make([]string, n)
+	for i, s := range servers {
+		urls[i] = s.ClientURL()
+	}
+	return urls
+}
+
+// StartEtcdServers is StartEtcdMembers returning the members themselves,
+// for a test that stops some of them (Close; the cleanup's second Close is
+// harmless).
+func StartEtcdServers(t testing.TB, n int, tickMs, electionMs uint) []*embedetcd.Server {
+	t.Helper()
+	servers := make([]*embedetcd.Server, n)
 	cfgs := make([]embedetcd.Config, n)
 	initial := make([]string, n)
 	for i := range cfgs {
@@ -44,6 +58,7 @@ func StartEtcdMembers(t testing.TB, n int, tickMs, electionMs uint) []string {
 				errs[i] = fmt.Errorf("member %s: %w", cfgs[i].Name, err)
 				return
 			}
+			servers[i] = s
 			t.Cleanup(s.Close)
 		})
 	}
@@ -51,9 +66,5 @@ func StartEtcdMembers(t testing.TB, n int, tickMs, electionMs uint) []string {
 	if err := errors.Join(errs...); err != nil {
 		t.Fatalf("start a %d-member etcd: %v", n, err)
 	}
-	urls := make([]string, n)
-	for i, c := range cfgs {
-		urls[i] = c.ClientURL
-	}
-	return urls
+	return servers
 }
