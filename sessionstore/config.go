@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/erlmcp/erlmcp/internal/config"
+	"github.com/erlmcp/erlmcp/internal/etcdclient"
 	"github.com/erlmcp/erlmcp/sessionstore/multiraft"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -91,7 +92,7 @@ type Config struct {
 
 	// keepAlive, if set, replaces etcdclient.KeepAlive for the node's own
 	// renewals (tests: a keepalive that gives up while the lease lives).
-	keepAlive func(context.Context, *clientv3.Client, clientv3.LeaseID) <-chan *clientv3.LeaseKeepAliveResponse
+	keepAlive func(context.Context, *clientv3.Client, clientv3.LeaseID) <-chan etcdclient.Renewal
 }
 
 // DefaultConfig returns the defaults; DataDir is left empty for the caller

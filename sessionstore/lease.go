@@ -12,10 +12,25 @@ import (
 )
 
 // leaseMargin is how long before its membership lease could expire
-// unrenewed the node stops serving (design §3: last keepalive ack + TTL −
-// margin), so that it never serves after etcd has dropped its key.
+// unrenewed the node stops serving (design §3: TTL − margin after the last
+// renewal), so that it never serves after etcd has dropped its key. The
+// renewal is counted from when it was sent (etcdclient.Renewal), which
+// already bounds etcd's expiry however late the answer came, so the
+// margin only covers clocks running at different rates.
 func leaseMargin(ttl time.Duration) time.Duration {
-	return ttl / 4
+	return ttl / 10
+}
+
+// servingUntil is the serving deadline after renewal r, cur being the
+// deadline before it (nil: none yet). A renewal bounds the lease from when
+// it was sent, less leaseMargin, and never moves the deadline back: a late
+// answer to an earlier attempt bounds the lease less than the newest one.
+func servingUntil(cur *time.Time, r etcdclient.Renewal) time.Time {
+	until := r.Expiry(leaseMargin(r.TTL))
+	if cur != nil && cur.After(until) {
+		return *cur
+	}
+	return until
 }
 
 // leaseHeld reports whether the node may serve: its membership lease was
@@ -51,12 +66,11 @@ func (n *Node) guardLease(ctx context.Context) {
 			n.cfg.leaseHook(now)
 		}
 	}
-	renewed := func(ttlSeconds int64) {
-		ttl := time.Duration(ttlSeconds) * time.Second
-		until := time.Now().Add(ttl - leaseMargin(ttl))
+	renewed := func(r etcdclient.Renewal) {
+		until := servingUntil(n.leaseUntil.Load(), r)
 		n.leaseUntil.Store(&until)
 		timer.Reset(time.Until(until))
-		set(true)
+		set(time.Now().Before(until))
 	}
 	keepAlive := etcdclient.KeepAlive
 	if n.cfg.keepAlive != nil {
@@ -68,8 +82,8 @@ func (n *Node) guardLease(ctx context.Context) {
 		// One immediate renewal (KeepAliveOnce) so a new lease serves at
 		// once, then the acks of the shared keepalive stream.
 		octx, ocancel := etcdclient.RequestTimeout(kctx)
-		if r, err := n.etcd.KeepAliveOnce(octx, lease); err == nil && r.TTL > 0 {
-			renewed(r.TTL)
+		if r, err := etcdclient.RenewOnce(octx, n.etcd, lease); err == nil {
+			renewed(r)
 		}
 		ocancel()
 		// Renewals with per-call timeouts, so a frozen etcd member does not
@@ -111,9 +125,9 @@ func (n *Node) awaitLease(ctx context.Context, lease clientv3.LeaseID) bool {
 		case <-ch:
 		case <-retry.C:
 			octx, ocancel := etcdclient.RequestTimeout(ctx)
-			r, err := n.etcd.KeepAliveOnce(octx, lease)
+			_, err := etcdclient.RenewOnce(octx, n.etcd, lease)
 			ocancel()
-			if err == nil && r.TTL > 0 {
+			if err == nil {
 				n.log.WithField("lease", fmt.Sprintf("%x", int64(lease))).Info("membership lease answers renewals again")
 				return true
 			}
@@ -126,7 +140,7 @@ func (n *Node) awaitLease(ctx context.Context, lease clientv3.LeaseID) bool {
 // tries that lease again.
 const leaseRetryEvery = 500 * time.Millisecond
 
-func (n *Node) followAcks(ctx context.Context, ka <-chan *clientv3.LeaseKeepAliveResponse, timer *time.Timer, renewed func(int64), expired func()) {
+func (n *Node) followAcks(ctx context.Context, ka <-chan etcdclient.Renewal, timer *time.Timer, renewed func(etcdclient.Renewal), expired func()) {
 	for {
 		select {
 		case <-ctx.Done():
@@ -135,9 +149,7 @@ func (n *Node) followAcks(ctx context.Context, ka <-chan *clientv3.LeaseKeepAliv
 			if !ok {
 				return
 			}
-			if r.TTL > 0 {
-				renewed(r.TTL)
-			}
+			renewed(r)
 		case <-timer.C:
 			expired()
 		}

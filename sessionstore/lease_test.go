@@ -144,9 +144,9 @@ func TestServesAgainWhenLeaseOutlivesKeepAlive(t *testing.T) {
 			default:
 			}
 		}
-		c.keepAlive = func(ctx context.Context, cli *clientv3.Client, id clientv3.LeaseID) <-chan *clientv3.LeaseKeepAliveResponse {
+		c.keepAlive = func(ctx context.Context, cli *clientv3.Client, id clientv3.LeaseID) <-chan etcdclient.Renewal {
 			if calls.Add(1) == 1 {
-				ch := make(chan *clientv3.LeaseKeepAliveResponse)
+				ch := make(chan etcdclient.Renewal)
 				close(ch) // gave up
 				return ch
 			}
@@ -193,3 +193,30 @@ func TestAdvertise(t *testing.T) {
 		t.Fatalf("registered %+v (%v); want the advertised address", ms, err)
 	}
 }
+
+func TestServingUntilCountsFromSending(t *testing.T) {
+	now := time.Now()
+	ttl := 5 * time.Second
+	at := func(d time.Duration) time.Time { return now.Add(d) }
+	lost := time.Time{}
+	for _, tc := range []struct {
+		name string
+		cur  *time.Time
+		r    etcdclient.Renewal
+		want time.Time
+	}{
+		// Sent 2 s ago, answered now: the lease lives until sent + TTL at
+		// least, not answer + TTL.
+		{"late answer", nil, etcdclient.Renewal{Sent: at(-2 * time.Second), TTL: ttl}, at(2500 * time.Millisecond)},
+		{"after loss", &lost, etcdclient.Renewal{Sent: now, TTL: ttl}, at(4500 * time.Millisecond)},
+		{"extends", ptr(at(time.Second)), etcdclient.Renewal{Sent: now, TTL: ttl}, at(4500 * time.Millisecond)},
+		// An earlier attempt answered after a later one: keep the later bound.
+		{"never back", ptr(at(4500 * time.Millisecond)), etcdclient.Renewal{Sent: at(-time.Second), TTL: ttl}, at(4500 * time.Millisecond)},
+	} {
+		if got := servingUntil(tc.cur, tc.r); !got.Equal(tc.want) {
+			t.Errorf("%s: serving until now%+v, want now%+v", tc.name, got.Sub(now), tc.want.Sub(now))
+		}
+	}
+}
+
+func ptr[T any](v T) *T { return &v }

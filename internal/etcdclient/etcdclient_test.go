@@ -95,6 +95,15 @@ func (p *freezeProxy) freeze() {
 	}
 }
 
+func (p *freezeProxy) thaw() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.frozen != nil {
+		close(p.frozen)
+		p.frozen = nil
+	}
+}
+
 func (p *freezeProxy) close() {
 	_ = p.ln.Close()
 	p.mu.Lock()
@@ -182,7 +191,7 @@ func TestFrozenMemberFailover(t *testing.T) {
 				t.Fatalf("keepalive channel closed %s after the member froze: the lease lapsed", time.Since(frozeAt).Round(time.Millisecond))
 			}
 			if r.TTL <= 0 {
-				t.Fatalf("keepalive answered TTL %d: the lease expired", r.TTL)
+				t.Fatalf("keepalive answered TTL %s: the lease expired", r.TTL)
 			}
 			t.Logf("member frozen: Put succeeded after %s, lease keepalive answered after %s", putAfter.Round(time.Millisecond), time.Since(frozeAt).Round(time.Millisecond))
 			// The lease is alive as seen by another member.
@@ -257,8 +266,8 @@ func TestKeepAliveClosesOnRevoke(t *testing.T) {
 		t.Fatal(err)
 	}
 	ka := KeepAlive(ctx, cli, g.ID)
-	if r := <-ka; r == nil || r.TTL <= 0 {
-		t.Fatalf("first renewal: %v", r)
+	if r, ok := <-ka; !ok || r.TTL <= 0 {
+		t.Fatalf("first renewal: %+v (channel open %v)", r, ok)
 	}
 	if _, err := cli.Revoke(ctx, g.ID); err != nil {
 		t.Fatal(err)
@@ -298,10 +307,50 @@ func TestRenewalRefusedAtOnceWithoutLeader(t *testing.T) {
 		actx, acancel := context.WithTimeout(ctx, 2*time.Second)
 		defer acancel()
 		start := time.Now()
-		_, err := renewOnce(actx, cli, g.ID)
+		_, err := RenewOnce(actx, cli, g.ID)
 		if errors.Is(err, rpctypes.ErrNoLeader) && time.Since(start) < time.Second {
 			return nil
 		}
 		return fmt.Errorf("renewal answered %v after %s", err, time.Since(start).Round(time.Millisecond))
 	})
+}
+
+// A renewal answered late bounds the lease by when it was sent: etcd's
+// leader renewed it then or after, but possibly long before the answer
+// arrived, so a bound taken from the answer's arrival could outlast the
+// lease at etcd.
+func TestRenewalCountsFromSending(t *testing.T) {
+	e := testcluster.StartEtcd(t)
+	p := startProxy(t, strings.TrimPrefix(e.Endpoint, "http://"))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cfg := DefaultConfig("http://" + p.addr())
+	cfg.AutoSyncInterval = 0
+	cli, err := New(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	g, err := cli.Grant(ctx, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const late = 1500 * time.Millisecond
+	p.freeze()
+	time.AfterFunc(late, p.thaw)
+	sent := time.Now()
+	r, err := RenewOnce(ctx, cli, g.ID)
+	answered := time.Now()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if answered.Sub(sent) < late {
+		t.Fatalf("answered after %s, before the proxy thawed", answered.Sub(sent))
+	}
+	if r.TTL != 10*time.Second || r.Sent.Before(sent) || r.Sent.Sub(sent) > late/2 {
+		t.Fatalf("renewal %+v: want TTL 10s, sent at the call (%s), not at the answer (%s)", r, sent.Format(time.StampMilli), answered.Format(time.StampMilli))
+	}
+	if got, want := r.Expiry(time.Second), r.Sent.Add(9*time.Second); !got.Equal(want) {
+		t.Fatalf("Expiry(1s) = %s, want %s", got, want)
+	}
 }

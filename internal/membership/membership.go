@@ -90,7 +90,7 @@ func Register(ctx context.Context, cli *clientv3.Client, prefix string, m Member
 	return r, nil
 }
 
-func (r *Registration) grantAndPut(ctx context.Context) (<-chan *clientv3.LeaseKeepAliveResponse, error) {
+func (r *Registration) grantAndPut(ctx context.Context) (<-chan etcdclient.Renewal, error) {
 	secs := int64((r.ttl + time.Second - 1) / time.Second)
 	g, err := r.cli.Grant(ctx, secs)
 	if err != nil {
@@ -111,7 +111,7 @@ func (r *Registration) grantAndPut(ctx context.Context) (<-chan *clientv3.LeaseK
 	return etcdclient.KeepAlive(kctx, r.cli, g.ID), nil
 }
 
-func (r *Registration) keepAlive(ctx context.Context, ka <-chan *clientv3.LeaseKeepAliveResponse) {
+func (r *Registration) keepAlive(ctx context.Context, ka <-chan etcdclient.Renewal) {
 	for {
 		for range ka {
 		}
