@@ -452,17 +452,59 @@ func (u *UpCluster) waitBack(ctx context.Context, v Victim) error {
 	defer cancel()
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
+	var reason error
 	for {
-		last := u.isBack(ctx, v)
-		if last == nil {
+		err := u.isBack(ctx, v)
+		if err == nil {
 			return nil
+		}
+		// The poll that the deadline cut short says only that; the one
+		// before it says why the process was not back.
+		if reason == nil || ctx.Err() == nil {
+			reason = err
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%s not back after %s: %w", v.ID, u.RestartTimeout, last)
+			log := filepath.Join(u.DataDir, "logs", v.ID+".log")
+			if line := lastLogError(log); line != "" {
+				return fmt.Errorf("%s not back after %s: %w; its log %s last said: %s", v.ID, u.RestartTimeout, reason, log, line)
+			}
+			return fmt.Errorf("%s not back after %s: %w", v.ID, u.RestartTimeout, reason)
 		case <-tick.C:
 		}
 	}
+}
+
+// lastLogError is the last error or fatal line in the tail of a child's
+// log (JSON or text, as logrus writes either), or "" when there is none
+// or the log cannot be read: a process the supervisor keeps restarting
+// says there why it exits (a port taken, a bad data dir).
+func lastLogError(path string) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	const tail = 64 << 10
+	if st, err := f.Stat(); err == nil && st.Size() > tail {
+		if _, err := f.Seek(st.Size()-tail, io.SeekStart); err != nil {
+			return ""
+		}
+	}
+	b, err := io.ReadAll(f)
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		l := lines[i]
+		for _, lv := range []string{`"level":"error"`, `"level":"fatal"`, "level=error", "level=fatal"} {
+			if strings.Contains(l, lv) {
+				return strings.TrimSpace(l)
+			}
+		}
+	}
+	return ""
 }
 
 func (u *UpCluster) isBack(ctx context.Context, v Victim) error {

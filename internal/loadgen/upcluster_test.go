@@ -22,6 +22,8 @@ type fakeAdmin struct {
 	members []Member
 	shards  string
 	leader  string
+	// delay holds every answer back (a slow admin API).
+	delay time.Duration
 }
 
 func (f *fakeAdmin) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -31,6 +33,11 @@ func (f *fakeAdmin) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	select {
+	case <-time.After(f.delay):
+	case <-r.Context().Done():
+		return
+	}
 	switch r.URL.Path {
 	case "/v1/members":
 		_ = json.NewEncoder(w).Encode(f.members)
@@ -214,5 +221,55 @@ func TestQuorumsIn(t *testing.T) {
 	}
 	if got, _ := u.quorumsIn(context.Background(), "eu-west-1"); len(got) != 0 {
 		t.Errorf("quorumsIn(eu-west-1) = %v, want none", got)
+	}
+}
+
+// A process that does not come back in a rolling restart is reported with
+// why (not with the deadline that ended the wait), and with the last error
+// its own log gives.
+func TestWaitBackSaysWhy(t *testing.T) {
+	// Slow answers, so the wait's deadline cuts a poll short.
+	f := &fakeAdmin{members: []Member{{Role: "store", ID: "store-4", PID: 42, Healthy: true}}, shards: `[]`, leader: "cp-1", delay: 150 * time.Millisecond}
+	u := newFakeUp(t, f)
+	u.RestartTimeout = 400 * time.Millisecond
+	logs := filepath.Join(u.DataDir, "logs")
+	if err := os.MkdirAll(logs, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	log := `{"level":"info","msg":"starting"}
+{"level":"error","msg":"listen 127.0.0.1:20041: bind: address already in use","node":"store-4"}
+{"level":"info","msg":"supervisor will restart"}
+`
+	if err := os.WriteFile(filepath.Join(logs, "store-4.log"), []byte(log), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err := u.waitBack(context.Background(), Victim{ID: "store-4", Role: "store", PID: 42})
+	if err == nil {
+		t.Fatal("waitBack succeeded for a process that never came back")
+	}
+	for _, want := range []string{"store-4 not back after 400ms", "not registered healthy with a new pid", "bind: address already in use"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not say %q", err, want)
+		}
+	}
+	if strings.Contains(err.Error(), "deadline") {
+		t.Errorf("error %q reports the wait's own deadline", err)
+	}
+}
+
+func TestLastLogError(t *testing.T) {
+	dir := t.TempDir()
+	text := filepath.Join(dir, "text.log")
+	_ = os.WriteFile(text, []byte("time=1 level=error msg=first\ntime=2 level=fatal msg=\"data dir locked\"\ntime=3 level=info msg=x\n"), 0o600)
+	if got := lastLogError(text); !strings.Contains(got, "data dir locked") {
+		t.Errorf("lastLogError(text) = %q", got)
+	}
+	clean := filepath.Join(dir, "clean.log")
+	_ = os.WriteFile(clean, []byte(`{"level":"info","msg":"fine"}`+"\n"), 0o600)
+	if got := lastLogError(clean); got != "" {
+		t.Errorf("lastLogError(clean) = %q, want none", got)
+	}
+	if got := lastLogError(filepath.Join(dir, "missing.log")); got != "" {
+		t.Errorf("lastLogError(missing) = %q", got)
 	}
 }
