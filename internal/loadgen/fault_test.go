@@ -367,3 +367,26 @@ func TestSteadyMaxLeavesOutInitialize(t *testing.T) {
 		t.Fatalf("empty report: SteadyMax %s, want 0", got)
 	}
 }
+
+// A p95 budget at a --rate holds only if the rate was held: sends the
+// workers missed mean a lighter load than asked.
+func TestP95BudgetNeedsTheRateHeld(t *testing.T) {
+	b := Budgets{MaxErrorsPct: 1, MaxP95: 100 * time.Millisecond}
+	run := func(rate float64, missed int64) []string {
+		r := &Report{Config: ReportConfig{Rate: rate}, Requests: 1000, MissedSends: missed, Latency: Latency{P95: 40}}
+		return r.check(b)
+	}
+	if v := run(100, 10); len(v) != 0 {
+		t.Errorf("1%% missed sends: violations %v, want none", v)
+	}
+	if v := run(100, 11); len(v) != 1 || !strings.Contains(v[0], "--rate 100/s not held: 11 sends missed") {
+		t.Errorf("1.1%% missed sends: violations %v, want the rate not held", v)
+	}
+	if v := run(0, 500); len(v) != 0 {
+		t.Errorf("closed loop: violations %v, want none", v)
+	}
+	b.MaxP95 = 0
+	if v := run(100, 500); len(v) != 0 {
+		t.Errorf("no p95 budget: violations %v, want none", v)
+	}
+}

@@ -278,8 +278,19 @@ func (r *Report) check(b Budgets) []string {
 	if b.MaxP95 > 0 && time.Duration(r.Latency.P95*float64(time.Millisecond)) > b.MaxP95 {
 		v = append(v, fmt.Sprintf("p95 latency %.3fms above --max-p95 %s", r.Latency.P95, b.MaxP95))
 	}
+	// A p95 budget at a --rate is about that load: when the workers could
+	// not send at the rate, the latencies are of a lighter load (and leave
+	// out the time operations waited to be sent).
+	if b.MaxP95 > 0 && r.Config.Rate > 0 && r.Requests > 0 && float64(r.MissedSends) > maxMissedShare*float64(r.Requests) {
+		v = append(v, fmt.Sprintf("--rate %g/s not held: %d sends missed (%.1f%% of %d operations), so the p95 is of a lighter load; lower --rate or raise --concurrency",
+			r.Config.Rate, r.MissedSends, 100*float64(r.MissedSends)/float64(r.Requests), r.Requests))
+	}
 	return v
 }
+
+// maxMissedShare is the share of missed sends, against the operations
+// done, above which a run at a --rate did not hold that rate.
+const maxMissedShare = 0.01
 
 // WriteJSON writes the report as indented JSON.
 func (r Report) WriteJSON(w io.Writer) error {
