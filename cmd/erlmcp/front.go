@@ -39,6 +39,7 @@ func cmdFront(ctx context.Context, args []string, _, stderr io.Writer) int {
 	fs.DurationVar(&cfg.SuspectAfter, "suspect-after", cfg.SuspectAfter, "probe a worker when a request has waited this long for response headers (0 disables)")
 	fs.BoolVar(&cfg.WorkerKeepAlive, "worker-keepalive", cfg.WorkerKeepAlive, "reuse connections to workers (false: one connection per request)")
 	fs.IntVar(&cfg.MaxIdlePerWorker, "max-idle-per-worker", cfg.MaxIdlePerWorker, "idle keep-alive connections kept per worker")
+	fs.DurationVar(&cfg.VanishedGrace, "vanished-grace", cfg.VanishedGrace, "keep routing to a worker whose membership key vanished without draining (lease lost under it) while it answers, this long (0: drop it at once)")
 	fs.IntVar(&cfg.GCPercent, "gc-percent", cfg.GCPercent, "Go GC target of the front process (as GOGC; overrides it): higher spends less CPU on GC for more heap")
 	fs.BoolVar(&cfg.Pprof, "pprof", cfg.Pprof, "serve Go's profiler under /debug/pprof/ on the front's port (for performance work; keep it off in production)")
 	if err := config.Parse(fs, args, nil); err != nil {

@@ -18,6 +18,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/erlmcp/erlmcp/internal/config"
@@ -80,6 +81,11 @@ type Config struct {
 	Pprof bool
 	// ShutdownTimeout bounds the graceful HTTP shutdown when ctx ends.
 	ShutdownTimeout time.Duration
+	// VanishedGrace is how long the front keeps routing to a worker whose
+	// membership key vanished without the worker draining (its lease was
+	// revoked under it, see vanishGrace), while it answers; 0 drops such
+	// a worker at once.
+	VanishedGrace time.Duration
 	// GCPercent is the Go GC target of the front process (as GOGC),
 	// applied by the `erlmcp front` command, not by Start (it is
 	// process-wide). The front's live heap is a few MiB while each request
@@ -105,6 +111,7 @@ func DefaultConfig() Config {
 		WorkerKeepAlive:  true,
 		MaxIdlePerWorker: 256,
 		ShutdownTimeout:  5 * time.Second,
+		VanishedGrace:    c.LeaseTTL,
 		GCPercent:        400,
 	}
 }
@@ -136,6 +143,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("--gc-percent %d: must be positive", c.GCPercent)
 	case c.MaxIdlePerWorker < 0:
 		return fmt.Errorf("--max-idle-per-worker %d: must not be negative", c.MaxIdlePerWorker)
+	case c.VanishedGrace < 0:
+		return fmt.Errorf("--vanished-grace %s: must not be negative (0 drops a vanished worker at once)", c.VanishedGrace)
 	}
 	return nil
 }
@@ -152,6 +161,14 @@ type Front struct {
 	cancel context.CancelFunc
 	done   chan struct{} // background loops finished
 	served chan error
+
+	// membersMu guards members, the last worker membership snapshot,
+	// and regrace, the timer that applies it again when a vanished
+	// worker's grace ends (setWorkers).
+	membersMu sync.Mutex
+	members   []membership.Member
+	vanish    *vanishGrace
+	regrace   *time.Timer
 }
 
 // Run connects to etcd, serves until ctx ends, then shuts down.
@@ -200,6 +217,7 @@ func Start(ctx context.Context, cfg Config, cli *clientv3.Client, log *logrus.En
 		cfg:    cfg,
 		log:    log,
 		pool:   newPool(cfg.Cooldown),
+		vanish: newVanishGrace(cfg.VanishedGrace, time.Now),
 		ln:     ln,
 		cancel: cancel,
 		done:   make(chan struct{}),
@@ -225,7 +243,7 @@ func Start(ctx context.Context, cfg Config, cli *clientv3.Client, log *logrus.En
 		_ = etcdwatch.Run(bctx, cli, membership.RolePrefix(cfg.Common.Prefix, membership.RoleWorker), etcdwatch.Options{
 			OnError: func(err error) { log.WithError(err).Warn("watching worker membership") },
 		}, func(s etcdwatch.Snapshot) {
-			f.pool.set(membership.FromKVs(s.KVs))
+			f.setWorkers(membership.FromKVs(s.KVs))
 		})
 	}()
 	go func() {
@@ -287,7 +305,43 @@ func (f *Front) Workers() []string {
 
 // Close deregisters, stops serving (in-flight requests get until ctx ends)
 // and stops the background loops.
+// setWorkers routes to the workers of membership snapshot ms and to those
+// vanishGrace still keeps.
+func (f *Front) setWorkers(ms []membership.Member) {
+	f.membersMu.Lock()
+	defer f.membersMu.Unlock()
+	f.members = ms
+	f.applyWorkersLocked()
+}
+
+// applyWorkersLocked sets the pool from the last snapshot; while a
+// vanished worker is kept, it runs again when that worker's grace ends,
+// so the worker leaves then. Callers hold membersMu.
+func (f *Front) applyWorkersLocked() {
+	out, next, vanished := f.vanish.apply(f.members)
+	for _, id := range vanished {
+		f.log.WithField("worker", id).Warn("worker left membership without draining (its lease was lost); routing to it while it answers, for --vanished-grace")
+	}
+	f.pool.set(out)
+	if f.regrace != nil {
+		f.regrace.Stop()
+		f.regrace = nil
+	}
+	if next > 0 {
+		f.regrace = time.AfterFunc(next, func() {
+			f.membersMu.Lock()
+			defer f.membersMu.Unlock()
+			f.applyWorkersLocked()
+		})
+	}
+}
+
 func (f *Front) Close(ctx context.Context) error {
+	f.membersMu.Lock()
+	if f.regrace != nil {
+		f.regrace.Stop()
+	}
+	f.membersMu.Unlock()
 	var errs []error
 	if f.reg != nil {
 		if err := f.reg.Close(ctx); err != nil {

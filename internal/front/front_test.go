@@ -483,3 +483,50 @@ func TestPickSpreadsAroundCoolingWorker(t *testing.T) {
 		t.Fatalf("pick with all tried = %v", b.id)
 	}
 }
+
+// A worker whose membership key vanishes without it draining (etcd revoked
+// its lease under it) keeps getting requests for --vanished-grace, then
+// leaves the pool if it has not registered again.
+func TestVanishedWorkerKeptForGrace(t *testing.T) {
+	const grace = 1500 * time.Millisecond
+	e := startFront(t, func(c *Config) { c.VanishedGrace = grace })
+	var n atomic.Int64
+	w := testWorker(t, "a", &n, nil)
+	ctx := context.Background()
+	g, err := e.cli.Grant(ctx, 30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	val, _ := json.Marshal(membership.Member{Role: membership.RoleWorker, ID: "worker-a", Addr: hostport(w)})
+	if _, err := e.cli.Put(ctx, membership.Key(e.etcd.Prefix, membership.RoleWorker, "worker-a"), string(val), clientv3.WithLease(g.ID)); err != nil {
+		t.Fatal(err)
+	}
+	e.waitWorkers(1)
+	if _, err := e.cli.Revoke(ctx, g.ID); err != nil {
+		t.Fatal(err)
+	}
+	revoked := time.Now()
+	testcluster.WaitFor(t, 10*time.Second, "the front to see the key gone", func() error {
+		e.front.membersMu.Lock()
+		defer e.front.membersMu.Unlock()
+		if len(e.front.members) != 0 {
+			return fmt.Errorf("members %d", len(e.front.members))
+		}
+		return nil
+	})
+	if resp, body := post(t, e.url, `{}`); resp.StatusCode != http.StatusOK && time.Since(revoked) < grace {
+		t.Fatalf("within the grace: status %d %s, want the worker to answer", resp.StatusCode, body)
+	}
+	testcluster.WaitFor(t, grace+5*time.Second, "the vanished worker to leave after its grace", func() error {
+		if got := e.front.Workers(); len(got) != 0 {
+			return fmt.Errorf("workers %v", got)
+		}
+		return nil
+	})
+	if left := time.Since(revoked); left < grace {
+		t.Fatalf("left the pool %s after the revoke, before the grace of %s", left, grace)
+	}
+	if resp, _ := post(t, e.url, `{}`); resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("after the grace: status %d, want 503", resp.StatusCode)
+	}
+}
