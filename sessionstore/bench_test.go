@@ -31,7 +31,8 @@ import (
 // etcd's client side) per call, which unlike latency hardly depends on
 // what else runs on the machine, net-cpu-us/op the same less the idle
 // cluster's CPU over the run's wall time, and the engine's syncs, apply
-// transactions, sends and messages per call (summed over the nodes).
+// transactions, raft.db pages those wrote, sends and messages per call
+// (summed over the nodes).
 
 const (
 	benchShards      = 64
@@ -222,12 +223,14 @@ func (c *rcluster) raftStats() multiraft.Stats {
 }
 
 // reportEngine reports, per call and summed over the three nodes, the
-// engine's WAL fsyncs, apply transactions and transport sends: what the
-// CPU per call is spent on, independent of the machine's load.
+// engine's WAL fsyncs, apply transactions (and the raft.db pages they
+// wrote) and transport sends: what the CPU per call is spent on,
+// independent of the machine's load.
 func reportEngine(b *testing.B, before, after multiraft.Stats) {
 	per := func(a, z uint64) float64 { return float64(z-a) / float64(b.N) }
 	b.ReportMetric(per(before.Syncs, after.Syncs), "syncs/op")
 	b.ReportMetric(per(before.ApplyCommits, after.ApplyCommits), "applies/op")
+	b.ReportMetric(per(before.ApplyPages, after.ApplyPages), "apply-pages/op")
 	b.ReportMetric(per(before.Sends, after.Sends), "sends/op")
 	b.ReportMetric(per(before.Messages, after.Messages), "msgs/op")
 	// Where a write's time went (multiraft.WriteTimings), mean ms per

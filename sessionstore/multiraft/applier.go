@@ -247,6 +247,10 @@ func (n *Node) applyBatches(batches []*applyBatch) {
 	t0 := time.Now()
 	n.writeMu.Lock()
 	err := n.commitLocked("apply", false, func(tx *bolt.Tx) error {
+		tx.OnCommit(func() {
+			st := tx.Stats()
+			n.stats.applyPages.Add(uint64(st.GetWrite()))
+		})
 		for _, b := range batches {
 			for _, it := range b.items {
 				s := byReplica[it.r]

@@ -148,6 +148,11 @@ type Stats struct {
 	// checkpoint.go), ApplyTime the time spent in them.
 	ApplyCommits uint64
 	ApplyTime    time.Duration
+	// ApplyPages counts the pages those transactions wrote to raft.db
+	// (bbolt writes every dirty page of a commit with its own pwrite): a
+	// write costs the pages of its shard's path from the root down to
+	// each bucket it touches, the driver of the apply's CPU.
+	ApplyPages uint64
 	// ApplyRounds counts the applier's rounds (each takes every batch
 	// queued), ApplyQueueTime the time the oldest batch of each round
 	// waited for the applier (busy with the previous round or a
@@ -188,6 +193,7 @@ func (s Stats) Add(o Stats) Stats {
 	s.SyncTime += o.SyncTime
 	s.ApplyCommits += o.ApplyCommits
 	s.ApplyTime += o.ApplyTime
+	s.ApplyPages += o.ApplyPages
 	s.ApplyRounds += o.ApplyRounds
 	s.ApplyQueueTime += o.ApplyQueueTime
 	s.Checkpoints += o.Checkpoints
@@ -211,7 +217,7 @@ func (s Stats) Add(o Stats) Stats {
 type counters struct {
 	syncs, syncNanos, proposals, applied, snaps, sends, msgs atomic.Uint64
 	storFails, storRecoveries                                atomic.Uint64
-	applyCommits, applyNanos                                 atomic.Uint64
+	applyCommits, applyNanos, applyPages                     atomic.Uint64
 	reads, readRounds                                        atomic.Uint64
 	ckpts, ckptNanos                                         atomic.Uint64
 	iters                                                    atomic.Uint64
@@ -629,6 +635,7 @@ func (n *Node) Stats() Stats {
 		SyncTime:         time.Duration(n.stats.syncNanos.Load()),
 		ApplyCommits:     n.stats.applyCommits.Load(),
 		ApplyTime:        time.Duration(n.stats.applyNanos.Load()),
+		ApplyPages:       n.stats.applyPages.Load(),
 		ApplyRounds:      n.stats.applyQueued.Load(),
 		ApplyQueueTime:   time.Duration(n.stats.applyQueueNanos.Load()),
 		Checkpoints:      n.stats.ckpts.Load(),

@@ -81,3 +81,25 @@ func TestReadIndexOnFollower(t *testing.T) {
 		}
 	}
 }
+
+// Stats.ApplyPages counts the raft.db pages the applier's transactions
+// wrote: each commit writes at least one page of data and the meta page.
+func TestStatsCountApplyPages(t *testing.T) {
+	c := newTestCluster(t, 3, nil)
+	c.bootstrap(1)
+	l := c.leader(1, 30*time.Second)
+	st0 := c.node(l).Stats()
+	const puts = 5
+	for i := range puts {
+		c.mustPut(1, fmt.Sprintf("k%d", i), "v")
+	}
+	waitFor(t, 30*time.Second, "the leader to apply the puts", func() bool {
+		return c.node(l).Stats().Applied >= st0.Applied+puts
+	})
+	st := c.node(l).Stats()
+	commits, pages := st.ApplyCommits-st0.ApplyCommits, st.ApplyPages-st0.ApplyPages
+	t.Logf("%d apply commits wrote %d pages", commits, pages)
+	if commits == 0 || pages < 2*commits {
+		t.Fatalf("%d apply commits counted %d pages written; want at least 2 per commit", commits, pages)
+	}
+}
