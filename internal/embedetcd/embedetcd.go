@@ -102,6 +102,7 @@ type logFilter struct {
 var eventMessages = []string{
 	"elected leader",
 	"lost leader",
+	"changed leader",
 	"became leader",
 	"leader failed to send out heartbeat on time",
 	"slow fdatasync",
