@@ -29,6 +29,9 @@
 #   HA_REGION_HOLD      how long that region stays stopped [15s]
 #   HA_SEED             seed of fault times and the operation mix [time]
 #   HA_SESSIONS, HA_CONCURRENCY   load shape [16, 8]
+#   HA_RATE             operations per second, an open loop (the steady load
+#                       the p95 budget is about); 0 runs a closed loop, as
+#                       fast as the cluster answers [100]
 #   HA_MAX_P95          baseline p95 budget [100ms]
 #   HA_STALL_REFERENCE  the slowest steady answer of a fault-free run on this
 #                       cluster: a fault's slowest answer counts as a stall
@@ -48,7 +51,7 @@
 set -euo pipefail
 
 usage() {
-	sed -n '2,47p' "$0" | sed 's/^# \{0,1\}//'
+	sed -n '2,50p' "$0" | sed 's/^# \{0,1\}//'
 	exit 2
 }
 
@@ -84,6 +87,7 @@ region_hold=${HA_REGION_HOLD:-15s}
 seed=${HA_SEED:-$(date +%s)}
 sessions=${HA_SESSIONS:-16}
 concurrency=${HA_CONCURRENCY:-8}
+rate=${HA_RATE:-100}
 max_p95=${HA_MAX_P95:-100ms}
 max_errors_pct=${HA_MAX_ERRORS_PCT:-0.01}
 reports=${HA_REPORT_DIR:-$(mktemp -d -t erlmcp-ha-XXXXXX)}
@@ -166,7 +170,7 @@ run() {
 		ref=(--stall-reference-from "$reports/baseline.json")
 	fi
 	"$bin" loadtest --data-dir "$data_dir" --settle 120s --seed "$seed" "${ref[@]}" \
-		--sessions "$sessions" --concurrency "$concurrency" --timeout 5s \
+		--sessions "$sessions" --concurrency "$concurrency" --rate "$rate" --timeout 5s \
 		--max-errors-pct "$max_errors_pct" --max-sessions-lost 0 --max-writes-lost 0 \
 		--report-file "$report" "$@" >"$reports/$name.txt" 2>"$log" || rc=$?
 	grep -v '^loadtest  *[0-9]*s  rps' "$log" || true
