@@ -502,10 +502,12 @@ func TestVanishedWorkerKeptForGrace(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.waitWorkers(1)
+	// Taken before the revoke: the front may see the key gone, and start
+	// the grace, before the revoke's answer reaches the test.
+	revoked := time.Now()
 	if _, err := e.cli.Revoke(ctx, g.ID); err != nil {
 		t.Fatal(err)
 	}
-	revoked := time.Now()
 	testcluster.WaitFor(t, 10*time.Second, "the front to see the key gone", func() error {
 		e.front.membersMu.Lock()
 		defer e.front.membersMu.Unlock()
