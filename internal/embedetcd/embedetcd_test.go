@@ -5,7 +5,6 @@ import (
 	"context"
 	"net"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -89,50 +88,8 @@ func TestValidate(t *testing.T) {
 	}
 }
 
-// syncBuffer is a log sink the member writes from its own goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-// A member's log holds its leadership events, not etcd's chatter at info
-// (listeners, cluster version, snapshots), and nothing from its own Close.
-func TestLogKeepsLeadershipEventsOnly(t *testing.T) {
-	var log syncBuffer
-	cfg := Config{Name: "e", DataDir: t.TempDir(), ClientURL: freeURL(t), PeerURL: freeURL(t), ClusterState: "new", TickMs: 10, ElectionMs: 100, StartTimeout: 10 * time.Second, LogTo: &log}
-	s, err := Start(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := log.String()
-	s.Close()
-	if !strings.Contains(got, "became leader at term") || !strings.Contains(got, "elected leader") {
-		t.Errorf("no leadership event in the member's log:\n%s", got)
-	}
-	for _, line := range strings.Split(strings.TrimSpace(got), "\n") {
-		if !strings.Contains(line, "leader") {
-			t.Errorf("log line that is neither an error nor an event: %s", line)
-		}
-	}
-	if after := log.String(); after != got {
-		t.Errorf("logged while closing on purpose:\n%s", strings.TrimPrefix(after, got))
-	}
-}
-
 func TestLogCoreFiltersAndSamples(t *testing.T) {
-	var buf syncBuffer
+	var buf bytes.Buffer // one goroutine logs here, and zapcore.Lock guards it
 	var closing atomic.Bool
 	lg := zap.New(newLogCore(zapcore.AddSync(&buf), &closing))
 	lg.Debug("slow fdatasync")
