@@ -303,8 +303,6 @@ func (f *Front) Workers() []string {
 	return out
 }
 
-// Close deregisters, stops serving (in-flight requests get until ctx ends)
-// and stops the background loops.
 // setWorkers routes to the workers of membership snapshot ms and to those
 // vanishGrace still keeps.
 func (f *Front) setWorkers(ms []membership.Member) {
@@ -336,6 +334,8 @@ func (f *Front) applyWorkersLocked() {
 	}
 }
 
+// Close deregisters, stops serving (in-flight requests get until ctx ends)
+// and stops the background loops.
 func (f *Front) Close(ctx context.Context) error {
 	f.membersMu.Lock()
 	if f.regrace != nil {

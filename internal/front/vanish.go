@@ -1,7 +1,6 @@
 package front
 
 import (
-	"sync"
 	"time"
 
 	"github.com/erlmcp/erlmcp/internal/membership"
@@ -20,11 +19,12 @@ import (
 // requests and probes) long before its key expires, so keeping its entry
 // a little longer routes nothing to it; a worker that drains says so in
 // membership first and leaves at once.
+//
+// It is not safe for concurrent use: the front calls it under membersMu.
 type vanishGrace struct {
 	grace time.Duration
 	now   func() time.Time
 
-	mu sync.Mutex
 	// seen holds the last value of every non-draining worker in the last
 	// snapshot, and of those vanished within the grace; gone says when
 	// each of the latter vanished.
@@ -42,8 +42,6 @@ func newVanishGrace(grace time.Duration, now func() time.Time) *vanishGrace {
 // (apply must then run again), 0 when none is kept. vanished lists the
 // workers this snapshot newly keeps, for the log.
 func (g *vanishGrace) apply(ms []membership.Member) (out []membership.Member, next time.Duration, vanished []string) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
 	now := g.now()
 	present := make(map[string]bool, len(ms))
 	for _, m := range ms {
