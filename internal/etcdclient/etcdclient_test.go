@@ -136,19 +136,9 @@ func TestFrozenMemberFailover(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
-	cfg := DefaultConfig("http://" + p.addr())
-	cfg.AutoSyncInterval = 0 // the test adds the other members itself
-	cli, err := New(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
-
 	const ttl = 10 // seconds; keepalive requests go every ttl/3
-	g, err := cli.Grant(ctx, ttl)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// Only the proxied member: the test adds the other members itself.
+	cli, g := clientWithLease(ctx, t, "http://"+p.addr(), ttl)
 	kctx, kcancel := context.WithCancel(ctx)
 	defer kcancel()
 	ka := KeepAlive(kctx, cli, g.ID)
@@ -291,17 +281,7 @@ func TestRenewalRefusedAtOnceWithoutLeader(t *testing.T) {
 	servers := testcluster.StartEtcdServers(t, 2, 10, 100)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cfg := DefaultConfig(servers[0].ClientURL())
-	cfg.AutoSyncInterval = 0
-	cli, err := New(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
-	g, err := cli.Grant(ctx, 30)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cli, g := clientWithLease(ctx, t, servers[0].ClientURL(), 30)
 	servers[1].Close() // the member left has no quorum, so no leader
 	testcluster.WaitFor(t, 20*time.Second, "a quick no-leader answer", func() error {
 		actx, acancel := context.WithTimeout(ctx, 2*time.Second)
@@ -324,17 +304,7 @@ func TestRenewalCountsFromSending(t *testing.T) {
 	p := startProxy(t, strings.TrimPrefix(e.Endpoint, "http://"))
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cfg := DefaultConfig("http://" + p.addr())
-	cfg.AutoSyncInterval = 0
-	cli, err := New(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
-	g, err := cli.Grant(ctx, 10)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cli, g := clientWithLease(ctx, t, "http://"+p.addr(), 10)
 	const late = 1500 * time.Millisecond
 	p.freeze()
 	time.AfterFunc(late, p.thaw)
@@ -353,4 +323,23 @@ func TestRenewalCountsFromSending(t *testing.T) {
 	if got, want := r.Expiry(time.Second), r.Sent.Add(9*time.Second); !got.Equal(want) {
 		t.Fatalf("Expiry(1s) = %s, want %s", got, want)
 	}
+}
+
+// clientWithLease connects to endpoint only (no member discovery, so the
+// test decides which member the calls reach) and grants a lease of ttl
+// seconds; the client is closed when the test ends.
+func clientWithLease(ctx context.Context, t *testing.T, endpoint string, ttl int64) (*clientv3.Client, *clientv3.LeaseGrantResponse) {
+	t.Helper()
+	cfg := DefaultConfig(endpoint)
+	cfg.AutoSyncInterval = 0
+	cli, err := New(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cli.Close() })
+	g, err := cli.Grant(ctx, ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cli, g
 }

@@ -93,10 +93,10 @@ func renewUntil(ctx context.Context, cli *clientv3.Client, id clientv3.LeaseID, 
 // wrapping rpctypes.ErrLeaseNotFound (marked Final for Hedge). It blocks
 // until etcd answers or ctx ends. It requires the member to have a
 // leader: one that lost it (cut off from a quorum of the others) answers
-// "no leader" at once, so Hedge
-// tries the next member 50 ms later, instead of holding the renewal until
-// etcd's own request timeout (5 s, as long as a default lease) while it
-// waits for a leader to forward it to.
+// "no leader" at once, so Hedge tries the next member 50 ms later,
+// instead of holding the renewal until etcd's own request timeout (5 s,
+// as long as a default lease) while it waits for a leader to forward it
+// to.
 func RenewOnce(ctx context.Context, cli *clientv3.Client, id clientv3.LeaseID) (Renewal, error) {
 	sent := time.Now()
 	r, err := cli.KeepAliveOnce(clientv3.WithRequireLeader(ctx), id)
