@@ -78,22 +78,35 @@ func fakeChild(args []string) int {
 	return 0
 }
 
-func freePort(t *testing.T) int {
-	_, p, _ := net.SplitHostPort(testcluster.FreeAddr(t))
-	n, _ := strconv.Atoi(p)
-	return n
+// freePorts returns n distinct free loopback ports: all n are held open
+// until every one is chosen.
+func freePorts(t *testing.T, n int) []int {
+	t.Helper()
+	ports := make([]int, 0, n)
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatalf("free port: %v", err)
+		}
+		defer l.Close()
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports
 }
 
 // smallConfig is a one-of-each cluster on free loopback ports.
 func smallConfig(t *testing.T) Config {
 	c := DefaultConfig()
 	c.DataDir = filepath.Join(t.TempDir(), "data")
-	c.Listen = testcluster.FreeAddr(t)
-	c.AdminPortBase, c.WorkerPortBase, c.StorePortBase = freePort(t), freePort(t), freePort(t)
-	c.EtcdClientPort, c.EtcdPeerPort = freePort(t), freePort(t)
-	// Its own free port: the default (right after the store's gRPC port)
-	// is not reserved and may be taken by an unrelated connection.
-	c.StoreHTTPPortBase = freePort(t)
+	// Seven distinct free ports (freePort one at a time can hand out the
+	// same port twice, which Plan refuses as an overlap). The store's
+	// HTTP port has its own: the default (right after the store's gRPC
+	// port) is not reserved and may be taken by an unrelated connection.
+	ports := freePorts(t, 7)
+	c.Listen = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
+	c.AdminPortBase, c.WorkerPortBase, c.StorePortBase = ports[1], ports[2], ports[3]
+	c.EtcdClientPort, c.EtcdPeerPort = ports[4], ports[5]
+	c.StoreHTTPPortBase = ports[6]
 	c.Workers, c.Stores, c.ControlPlanes = 1, 1, 1
 	c.LeaseTTL = 2 * time.Second
 	c.EtcdTickMs, c.EtcdElectionMs = 10, 100
