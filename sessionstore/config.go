@@ -68,6 +68,12 @@ type Config struct {
 	// RaftTickInterval is the Raft logical clock period: heartbeats every
 	// 2 ticks, elections after 10-20 ticks without a leader.
 	RaftTickInterval time.Duration
+	// ReadIndexOnly makes every linearizable read confirm the shard
+	// leader's leadership with a heartbeat round to a quorum (ReadIndex),
+	// never with the leader's lease (multiraft/lease.go). Leases assume
+	// only that clocks on different machines run at rates within 10% of
+	// each other; they halve a read's CPU.
+	ReadIndexOnly bool
 	// ReconcileInterval is how often the node re-checks its replicas
 	// against the shard map (it also does on every map change).
 	ReconcileInterval time.Duration

@@ -173,6 +173,7 @@ func Start(ctx context.Context, cfg Config, log *logrus.Entry) (_ *Node, err err
 		Transport:     tr,
 		TickInterval:  cfg.RaftTickInterval,
 		ElectionTicks: raftElectionTicks,
+		ReadIndexOnly: cfg.ReadIndexOnly,
 		OnApplied:     rs.onApplied,
 	})
 	if err != nil {

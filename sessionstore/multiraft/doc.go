@@ -82,14 +82,20 @@
 //
 // # Reads
 //
-// Linearizable reads use raft's ReadIndex (ReadOnlySafe), never leases:
-// a lease read is correct only if clocks drift boundedly and a leader
-// cannot be paused past its lease, and a SIGSTOPped or GC-paused leader is
-// in this project's failure model. ReadIndex costs a heartbeat round but
-// assumes nothing about time. The reads of a shard that arrive while the
-// loop is busy share one ReadIndex request (one round to a quorum, not
-// one per read: replica.issueReads; TestConcurrentReadsShareReadIndex).
-// Followers serve ReadIndex reads too.
+// Linearizable reads use the leader's lease when it holds, raft's
+// ReadIndex (ReadOnlySafe) otherwise. A ReadIndex read costs a heartbeat
+// round to a quorum; the reads of a shard that arrive while the loop is
+// busy share one (replica.issueReads; TestConcurrentReadsShareReadIndex).
+// A leader whose round completed within the lease (lease.go: the round's
+// send time plus the followers' election timeout, less a tenth and a
+// tick) answers with its commit index at once: no other leader can have
+// been elected meanwhile. The lease is checked with the monotonic clock
+// when the read arrives, so a leader paused (SIGSTOP, GC) past it sees it
+// expired; raft's own lease option (ReadOnlyLeaseBased) counts ticks, and
+// a paused process misses ticks, so it is not used. What leases assume is
+// that the machines' clocks run at rates within 10% of each other (not
+// that they agree); Config.ReadIndexOnly turns them off.
+// Followers serve ReadIndex reads too (through the leader).
 //
 // # Snapshots
 //

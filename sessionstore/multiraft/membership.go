@@ -103,7 +103,7 @@ func (n *Node) CreateReplica(shard uint32, id ReplicaID, peers []ReplicaID) erro
 		if err != nil {
 			return err
 		}
-		if err := n.startReplica(shard, id, st, applied); err != nil {
+		if err := n.startReplica(shard, id, st, applied, false); err != nil {
 			return err
 		}
 		return nil

@@ -78,6 +78,10 @@ type Config struct {
 	// call back into the Node.
 	OnApplied func(shard uint32, index uint64, snapshot bool)
 
+	// ReadIndexOnly makes every linearizable read take a ReadIndex round
+	// (a heartbeat round to a quorum), never a leader lease (lease.go).
+	ReadIndexOnly bool
+
 	// StorageRetryInterval is how often a node that refuses work after a
 	// failed write or fsync probes its disk to recover: 1s.
 	StorageRetryInterval time.Duration
@@ -172,8 +176,10 @@ type Stats struct {
 	// Sends counts Transport.Send calls; Messages the messages in them.
 	Sends, Messages uint64
 	// Reads counts ReadIndex calls; ReadIndexRounds the ReadIndex requests
-	// handed to raft for them (concurrent reads of a shard share one).
-	Reads, ReadIndexRounds uint64
+	// handed to raft for them (concurrent reads of a shard share one, and
+	// leases renew with one); LeaseReads the reads a leader's lease
+	// answered without a round (lease.go).
+	Reads, ReadIndexRounds, LeaseReads uint64
 	// StorageFailures counts failed writes/fsyncs that made the node refuse
 	// work; StorageRecoveries the in-process restarts after them.
 	StorageFailures, StorageRecoveries uint64
@@ -205,6 +211,7 @@ func (s Stats) Add(o Stats) Stats {
 	s.Messages += o.Messages
 	s.Reads += o.Reads
 	s.ReadIndexRounds += o.ReadIndexRounds
+	s.LeaseReads += o.LeaseReads
 	s.StorageFailures += o.StorageFailures
 	s.StorageRecoveries += o.StorageRecoveries
 	s.Iterations += o.Iterations
@@ -218,7 +225,7 @@ type counters struct {
 	syncs, syncNanos, proposals, applied, snaps, sends, msgs atomic.Uint64
 	storFails, storRecoveries                                atomic.Uint64
 	applyCommits, applyNanos, applyPages                     atomic.Uint64
-	reads, readRounds                                        atomic.Uint64
+	reads, readRounds, leaseReads                            atomic.Uint64
 	ckpts, ckptNanos                                         atomic.Uint64
 	iters                                                    atomic.Uint64
 	applyQueued, applyQueueNanos                             atomic.Uint64
@@ -562,16 +569,23 @@ func (n *Node) load() error {
 		}
 	}
 	for _, l := range all {
-		if err := n.startReplica(l.shard, l.id, l.st, l.applied); err != nil {
+		if err := n.startReplica(l.shard, l.id, l.st, l.applied, true); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func (n *Node) startReplica(shard uint32, id ReplicaID, st *raftStorage, applied indexTerm) error {
+func (n *Node) startReplica(shard uint32, id ReplicaID, st *raftStorage, applied indexTerm, fromDisk bool) error {
 	st.db, st.sm = n.db(), n.cfg.StateMachine
+	var guard time.Time
+	if fromDisk && n.cfg.leaseDuration() > 0 {
+		// It may have acknowledged a leader's round just before it
+		// stopped: see lease.go.
+		guard = time.Now().Add(time.Duration(n.cfg.ElectionTicks) * n.cfg.TickInterval)
+	}
 	r := &replica{
+		voteGuard:     guard,
 		n:             n,
 		shard:         shard,
 		id:            id,
@@ -647,6 +661,7 @@ func (n *Node) Stats() Stats {
 		Messages:         n.stats.msgs.Load(),
 		Reads:            n.stats.reads.Load(),
 		ReadIndexRounds:  n.stats.readRounds.Load(),
+		LeaseReads:       n.stats.leaseReads.Load(),
 
 		StorageFailures:   n.stats.storFails.Load(),
 		StorageRecoveries: n.stats.storRecoveries.Load(),
@@ -936,6 +951,10 @@ func (n *Node) processReady() error {
 	for _, r := range n.scanBuf {
 		r.mu.Lock()
 		if !r.destroyed {
+			if r.leaseTerm != 0 && r.rn.BasicStatus().LeadTransferee != raft.None {
+				// Before the transfer's TimeoutNow goes out (lease.go).
+				r.endLease()
+			}
 			r.issueReads()
 		}
 		// In flight: its previous Ready is not advanced yet; finishing
@@ -1448,6 +1467,10 @@ func (h *nodeHandler) HandleMessages(from StoreID, msgs []ShardMessage) {
 		if !r.destroyed && n.err() == nil {
 			if m.Message.GetType() == pb.MsgApp && len(m.Message.GetEntries()) > 0 && r.appRecv.IsZero() {
 				r.appRecv = time.Now()
+			}
+			if r.voteRefused(m.Message, time.Now()) {
+				r.mu.Unlock()
+				continue
 			}
 			_ = r.rn.Step(m.Message) // errors: a message for an unknown peer, dropped
 			n.markDirty(r)

@@ -53,6 +53,20 @@ type replica struct {
 	reads    map[uint64][]*readReq
 	readWait []*readReq // read index known, waiting for apply
 
+	// Leader lease (lease.go): reads before leaseUntil in leaseTerm skip
+	// the ReadIndex round; leaseRounds are the rounds that may extend it
+	// (only while leaseEpoch is theirs); renewWanted asks the loop for a
+	// round without readers, renewIssued is when it last issued one;
+	// voteGuard: vote requests are ignored until then (a replica loaded
+	// from disk).
+	leaseUntil  time.Time
+	leaseTerm   uint64
+	leaseEpoch  uint64
+	leaseRounds map[uint64]leaseRound
+	renewWanted bool
+	renewIssued time.Time
+	voteGuard   time.Time
+
 	// appRecv: when the first append message not yet persisted arrived
 	// (FollowerTimings).
 	appRecv time.Time
@@ -123,12 +137,19 @@ func (r *replica) failAll(err error) {
 // after every queued read started, so each read still sees every write
 // acknowledged before it began.
 func (r *replica) issueReads() {
-	if len(r.readQueue) == 0 || r.rn.BasicStatus().Lead == raft.None {
+	if len(r.readQueue) == 0 && !r.renewWanted || r.rn.BasicStatus().Lead == raft.None {
 		return
 	}
+	now := time.Now()
+	if r.renewWanted {
+		r.renewWanted, r.renewIssued = false, now
+	}
 	id := r.n.newID()
-	r.reads[id] = r.readQueue
-	r.readQueue = nil
+	if len(r.readQueue) > 0 {
+		r.reads[id] = r.readQueue
+		r.readQueue = nil
+	}
+	r.recordRound(id, now)
 	r.rn.ReadIndex(binary.BigEndian.AppendUint64(nil, id))
 	r.n.stats.readRounds.Add(1)
 }
@@ -329,6 +350,7 @@ func (r *replica) advance(w *readyWork) {
 			continue
 		}
 		id := binary.BigEndian.Uint64(rs.RequestCtx)
+		r.roundDone(id)
 		if qs, ok := r.reads[id]; ok {
 			delete(r.reads, id)
 			for _, q := range qs {
@@ -341,6 +363,7 @@ func (r *replica) advance(w *readyWork) {
 	if ss := w.rd.SoftState; ss != nil {
 		lead := ReplicaID(ss.Lead)
 		if lead != r.lead || ss.RaftState != r.role {
+			r.endLease()
 			r.lead, r.role = lead, ss.RaftState
 			close(r.leaderCh)
 			r.leaderCh = make(chan struct{})
@@ -430,9 +453,10 @@ func (n *Node) Propose(ctx context.Context, shard uint32, cmd []byte) ([]byte, e
 
 // ReadIndex returns an index such that a read of shard's state at any
 // applied index ≥ it is linearizable, and waits until this replica has
-// applied it. It works on followers too (raft forwards the request to the
-// leader, which confirms its leadership with a quorum of heartbeats before
-// answering). The reads of a shard that arrive while the loop is busy
+// applied it. A leader whose lease holds (lease.go) answers at once with
+// its commit index. Otherwise it works through raft, on followers too
+// (raft forwards the request to the leader, which confirms its leadership
+// with a quorum of heartbeats before answering). The reads of a shard that arrive while the loop is busy
 // share one such request (see issueReads). A request lost with a leader
 // change is reissued until ctx ends.
 func (n *Node) ReadIndex(ctx context.Context, shard uint32) (uint64, error) {
@@ -462,9 +486,20 @@ func (n *Node) ReadIndex(ctx context.Context, shard uint32) (uint64, error) {
 				return 0, ctx.Err()
 			}
 		}
-		r.readQueue = append(r.readQueue, q)
-		r.mu.Unlock()
-		n.signalReplica(r)
+		if idx, ok := r.leaseIndex(time.Now()); ok {
+			n.stats.leaseReads.Add(1)
+			if idx <= r.appliedIx {
+				r.mu.Unlock()
+				return idx, nil
+			}
+			q.index = idx
+			r.readWait = append(r.readWait, q) // released by the applier
+			r.mu.Unlock()
+		} else {
+			r.readQueue = append(r.readQueue, q)
+			r.mu.Unlock()
+			n.signalReplica(r)
+		}
 		select {
 		case err := <-q.ch:
 			if errors.Is(err, errRetryRead) {
