@@ -80,6 +80,11 @@ func TestCommandCodecMatchesJSON(t *testing.T) {
 			t.Fatalf("%s: task %v, JSON gives %v", cmd.ID, got.Task, want.Task)
 		}
 		got.Task, want.Task = nil, nil
+		// Each says which format it came in (it picks the dedup layout).
+		if got.format != commandFormatBinary || want.format != commandFormatJSON {
+			t.Fatalf("%s: decoded formats %d and %d, want %d and %d", cmd.ID, got.format, want.format, commandFormatBinary, commandFormatJSON)
+		}
+		got.format, want.format = 0, 0
 		if !reflect.DeepEqual(got, want) {
 			t.Fatalf("%s: binary decodes to\n%#v\nJSON to\n%#v", cmd.ID, got, want)
 		}

@@ -14,22 +14,36 @@ import (
 // Raft log encoding of a command: one format byte, then wireCommand: in
 // JSON (commandFormatJSON, what older nodes proposed; still decoded, as
 // logs and snapshots may hold it) or in the binary form of codec.go
-// (commandFormatBinary, what is proposed now). Either keeps every field
+// (commandFormatBinary and commandFormatColocated). Each keeps every field
 // the apply needs, including the proposer's time and limits, so a replica
 // applies exactly what the leader decided whatever its own clock and
 // flags; the task travels as deterministic protobuf bytes inside it.
 // Decoding is the same on every replica, which is all determinism needs
 // (the bytes are the log entry).
 //
+// The format byte also says how the entry is applied:
+// commandFormatColocated is the binary form applied with the colocated
+// retry-dedup layout (dedup.go); formats 1 and 2 record requests in the
+// shard-wide trees, as the builds before format 3 do (they look a request
+// up beside its session first too, which finds nothing until format-3
+// entries were applied). So the format of an entry, not the build applying
+// it, decides what every replica stores.
+//
 // Upgrades: a replica that cannot decode an entry its peers apply would
-// diverge from them, so a new format is introduced in two releases. This
-// one reads both and still proposes JSON (encodeCommand), so a cluster may
-// mix it with older nodes during a rolling upgrade; once every node runs a
-// build that reads the binary form, a later release proposes it
-// (encodeCommandBinary), saving the JSON decode on every replica.
+// diverge from them. Builds before format 3 do not stop on an unknown
+// format: their stateMachine.Apply answers such an entry with an Internal
+// refusal and goes on, so their replica would skip the write. So a format
+// is proposed only once every store of the cluster advertises that it
+// applies it (format.go: each store registers the newest format it
+// applies); until then every node keeps proposing JSON, which every build
+// reads. From this build on, an unknown (newer) format stops the replica
+// instead (errUnknownFormat; a newer peer's entry is not malformed input).
 const (
-	commandFormatJSON   = 1
-	commandFormatBinary = 2
+	commandFormatJSON      = 1
+	commandFormatBinary    = 2
+	commandFormatColocated = 3
+	// maxCommandFormat is the newest format this build decodes.
+	maxCommandFormat = commandFormatColocated
 )
 
 type wireCommand struct {
@@ -64,17 +78,32 @@ func encodeCommand(cmd command) ([]byte, error) {
 	return append([]byte{commandFormatJSON}, b...), nil
 }
 
-// encodeCommandBinary is the binary form, decoded since this release and
-// proposed once no node older than it remains (see commandFormatBinary).
+// encodeCommandBinary is the binary form in format 2 (see
+// commandFormatBinary).
 func encodeCommandBinary(cmd command) ([]byte, error) {
-	w, err := toWire(cmd)
-	if err != nil {
-		return nil, err
+	return encodeCommandAt(cmd, commandFormatBinary)
+}
+
+// encodeCommandAt encodes cmd in the given format (1 to maxCommandFormat).
+func encodeCommandAt(cmd command, format byte) ([]byte, error) {
+	switch format {
+	case commandFormatJSON:
+		return encodeCommand(cmd)
+	case commandFormatBinary, commandFormatColocated:
+		w, err := toWire(cmd)
+		if err != nil {
+			return nil, err
+		}
+		return appendCommandBinary(append(make([]byte, 0, 64+len(cmd.Data)), format), &w), nil
 	}
-	return appendCommandBinary(append(make([]byte, 0, 64+len(cmd.Data)), commandFormatBinary), &w), nil
+	return nil, fmt.Errorf("encode command: unknown format %d (this build writes 1 to %d)", format, maxCommandFormat)
 }
 
 var errBadCommand = errors.New("malformed command")
+
+// errUnknownFormat: an entry in a format newer than maxCommandFormat (a
+// newer build proposed it); decodeCommand wraps it with errBadCommand.
+var errUnknownFormat = errors.New("unknown command format")
 
 func decodeCommand(b []byte) (command, error) {
 	if len(b) < 1 {
@@ -86,15 +115,16 @@ func decodeCommand(b []byte) (command, error) {
 		if err := json.Unmarshal(b[1:], &w); err != nil {
 			return command{}, fmt.Errorf("%w: %v", errBadCommand, err)
 		}
-	case commandFormatBinary:
+	case commandFormatBinary, commandFormatColocated:
 		var err error
 		if w, err = decodeCommandBinary(b[1:]); err != nil {
 			return command{}, fmt.Errorf("%w: %v", errBadCommand, err)
 		}
 	default:
-		return command{}, fmt.Errorf("%w: unknown format %d", errBadCommand, b[0])
+		return command{}, fmt.Errorf("%w: %w %d (this build reads 1 to %d)", errBadCommand, errUnknownFormat, b[0], maxCommandFormat)
 	}
 	cmd := w.command
+	cmd.format = b[0]
 	if w.TaskPB != nil {
 		cmd.Task = &pb.Task{}
 		if err := proto.Unmarshal(w.TaskPB, cmd.Task); err != nil {

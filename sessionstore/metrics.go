@@ -166,7 +166,8 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(c.d.lag, prometheus.GaugeValue, float64(lag), strconv.Itoa(int(s)))
 			_ = mr.View(s, func(b *bolt.Bucket) error {
 				if sb := b.Bucket([]byte(bkSessions)); sb != nil {
-					sessions += float64(sb.Stats().KeyN)
+					// Less the request records kept beside the sessions.
+					sessions += float64(sb.Stats().KeyN) - float64(colocatedCount(shardTx{root: b}))
 				}
 				return nil
 			})

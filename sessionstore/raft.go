@@ -69,6 +69,11 @@ type stateMachine struct{ rs *raftStorage }
 
 func (sm stateMachine) Apply(b *bolt.Bucket, shard uint32, _ uint64, data []byte) ([]byte, error) {
 	cmd, err := decodeCommand(data)
+	if errors.Is(err, errUnknownFormat) {
+		// A newer build proposed it: refusing it here while the newer
+		// replicas apply it would diverge silently. Stop instead.
+		return nil, fmt.Errorf("shard %d: %w; upgrade this store to a build that reads it", shard, err)
+	}
 	if err != nil {
 		// Every replica refuses the same bytes the same way.
 		return encodeOutcome(outcome{Status: status.Newf(codes.Internal, "%v", err)})

@@ -63,8 +63,9 @@ func TestStoreRAMPerSession(t *testing.T) {
 				for i := lo; i < min(lo+batch, to); i++ {
 					sid := fmt.Sprintf("session-%08d", i)
 					shard := clusterstate.ShardOf(sid, shards)
-					data, err := encodeCommand(command{Op: opCreate, Shard: shard, ID: sid, Data: payload,
-						RequestID: "req-" + sid, NowMs: time.Now().UnixMilli(), Limits: lm})
+					// The newest format: its request record lies beside the session.
+					data, err := encodeCommandAt(command{Op: opCreate, Shard: shard, ID: sid, Data: payload,
+						RequestID: "req-" + sid, NowMs: time.Now().UnixMilli(), Limits: lm}, maxCommandFormat)
 					if err != nil {
 						return err
 					}
@@ -107,7 +108,8 @@ func TestStoreRAMPerSession(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The record as stored: the session's key and value, its counts entry,
-	// and its request-id entries.
+	// and its request-id entries (beside the session, or in the shard-wide
+	// trees).
 	record := 0
 	sid := "session-00000001"
 	if err := db.View(func(tx *bolt.Tx) error {
@@ -115,6 +117,12 @@ func TestStoreRAMPerSession(t *testing.T) {
 		for _, name := range []string{bkSessions, bkSessMeta} {
 			if bb := b.Bucket([]byte(name)); bb != nil {
 				record += len(sid) + len(bb.Get([]byte(sid)))
+			}
+		}
+		if sb := b.Bucket([]byte(bkSessions)); sb != nil {
+			c := sb.Cursor()
+			for k, v := c.Seek(childPrefix(sid)); k != nil && bytes.HasPrefix(k, childPrefix(sid)); k, v = c.Next() {
+				record += len(k) + len(v)
 			}
 		}
 		if rb := b.Bucket([]byte(bkRequests)); rb != nil {

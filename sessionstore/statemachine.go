@@ -18,7 +18,8 @@ import (
 )
 
 // Idempotency window: a request_id is remembered for dedupWindowMs, and at
-// most dedupMaxPerShard of them per shard (the oldest go first).
+// most dedupMaxPerShard of them per shard in the shard-wide trees (the
+// oldest go first); dedup.go has the per-session window of format 3.
 const (
 	dedupWindowMs    = 10 * 60 * 1000
 	dedupMaxPerShard = 10000
@@ -32,10 +33,12 @@ const (
 // state key, task id) are visible ASCII, so 0x00 never occurs inside them
 // and "id 0x00" prefixes exactly one session's entries.
 //
-//	sessions   id → proto Session
-//	requests   id 0x00 request_id → JSON dedupEntry
+//	sessions   id → proto Session, and id 0x00 request_id → the session's
+//	           colocated request records (format-3 entries; dedup.go)
+//	requests   id 0x00 request_id → JSON dedupEntry (shard-wide)
 //	reqtime    8-byte big-endian ms, id 0x00 request_id → ""
-//	reqcount   "n" → 8-byte big-endian count of requests
+//	reqcount   "n" → 8-byte big-endian count of requests; "colocated" →
+//	           the count of colocated records in sessions
 //	sessmeta   id → sessMeta (counts of the session's streams, state keys
 //	           and tasks; its append tick)
 //	events     id 0x00 stream 0x00 8-byte seq → 8-byte created ms + data
@@ -166,20 +169,26 @@ func applyCommand(root *bolt.Bucket, cmd command) (outcome, error) {
 	if cmd.Op == opImport {
 		return importChunk(st, cmd)
 	}
+	// The entry's format picks the dedup layout (dedup.go): format 3
+	// keeps a request's record beside its session, 1 and 2 in the
+	// shard-wide trees.
+	colocated := cmd.format == commandFormatColocated
 	var dk []byte
 	var fp []byte
 	if cmd.RequestID != "" {
-		requests, err := st.bucket(bkRequests)
-		if err != nil {
-			return outcome{}, err
+		if !colocated {
+			// Formats 1 and 2 create the tree here, as before format 3.
+			if _, err := st.bucket(bkRequests); err != nil {
+				return outcome{}, err
+			}
 		}
 		dk = append(append([]byte(cmd.ID), 0), cmd.RequestID...)
 		fp = fingerprint(cmd)
-		if v := requests.Get(dk); v != nil {
-			var e dedupEntry
-			if err := json.Unmarshal(v, &e); err != nil {
-				return outcome{}, fmt.Errorf("decode remembered request %q: %w", cmd.RequestID, err)
-			}
+		e, found, err := findRequest(st, dk, cmd.NowMs)
+		if err != nil {
+			return outcome{}, err
+		}
+		if found {
 			if e.Op != cmd.Op || string(e.Fingerprint) != string(fp) {
 				return outcome{Status: status.Newf(codes.InvalidArgument,
 					"request_id %q was already used for a different request on session %q; use a new request_id for each operation", cmd.RequestID, cmd.ID)}, nil
@@ -191,10 +200,16 @@ func applyCommand(root *bolt.Bucket, cmd command) (outcome, error) {
 	if err != nil {
 		return outcome{}, err
 	}
-	if cmd.RequestID != "" {
-		if err := remember(st, cmd, dk, fp, out); err != nil {
-			return outcome{}, err
-		}
+	switch {
+	case cmd.RequestID != "" && colocated:
+		err = rememberColocated(st, cmd, dk, fp, out)
+	case cmd.RequestID != "":
+		err = remember(st, cmd, dk, fp, out)
+	case colocated:
+		err = pruneOldHead(st, cmd.NowMs)
+	}
+	if err != nil {
+		return outcome{}, err
 	}
 	return out, nil
 }
@@ -246,7 +261,7 @@ func sweep(st shardTx, cmd command) (outcome, error) {
 		if cur == nil || !expired(cur, cmd.NowMs) {
 			continue
 		}
-		if err := deleteSession(st, b, id); err != nil {
+		if err := deleteSession(st, b, id, cmd.NowMs); err != nil {
 			return outcome{}, err
 		}
 		out.Swept = append(out.Swept, id)
@@ -264,6 +279,9 @@ func findExpired(st shardTx, nowMs int64, limit int) ([]string, error) {
 	err := b.ForEach(func(k, v []byte) error {
 		if len(ids) >= limit {
 			return errStopScan
+		}
+		if isColocatedKey(k) {
+			return nil
 		}
 		s := &pb.Session{}
 		if err := proto.Unmarshal(v, s); err != nil {
@@ -304,7 +322,46 @@ func replay(e dedupEntry, cmd command) (outcome, error) {
 	return outcome{Session: s}, nil
 }
 
+// remember records the outcome of a request in the shard-wide trees
+// (every request of a format 1 or 2 entry; see dedup.go for format 3).
 func remember(st shardTx, cmd command, dk, fp []byte, out outcome) error {
+	e, err := newDedupEntry(cmd, fp, out)
+	if err != nil {
+		return err
+	}
+	v, err := json.Marshal(e)
+	if err != nil {
+		return err
+	}
+	requests, err := st.bucket(bkRequests)
+	if err != nil {
+		return err
+	}
+	times, err := st.bucket(bkReqTime)
+	if err != nil {
+		return err
+	}
+	counts, err := st.bucket(bkReqCount)
+	if err != nil {
+		return err
+	}
+	if err := requests.Put(dk, v); err != nil {
+		return err
+	}
+	tk := binary.BigEndian.AppendUint64(nil, uint64(cmd.NowMs))
+	tk = append(tk, dk...)
+	if err := times.Put(tk, nil); err != nil {
+		return err
+	}
+	n, err := pruneOld(requests, times, getCount(counts, "n")+1, cmd.NowMs)
+	if err != nil {
+		return err
+	}
+	return counts.Put([]byte("n"), binary.BigEndian.AppendUint64(nil, n))
+}
+
+// newDedupEntry is the record of cmd's outcome.
+func newDedupEntry(cmd command, fp []byte, out outcome) (dedupEntry, error) {
 	e := dedupEntry{AtMs: cmd.NowMs, Op: cmd.Op, Fingerprint: fp}
 	var err error
 	switch {
@@ -323,55 +380,31 @@ func remember(st shardTx, cmd command, dk, fp []byte, out outcome) error {
 		meta.Result, meta.Data = nil, nil
 		e.Result, err = proto.Marshal(meta)
 	}
-	if err != nil {
-		return err
-	}
-	v, err := json.Marshal(e)
-	if err != nil {
-		return err
-	}
-	requests := st.existing(bkRequests)
-	times, err := st.bucket(bkReqTime)
-	if err != nil {
-		return err
-	}
-	counts, err := st.bucket(bkReqCount)
-	if err != nil {
-		return err
-	}
-	if err := requests.Put(dk, v); err != nil {
-		return err
-	}
-	tk := binary.BigEndian.AppendUint64(nil, uint64(cmd.NowMs))
-	tk = append(tk, dk...)
-	if err := times.Put(tk, nil); err != nil {
-		return err
-	}
-	var n uint64
-	if c := counts.Get([]byte("n")); len(c) == 8 {
-		n = binary.BigEndian.Uint64(c)
-	}
-	n++
-	// Forget the oldest requests past the window or over the cap.
+	return e, err
+}
+
+// pruneOld forgets the oldest requests of the shard-wide trees past the
+// window or over the shard's cap, at most dedupPrunePerTx of them; n is
+// their count, and the new count is returned.
+func pruneOld(requests, times *bolt.Bucket, n uint64, nowMs int64) (uint64, error) {
 	var old [][]byte
 	cur := times.Cursor()
 	for k, _ := cur.First(); k != nil && len(old) < dedupPrunePerTx; k, _ = cur.Next() {
 		at := int64(binary.BigEndian.Uint64(k[:8]))
-		if at >= cmd.NowMs-dedupWindowMs && n-uint64(len(old)) <= dedupMaxPerShard {
+		if at >= nowMs-dedupWindowMs && n-uint64(len(old)) <= dedupMaxPerShard {
 			break
 		}
 		old = append(old, append([]byte(nil), k...))
 	}
 	for _, k := range old {
 		if err := times.Delete(k); err != nil {
-			return err
+			return 0, err
 		}
 		if err := requests.Delete(k[8:]); err != nil {
-			return err
+			return 0, err
 		}
 	}
-	n -= uint64(len(old))
-	return counts.Put([]byte("n"), binary.BigEndian.AppendUint64(nil, n))
+	return n - uint64(len(old)), nil
 }
 
 func getRecord(b *bolt.Bucket, id string) (*pb.Session, error) {
@@ -413,7 +446,7 @@ func execute(st shardTx, cmd command) (outcome, error) {
 	if isExpired {
 		// Lazy expiry: the record and everything under it go now,
 		// whatever the command.
-		if err := deleteSession(st, b, cmd.ID); err != nil {
+		if err := deleteSession(st, b, cmd.ID, cmd.NowMs); err != nil {
 			return outcome{}, err
 		}
 	}
@@ -451,7 +484,7 @@ func execute(st shardTx, cmd command) (outcome, error) {
 		}
 		cur.UpdatedAtUnixMs = cmd.NowMs
 	case opDelete:
-		if err := deleteSession(st, b, cmd.ID); err != nil {
+		if err := deleteSession(st, b, cmd.ID, cmd.NowMs); err != nil {
 			return outcome{}, err
 		}
 		return outcome{}, nil
@@ -498,8 +531,13 @@ func activitySlack(s *pb.Session) int64 {
 	return min(s.IdleTtlMs/10, 1000)
 }
 
-// deleteSession removes the session record and everything stored under it.
-func deleteSession(st shardTx, sessions *bolt.Bucket, id string) error {
+// deleteSession removes the session record and everything stored under
+// it; its colocated request records move to the shard-wide trees (nowMs:
+// the command's time, for their window).
+func deleteSession(st shardTx, sessions *bolt.Bucket, id string, nowMs int64) error {
+	if err := moveSessionRequests(st, sessions, id, nowMs); err != nil {
+		return err
+	}
 	if err := sessions.Delete([]byte(id)); err != nil {
 		return err
 	}

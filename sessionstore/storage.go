@@ -127,6 +127,11 @@ type command struct {
 	// RequestID is the client's idempotency key; empty for touch and expire.
 	RequestID string
 	NowMs     int64
+	// format is the format byte of the log entry the command was decoded
+	// from (decodeCommand sets it; 0 for a command built in memory). It
+	// picks the retry-dedup layout the apply uses (commandFormatColocated
+	// or not), so it is neither encoded nor part of the fingerprint.
+	format byte
 }
 
 // limits bound what one session keeps. They travel in each command.

@@ -1,6 +1,7 @@
 package backup
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -153,7 +154,9 @@ func snapshotShard(ctx context.Context, st *stores, cfg SnapshotConfig, shard in
 		return part, fmt.Errorf("backup: shard %d: %w", shard, err)
 	}
 	for _, r := range recs {
-		if r.GetBucket() == "sessions" {
+		// The sessions bucket also keeps request records beside their
+		// session ("id 0x00 request_id"; session ids never hold 0x00).
+		if r.GetBucket() == "sessions" && !bytes.Contains(r.GetKey(), []byte{0}) {
 			part.Sessions++
 		}
 	}
