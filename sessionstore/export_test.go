@@ -42,3 +42,9 @@ func ManualMembership(cfg *Config) { cfg.manualMembership = true }
 
 // RaftStats are the node's Raft engine counters.
 func (n *Node) RaftStats() multiraft.Stats { return n.raft.mr.Stats() }
+
+// CommandFormat is the command format the node proposes now.
+func (n *Node) CommandFormat() byte { return n.commandFormat() }
+
+// MaxCommandFormat is the newest command format this build applies.
+const MaxCommandFormat = maxCommandFormat

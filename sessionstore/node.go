@@ -99,6 +99,8 @@ type routing struct {
 	// raftStores maps Raft store ids to member ids (registered stores and
 	// stores the shard map names).
 	raftStores map[uint32]string
+	// format is the command format to propose (proposedFormat).
+	format byte
 }
 
 // Run starts a node, serves until ctx ends, then shuts down gracefully.
@@ -236,15 +238,17 @@ func Start(ctx context.Context, cfg Config, log *logrus.Entry) (_ *Node, err err
 
 	started := time.Now()
 	m := membership.Member{
-		Role:      membership.RoleStore,
-		ID:        cfg.Common.ID,
-		Addr:      n.advertise,
-		HTTPAddr:  httpAddr,
-		Region:    cfg.Common.Region,
-		Zone:      cfg.Common.Zone,
-		Version:   buildVersion(),
-		PID:       os.Getpid(),
-		StartedAt: started,
+		Role:     membership.RoleStore,
+		ID:       cfg.Common.ID,
+		Addr:     n.advertise,
+		HTTPAddr: httpAddr,
+		Region:   cfg.Common.Region,
+		Zone:     cfg.Common.Zone,
+		Version:  buildVersion(),
+		// Proposed by the cluster once every store applies it (format.go).
+		CommandFormat: int(maxCommandFormat),
+		PID:           os.Getpid(),
+		StartedAt:     started,
 	}
 	log.WithFields(logrus.Fields{"addr": n.addr, "advertise": n.advertise, "http_addr": httpAddr, "etcd": cfg.Common.EtcdEndpoints}).Info("gRPC listening; registering in etcd")
 	n.reg, err = membership.Register(ctx, n.etcd, cfg.Common.Prefix, m, cfg.Common.LeaseTTL, log)
@@ -428,6 +432,12 @@ func (n *Node) publishLocked() {
 	}
 	for id := range r.stores {
 		r.raftStores[clusterstate.RaftStoreID(id)] = id
+	}
+	var holdout string
+	r.format, holdout = proposedFormat(r.stores, r.shards)
+	if old := n.route.Load(); old == nil || old.format != r.format {
+		n.log.WithFields(logrus.Fields{"format": r.format, "newest": maxCommandFormat, "held_back_by": holdout}).
+			Info("session store command format to propose (the newest every store applies)")
 	}
 	n.route.Store(r)
 	select {

@@ -147,7 +147,7 @@ func (rs *raftStorage) apply(ctx context.Context, cmd command) (outcome, error) 
 	if err := rs.leading(ctx, shard); err != nil {
 		return outcome{}, err
 	}
-	data, err := encodeCommand(cmd)
+	data, err := encodeCommandAt(cmd, rs.n.commandFormat())
 	if err != nil {
 		return outcome{}, status.Errorf(codes.Internal, "encode command: %v", err)
 	}

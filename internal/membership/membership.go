@@ -45,6 +45,11 @@ type Member struct {
 	StartedAt time.Time `json:"started_at"`
 	Draining  bool      `json:"draining"`
 	Load      float64   `json:"load"`
+	// CommandFormat (stores only) is the newest session-store command
+	// format the store's build applies; 0 (absent) means the first, JSON.
+	// Stores propose a format only once every store advertises it, so no
+	// replica ever receives an entry its build cannot apply.
+	CommandFormat int `json:"command_format,omitempty"`
 }
 
 // Key returns the membership key of role/id under prefix.
