@@ -71,8 +71,10 @@ type Config struct {
 	// ReadIndexOnly makes every linearizable read confirm the shard
 	// leader's leadership with a heartbeat round to a quorum (ReadIndex),
 	// never with the leader's lease (multiraft/lease.go). Leases assume
-	// only that clocks on different machines run at rates within 10% of
-	// each other; they halve a read's CPU.
+	// that clocks on different machines run at rates within 10% of each
+	// other and do not stop while a host is suspended, and they are used
+	// only while every store advertises the same Raft timing
+	// (uniformTiming); they halve a read's CPU.
 	ReadIndexOnly bool
 	// ReconcileInterval is how often the node re-checks its replicas
 	// against the shard map (it also does on every map change).

@@ -48,3 +48,7 @@ func (n *Node) CommandFormat() byte { return n.commandFormat() }
 
 // MaxCommandFormat is the newest command format this build applies.
 const MaxCommandFormat = maxCommandFormat
+
+// LeaseReads counts the reads the node's shard leaders answered from their
+// lease.
+func (n *Node) LeaseReads() uint64 { return n.raft.mr.Stats().LeaseReads }

@@ -26,20 +26,7 @@ import (
 //
 // holdout names a store holding the format back ("" if none), for the log.
 func proposedFormat(stores map[string]membership.Member, shards []clusterstate.Shard) (format byte, holdout string) {
-	ids := map[string]bool{}
-	for id := range stores {
-		ids[id] = true
-	}
-	for _, s := range shards {
-		for _, r := range s.Replicas {
-			ids[r.Store] = true
-		}
-	}
-	sorted := make([]string, 0, len(ids))
-	for id := range ids {
-		sorted = append(sorted, id)
-	}
-	sort.Strings(sorted)
+	sorted := clusterStores(stores, shards)
 	format = maxCommandFormat
 	for _, id := range sorted {
 		f := byte(commandFormatJSON)
@@ -64,4 +51,41 @@ func (n *Node) commandFormat() byte {
 		return r.format
 	}
 	return commandFormatJSON
+}
+
+// uniformTiming reports whether every store of the cluster runs Raft with
+// tickMs and electionTicks, as this one does: leader leases (lease reads,
+// multiraft/lease.go) last as long as the followers' election timeout
+// allows, so a store whose timeout is shorter, or unknown (a build that
+// does not advertise it, or a store the shard map names that is not
+// registered now), turns them off. odd names one store that differs.
+func uniformTiming(stores map[string]membership.Member, shards []clusterstate.Shard, tickMs, electionTicks int) (ok bool, odd string) {
+	sorted := clusterStores(stores, shards)
+	for _, id := range sorted {
+		m, reg := stores[id]
+		if !reg || m.RaftTickMs != tickMs || m.RaftElectionTicks != electionTicks {
+			return false, id
+		}
+	}
+	return true, ""
+}
+
+// clusterStores lists, sorted, the registered stores and the stores the
+// shard map names.
+func clusterStores(stores map[string]membership.Member, shards []clusterstate.Shard) []string {
+	ids := map[string]bool{}
+	for id := range stores {
+		ids[id] = true
+	}
+	for _, s := range shards {
+		for _, r := range s.Replicas {
+			ids[r.Store] = true
+		}
+	}
+	sorted := make([]string, 0, len(ids))
+	for id := range ids {
+		sorted = append(sorted, id)
+	}
+	sort.Strings(sorted)
+	return sorted
 }

@@ -85,3 +85,28 @@ func TestApplyUnknownFormatStops(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestUniformTiming(t *testing.T) {
+	same := membership.Member{RaftTickMs: 50, RaftElectionTicks: 10}
+	shards := []clusterstate.Shard{{Shard: 0, Replicas: []clusterstate.Replica{{Store: "a"}, {Store: "b"}}}}
+	for _, tc := range []struct {
+		name    string
+		stores  map[string]membership.Member
+		wantOK  bool
+		wantOdd string
+	}{
+		{"every store the same", map[string]membership.Member{"a": same, "b": same}, true, ""},
+		{"a shorter tick", map[string]membership.Member{"a": same, "b": {RaftTickMs: 10, RaftElectionTicks: 10}}, false, "b"},
+		{"other election ticks", map[string]membership.Member{"a": same, "b": {RaftTickMs: 50, RaftElectionTicks: 20}}, false, "b"},
+		{"an older build (unknown)", map[string]membership.Member{"a": same, "b": {}}, false, "b"},
+		{"a shard-map store not registered", map[string]membership.Member{"a": same}, false, "b"},
+		{"a registered store outside the map", map[string]membership.Member{"a": same, "b": same, "c": {RaftTickMs: 100, RaftElectionTicks: 10}}, false, "c"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ok, odd := uniformTiming(tc.stores, shards, 50, 10)
+			if ok != tc.wantOK || odd != tc.wantOdd {
+				t.Fatalf("uniformTiming = %v, %q; want %v, %q", ok, odd, tc.wantOK, tc.wantOdd)
+			}
+		})
+	}
+}

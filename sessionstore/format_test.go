@@ -70,3 +70,52 @@ func TestFormatWaitsForEveryStore(t *testing.T) {
 		t.Fatalf("get = %v, %v; want version 3, data c", g, err)
 	}
 }
+
+// Lease reads are on only while every store advertises the same Raft
+// timing: a registered store with another tick turns them off until it
+// leaves.
+func TestLeasesNeedUniformTiming(t *testing.T) {
+	e := newEnv(t, 2, true)
+	e.spread("s1")
+	n := e.startNode(e.nodeConfig("s1", t.TempDir()))
+	rc := raw(t, n.Addr())
+	ctx := ctxT(t)
+	if _, err := rc.CreateSession(ctx, &pb.CreateSessionRequest{Id: "lease", Data: []byte("a"), IdleTtlMs: 60000, RequestId: "c1"}); err != nil {
+		t.Fatal(err)
+	}
+	leased := func() uint64 {
+		before := n.LeaseReads()
+		for i := 0; i < 10; i++ {
+			if _, err := rc.GetSession(ctx, &pb.GetSessionRequest{Id: "lease"}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return n.LeaseReads() - before
+	}
+	testcluster.WaitFor(t, 10*time.Second, "lease reads on", func() error {
+		if leased() == 0 {
+			return fmt.Errorf("no lease read")
+		}
+		return nil
+	})
+	oddKey := membership.Key(e.prefix, membership.RoleStore, "odd-tick")
+	e.put(oddKey, membership.Member{Role: membership.RoleStore, ID: "odd-tick", Addr: "127.0.0.1:1", RaftTickMs: 10, RaftElectionTicks: 10, CommandFormat: sessionstore.MaxCommandFormat})
+	testcluster.WaitFor(t, 10*time.Second, "lease reads off", func() error {
+		if got := leased(); got != 0 {
+			return fmt.Errorf("%d lease reads", got)
+		}
+		return nil
+	})
+	if got := leased(); got != 0 {
+		t.Fatalf("%d lease reads while a store runs another tick; want 0", got)
+	}
+	if _, err := e.cli.Delete(context.Background(), oddKey); err != nil {
+		t.Fatal(err)
+	}
+	testcluster.WaitFor(t, 10*time.Second, "lease reads back on", func() error {
+		if leased() == 0 {
+			return fmt.Errorf("no lease read")
+		}
+		return nil
+	})
+}

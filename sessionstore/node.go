@@ -101,6 +101,8 @@ type routing struct {
 	raftStores map[uint32]string
 	// format is the command format to propose (proposedFormat).
 	format byte
+	// leases: lease reads are on (uniformTiming).
+	leases bool
 }
 
 // Run starts a node, serves until ctx ends, then shuts down gracefully.
@@ -184,6 +186,8 @@ func Start(ctx context.Context, cfg Config, log *logrus.Entry) (_ *Node, err err
 		}
 		return nil, err
 	}
+	// No lease reads until every store's timing is known (publishLocked).
+	rs.mr.SetLeaseReads(false)
 	n.raft, n.store = rs, rs
 	cleanups = append(cleanups, func() { _ = rs.close() })
 
@@ -247,8 +251,11 @@ func Start(ctx context.Context, cfg Config, log *logrus.Entry) (_ *Node, err err
 		Version:  buildVersion(),
 		// Proposed by the cluster once every store applies it (format.go).
 		CommandFormat: int(maxCommandFormat),
-		PID:           os.Getpid(),
-		StartedAt:     started,
+		// Lease reads need the same on every store (uniformTiming).
+		RaftTickMs:        int(cfg.RaftTickInterval / time.Millisecond),
+		RaftElectionTicks: raftElectionTicks,
+		PID:               os.Getpid(),
+		StartedAt:         started,
 	}
 	log.WithFields(logrus.Fields{"addr": n.addr, "advertise": n.advertise, "http_addr": httpAddr, "etcd": cfg.Common.EtcdEndpoints}).Info("gRPC listening; registering in etcd")
 	n.reg, err = membership.Register(ctx, n.etcd, cfg.Common.Prefix, m, cfg.Common.LeaseTTL, log)
@@ -438,6 +445,18 @@ func (n *Node) publishLocked() {
 	if old := n.route.Load(); old == nil || old.format != r.format {
 		n.log.WithFields(logrus.Fields{"format": r.format, "newest": maxCommandFormat, "held_back_by": holdout}).
 			Info("session store command format to propose (the newest every store applies)")
+	}
+	leases, odd := uniformTiming(r.stores, r.shards, int(n.cfg.RaftTickInterval/time.Millisecond), raftElectionTicks)
+	r.leases = leases && !n.cfg.ReadIndexOnly
+	if old := n.route.Load(); old == nil || old.leases != r.leases {
+		f := n.log.WithFields(logrus.Fields{"lease_reads": r.leases, "read_index_only": n.cfg.ReadIndexOnly})
+		if !leases {
+			f = f.WithField("timing_differs_or_unknown", odd)
+		}
+		f.Info("leader leases for reads (on only while every store runs the same Raft tick and election timeout)")
+	}
+	if n.raft != nil {
+		n.raft.mr.SetLeaseReads(r.leases)
 	}
 	n.route.Store(r)
 	select {

@@ -35,8 +35,8 @@ func cmdStore(ctx context.Context, args []string, _, stderr io.Writer) int {
 	fs.IntVar(&cfg.MaxValueBytes, "max-value-bytes", cfg.MaxValueBytes, "largest session data, state value, task result+data, or one append's event data accepted, in bytes")
 	fs.IntVar(&cfg.EventRetention, "event-retention", cfg.EventRetention, "events kept per session stream (the newest; older ones are dropped)")
 	fs.IntVar(&cfg.MaxStreamsPerSession, "max-streams-per-session", cfg.MaxStreamsPerSession, "event streams kept per session (appending to a new one beyond it drops the least recently appended stream)")
-	fs.DurationVar(&cfg.RaftTickInterval, "raft-tick", cfg.RaftTickInterval, "Raft logical clock period: the leader heartbeats every 2 ticks, followers elect a new leader after 10-20 ticks without one")
-	fs.BoolVar(&cfg.ReadIndexOnly, "read-index-only", cfg.ReadIndexOnly, "confirm leadership for every linearizable read with a heartbeat round to a quorum (ReadIndex) instead of the shard leader's lease (a lease assumes the machines' clocks run at rates within 10% of each other, and halves a read's CPU)")
+	fs.DurationVar(&cfg.RaftTickInterval, "raft-tick", cfg.RaftTickInterval, "Raft logical clock period: the leader heartbeats every 2 ticks, followers elect a new leader after 10-20 ticks without one; give every store the same (stores use leader leases for reads only while all advertise the same tick)")
+	fs.BoolVar(&cfg.ReadIndexOnly, "read-index-only", cfg.ReadIndexOnly, "confirm leadership for every linearizable read with a heartbeat round to a quorum (ReadIndex) instead of the shard leader's lease (a lease halves a read's CPU; it assumes the machines' clocks run at rates within 10% of each other and keep running while the host is suspended: set this on hosts that may be suspended, and while changing --raft-tick)")
 	if err := config.Parse(fs, args, nil); err != nil {
 		if errors.Is(err, config.ErrHelp) {
 			return exitOK

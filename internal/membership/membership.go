@@ -50,6 +50,12 @@ type Member struct {
 	// Stores propose a format only once every store advertises it, so no
 	// replica ever receives an entry its build cannot apply.
 	CommandFormat int `json:"command_format,omitempty"`
+	// RaftTickMs and RaftElectionTicks (stores only) are the store's Raft
+	// tick and election timeout in ticks. Leader leases are as long as the
+	// followers' election timeout, so stores use them only while every
+	// store advertises the same; 0 (absent) means unknown.
+	RaftTickMs        int `json:"raft_tick_ms,omitempty"`
+	RaftElectionTicks int `json:"raft_election_ticks,omitempty"`
 }
 
 // Key returns the membership key of role/id under prefix.

@@ -19,12 +19,15 @@ import (
 //     completes, a quorum acknowledged a heartbeat of T sent after t. Each
 //     of those followers then ignores vote requests for an election timeout
 //     of ticks (raft's CheckQuorum, on in every group) and campaigns itself
-//     no sooner, and a tick is never early: one missed while the loop was
-//     busy fires once, not several times. So no other replica can win an
-//     election before t + (ElectionTicks-1) ticks of real time. The lease
-//     runs to t + leaseDuration, a tenth and a tick shorter than that, for
-//     clock-rate drift between machines (durations only: wall clocks need
-//     not agree).
+//     no sooner. Ticks do not run faster than the ticker: a tick missed
+//     while the loop was busy fires late, once, so the E-th tick after the
+//     heartbeat comes at least (E-2) tick intervals later. So no other
+//     replica can win an election before t + (ElectionTicks-2) ticks. The
+//     lease runs to t + nine tenths of that, the tenth for clock-rate drift
+//     between machines (durations only: wall clocks need not agree). This
+//     needs every store to run the same tick and election timeout: a store
+//     uses leases only while every store advertises the same (the store
+//     layer checks it through etcd, Node.SetLeaseReads).
 //   - A read arriving while the lease runs (checked with the monotonic
 //     clock at that moment, so a leader that was paused or SIGSTOPped past
 //     its lease sees it expired), in the same term, with no leadership
@@ -34,16 +37,24 @@ import (
 //     leader, and this one has committed an entry of its term (a completed
 //     round in T proves it).
 //   - A transfer forces the target's election through the followers'
-//     lease, so a transfer (however it ends) ends the lease, and rounds
-//     issued before it do not renew it.
+//     lease. A TimeoutNow, once sent, may arrive late (after raft gave the
+//     transfer up, or after a conf change dropped the target), so the
+//     first Ready that sends one ends leases for the rest of the term
+//     (noLeaseTerm): a TimeoutNow of term T cannot win once a quorum has
+//     moved past T.
 //   - A replica that restarts forgets when it last heard from the leader,
 //     so one loaded from disk refuses vote requests for an election timeout
 //     after it starts (voteGuard), as if it had just heard one.
 //   - Renewal: a lease read in the second half of the lease has the loop
 //     issue one ReadIndex round without readers.
+//   - Not covered: a host whose monotonic clock stops while it is
+//     suspended (a laptop's sleep, some VM pauses) resumes with its lease
+//     seemingly intact. Stores on hosts that may be suspended should run
+//     with --read-index-only.
 //
-// Config.ReadIndexOnly turns leases off: every read takes a round. Reads
-// on followers always take one (through the leader).
+// Config.ReadIndexOnly turns leases off for good, Node.SetLeaseReads
+// while the cluster's stores disagree on timing: then every read takes a
+// round. Reads on followers always take one (through the leader).
 
 // campaignTransfer is the context raft gives the vote requests of a
 // leadership transfer (raft's unexported campaignTransfer).
@@ -74,7 +85,8 @@ func (r *replica) leaseIndex(now time.Time) (uint64, bool) {
 		return 0, false
 	}
 	st := r.rn.BasicStatus()
-	if st.RaftState != raft.StateLeader || st.GetTerm() != r.leaseTerm || st.LeadTransferee != raft.None {
+	if st.RaftState != raft.StateLeader || st.GetTerm() != r.leaseTerm || st.LeadTransferee != raft.None ||
+		st.GetTerm() == r.noLeaseTerm || !r.n.leasesOn.Load() {
 		return 0, false
 	}
 	if r.leaseUntil.Sub(now) < d/2 && !r.renewWanted && now.Sub(r.renewIssued) > d/2 {
@@ -110,11 +122,24 @@ func (r *replica) roundDone(id uint64) {
 	}
 	delete(r.leaseRounds, id)
 	st := r.rn.BasicStatus()
-	if lr.epoch != r.leaseEpoch || st.RaftState != raft.StateLeader || st.GetTerm() != lr.term || st.LeadTransferee != raft.None {
+	if lr.epoch != r.leaseEpoch || st.RaftState != raft.StateLeader || st.GetTerm() != lr.term ||
+		st.LeadTransferee != raft.None || lr.term == r.noLeaseTerm {
 		return
 	}
 	if until := lr.at.Add(r.n.cfg.leaseDuration()); until.After(r.leaseUntil) || r.leaseTerm != lr.term {
 		r.leaseUntil, r.leaseTerm = until, lr.term
+	}
+}
+
+// noLeaseAfterTimeoutNow ends leases for the term if msgs (a Ready's,
+// before they are sent) hold a transfer's TimeoutNow. With r.mu.
+func (r *replica) noLeaseAfterTimeoutNow(msgs []*pb.Message) {
+	for _, m := range msgs {
+		if m.GetType() == pb.MsgTimeoutNow {
+			r.noLeaseTerm = m.GetTerm()
+			r.endLease()
+			return
+		}
 	}
 }
 
@@ -133,4 +158,13 @@ func (r *replica) voteRefused(m *pb.Message, now time.Time) bool {
 		return false
 	}
 	return now.Before(r.voteGuard) && !bytes.Equal(m.GetContext(), campaignTransfer)
+}
+
+// SetLeaseReads turns lease reads on or off (on at Open unless
+// ReadIndexOnly). The store layer turns them off while any store of the
+// cluster runs another tick or election timeout than this one, or its
+// timing is unknown: a lease is only as long as the followers' election
+// timeout. Off takes effect for the next read; it does not block.
+func (n *Node) SetLeaseReads(on bool) {
+	n.leasesOn.Store(on && n.cfg.leaseDuration() > 0)
 }

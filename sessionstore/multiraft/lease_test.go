@@ -180,3 +180,98 @@ func TestVoteGuardAfterRestart(t *testing.T) {
 		return st2.Term == term+1
 	})
 }
+
+// A transfer's TimeoutNow can arrive late: after raft gave the transfer up
+// (here: held back until then) it still forces the target's election
+// through the followers' lease. So a leader that sent one serves no lease
+// read for the rest of its term, and the old leader cut off afterwards
+// never answers a read from before the new leader's write.
+func TestLateTimeoutNowEndsLeasesForTheTerm(t *testing.T) {
+	c := newTestCluster(t, 3, func(cfg *Config) { cfg.ElectionTicks = 50 })
+	c.bootstrap(0)
+	l := c.leader(0, 5*time.Second)
+	var a StoreID
+	for _, s := range c.stores() {
+		if s != l {
+			a = s
+			break
+		}
+	}
+	nl, na := c.node(l), c.node(a)
+	c.mustPut(0, "k", "before")
+	ctx := context.Background()
+	if _, err := readValue(ctx, nl, "k"); err != nil {
+		t.Fatal(err)
+	}
+	c.mu.Lock()
+	c.blocked[[2]StoreID{l, a}] = true // the TimeoutNow does not reach a (yet)
+	c.mu.Unlock()
+	tctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	_ = nl.TransferLeader(tctx, 0, ReplicaID(a))
+	cancel()
+	r, err := nl.replica(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "raft to give the transfer up", func() bool {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return r.rn.BasicStatus().LeadTransferee == 0
+	})
+	c.heal()
+	st, _ := nl.Status(0)
+	before := nl.Stats().LeaseReads
+	for i := 0; i < 3; i++ {
+		if _, err := readValue(ctx, nl, "k"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := nl.Stats().LeaseReads - before; got != 0 {
+		t.Fatalf("%d lease reads in the term of a TimeoutNow; want 0", got)
+	}
+	c.isolate(l)
+	to, from, term := uint64(a), uint64(l), st.Term
+	(*nodeHandler)(na).HandleMessages(l, []ShardMessage{{Shard: 0, Message: &pb.Message{Type: pb.MessageType_MsgTimeoutNow.Enum(), To: &to, From: &from, Term: &term}}})
+	waitFor(t, 5*time.Second, "the transfer target to lead", func() bool {
+		s, _ := na.Status(0)
+		return s.Role == "leader"
+	})
+	pctx, pcancel := context.WithTimeout(ctx, 5*time.Second)
+	if _, err := na.Propose(pctx, 0, putCmd("k", "after")); err != nil {
+		t.Fatal(err)
+	}
+	pcancel()
+	rctx, rcancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	got, err := readValue(rctx, nl, "k")
+	rcancel()
+	if err == nil && got == "before" {
+		t.Fatalf("stale read on the old leader: %q after %q was acknowledged", got, "after")
+	}
+}
+
+// Lease reads stop while the store layer says the cluster's timing is not
+// uniform (SetLeaseReads(false)), and come back with it.
+func TestSetLeaseReads(t *testing.T) {
+	c := newTestCluster(t, 3, nil)
+	c.bootstrap(0)
+	n := c.node(c.leader(0, 5*time.Second))
+	c.mustPut(0, "k", "v")
+	ctx := context.Background()
+	count := func() uint64 {
+		before := n.Stats().LeaseReads
+		for i := 0; i < 20; i++ {
+			if _, err := readValue(ctx, n, "k"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return n.Stats().LeaseReads - before
+	}
+	n.SetLeaseReads(false)
+	if got := count(); got != 0 {
+		t.Fatalf("%d lease reads with leases off; want 0", got)
+	}
+	n.SetLeaseReads(true)
+	if got := count(); got == 0 {
+		t.Fatal("no lease read with leases back on")
+	}
+}

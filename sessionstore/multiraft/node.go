@@ -279,6 +279,9 @@ type Node struct {
 	stopC   chan struct{}
 	doneC   chan struct{}
 
+	// leasesOn: leader leases may answer reads (lease.go, SetLeaseReads).
+	leasesOn atomic.Bool
+
 	failMu  sync.Mutex
 	failErr error // permanent: ErrStopped or ErrStorageFailed
 	storErr error // while refusing work after a failed write/fsync
@@ -339,6 +342,7 @@ func Open(cfg Config) (*Node, error) {
 	}
 	replay := n.replayTargets()
 	n.scanAll.Store(true)
+	n.SetLeaseReads(true)
 	go n.runApplier()
 	go n.runCheckpoints()
 	go n.runWALWriter()
@@ -579,7 +583,7 @@ func (n *Node) load() error {
 func (n *Node) startReplica(shard uint32, id ReplicaID, st *raftStorage, applied indexTerm, fromDisk bool) error {
 	st.db, st.sm = n.db(), n.cfg.StateMachine
 	var guard time.Time
-	if fromDisk && n.cfg.leaseDuration() > 0 {
+	if fromDisk {
 		// It may have acknowledged a leader's round just before it
 		// stopped: see lease.go.
 		guard = time.Now().Add(time.Duration(n.cfg.ElectionTicks) * n.cfg.TickInterval)
@@ -951,10 +955,6 @@ func (n *Node) processReady() error {
 	for _, r := range n.scanBuf {
 		r.mu.Lock()
 		if !r.destroyed {
-			if r.leaseTerm != 0 && r.rn.BasicStatus().LeadTransferee != raft.None {
-				// Before the transfer's TimeoutNow goes out (lease.go).
-				r.endLease()
-			}
 			r.issueReads()
 		}
 		// In flight: its previous Ready is not advanced yet; finishing
@@ -964,6 +964,7 @@ func (n *Node) processReady() error {
 			continue
 		}
 		w := &readyWork{r: r, rd: r.rn.Ready()}
+		r.noLeaseAfterTimeoutNow(w.rd.Messages)
 		r.placeProposals(w, now)
 		r.stampCommitted(w, now)
 		if ce := w.rd.CommittedEntries; len(ce) > 0 {

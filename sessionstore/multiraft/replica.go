@@ -63,6 +63,7 @@ type replica struct {
 	leaseTerm   uint64
 	leaseEpoch  uint64
 	leaseRounds map[uint64]leaseRound
+	noLeaseTerm uint64 // a TimeoutNow was sent in this term
 	renewWanted bool
 	renewIssued time.Time
 	voteGuard   time.Time
