@@ -20,7 +20,8 @@ import (
 // Store benchmarks: three store nodes in this process, every shard a Raft
 // group of three replicas (one per node), the real client over gRPC on
 // loopback, so each write is a Raft proposal acknowledged after a quorum's
-// fsync and each read a ReadIndex round. Run with
+// fsync and each read a lease read on the shard leader (or a ReadIndex
+// round when the lease has run out). Run with
 //
 //	go test -run '^$' -bench BenchmarkStore -benchtime 3s ./sessionstore/
 //
@@ -233,6 +234,11 @@ func reportEngine(b *testing.B, before, after multiraft.Stats) {
 	b.ReportMetric(per(before.ApplyPages, after.ApplyPages), "apply-pages/op")
 	b.ReportMetric(per(before.Sends, after.Sends), "sends/op")
 	b.ReportMetric(per(before.Messages, after.Messages), "msgs/op")
+	if after.Reads > before.Reads {
+		// Reads answered by a leader's lease, and ReadIndex rounds, per read.
+		b.ReportMetric(float64(after.LeaseReads-before.LeaseReads)/float64(after.Reads-before.Reads), "lease-reads/read")
+		b.ReportMetric(float64(after.ReadIndexRounds-before.ReadIndexRounds)/float64(after.Reads-before.Reads), "rounds/read")
+	}
 	// Where a write's time went (multiraft.WriteTimings), mean ms per
 	// stage, and the loop iterations it spanned.
 	after.Writes.Sub(before.Writes).Report(b.ReportMetric)
