@@ -77,11 +77,12 @@ var registerModel = porcupine.Model{
 	},
 }
 
-// Concurrent clients write, compare-and-set and read (ReadIndex, on
-// leaders and followers) three keys on three shards while a nemesis kills
-// and restarts leaders, isolates nodes, pauses them and fails their disks
-// (failed writes, failed fsyncs); the recorded
-// history must be linearizable. Fault choices are seeded (the seed is
+// Concurrent clients write, compare-and-set and read (lease reads on
+// leaders, ReadIndex on followers) three keys on three shards while a
+// nemesis kills and restarts leaders, isolates nodes, pauses them, fails
+// their disks (failed writes, failed fsyncs) and transfers leadership
+// (sometimes with its TimeoutNow held back); the recorded history must be
+// linearizable. Fault choices are seeded (the seed is
 // logged; set MULTIRAFT_SEED to replay the same fault schedule, though
 // thread timing still varies).
 func TestLinearizableUnderFaults(t *testing.T) {
@@ -199,7 +200,7 @@ func TestLinearizableUnderFaults(t *testing.T) {
 	deadline := time.Now().Add(6 * time.Second)
 	var faults []string
 	for time.Now().Before(deadline) {
-		switch rng.IntN(4) {
+		switch rng.IntN(5) {
 		case 0:
 			sh := shards[rng.IntN(len(shards))]
 			s := c.leader(sh, 10*time.Second)
@@ -233,6 +234,27 @@ func TestLinearizableUnderFaults(t *testing.T) {
 			}
 			hold(time.Duration(200+rng.IntN(400)) * time.Millisecond)
 			c.disk(s).set(nil, nil, 0)
+		case 4:
+			// A leadership transfer, half the time with its TimeoutNow
+			// held back until after raft may have given it up (leases
+			// must not survive it: lease.go).
+			sh := shards[rng.IntN(len(shards))]
+			s := c.leader(sh, 10*time.Second)
+			to := StoreID((int(s)+rng.IntN(2))%3 + 1)
+			held := rng.IntN(2) == 0
+			if held {
+				c.mu.Lock()
+				c.blocked[[2]StoreID{s, to}] = true
+				c.mu.Unlock()
+			}
+			faults = append(faults, fmt.Sprintf("transfer shard %d from %d to %d (held %v)", sh, s, to, held))
+			if n := c.node(s); n != nil {
+				ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+				_ = n.TransferLeader(ctx, sh, ReplicaID(to))
+				cancel()
+			}
+			hold(time.Duration(200+rng.IntN(400)) * time.Millisecond)
+			c.heal()
 		}
 		hold(time.Duration(100+rng.IntN(200)) * time.Millisecond)
 	}
