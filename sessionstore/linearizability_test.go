@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/anishathalye/porcupine"
+	"github.com/erlmcp/erlmcp/sessionstore"
 	"github.com/erlmcp/erlmcp/sessionstore/client"
 )
 
@@ -52,6 +53,20 @@ func appendEv(evs, d string) string {
 	return evs + "," + d
 }
 
+// streamWindow is what a stream keeps and a read from its start returns:
+// the newest DefaultEventRetention events (DefaultReadLimit is as large).
+// A long run appends more than that to a session.
+const streamWindow = sessionstore.DefaultEventRetention
+
+// lastEv is the newest n events of evs.
+func lastEv(evs string, n int) string {
+	if countEv(evs) <= uint64(n) {
+		return evs
+	}
+	all := strings.Split(evs, ",")
+	return strings.Join(all[len(all)-n:], ",")
+}
+
 func countEv(evs string) uint64 {
 	if evs == "" {
 		return 0
@@ -61,7 +76,8 @@ func countEv(evs string) uint64 {
 
 // sessionModel: per session, GetSession returns the latest record,
 // CompareAndSetSession applies iff the version matches, AppendEvents
-// appends at the next sequence number, ReadEvents returns all events. An
+// appends at the next sequence number, ReadEvents returns the newest
+// streamWindow events (the stream keeps no more). An
 // operation with an unknown outcome has an infinite return time, so it
 // may take effect anywhere after its call, or never.
 var sessionModel = porcupine.Model{
@@ -88,7 +104,7 @@ var sessionModel = porcupine.Model{
 		case "get":
 			return out.Ver == s.Ver && out.Data == s.Data, s
 		case "read":
-			return out.Events == s.Events, s
+			return out.Events == lastEv(s.Events, streamWindow), s
 		case "cas":
 			next := s
 			next.Ver, next.Data = s.Ver+1, in.Data
@@ -142,6 +158,9 @@ func TestSessionStoreLinearizable(t *testing.T) {
 	dur := 6 * time.Second
 	if *longChaos || os.Getenv("ERLMCP_CHAOS_LONG") == "1" {
 		dur = 60 * time.Second
+	}
+	if sessionstore.DefaultReadLimit < streamWindow {
+		t.Fatalf("a read from a stream's start returns %d events, fewer than the %d it keeps: the model needs both", sessionstore.DefaultReadLimit, streamWindow)
 	}
 	const shards = 2
 	stores := []string{"a", "b", "c"}
@@ -302,7 +321,9 @@ func TestSessionStoreLinearizable(t *testing.T) {
 		// Every acknowledged append is in the stream.
 		for _, op := range history {
 			in, out := op.Input.(sessInput), op.Output.(sessOutput)
-			if in.ID == id && in.Op == "append" && out.OK && !strings.Contains(","+strings.Join(parts, ",")+",", ","+in.Data+",") {
+			// (Unless retention dropped it: older than the stream keeps.)
+			if in.ID == id && in.Op == "append" && out.OK && out.Seq >= r.FirstRetainedSeq &&
+				!strings.Contains(","+strings.Join(parts, ",")+",", ","+in.Data+",") {
 				t.Fatalf("acknowledged append %q to %s lost", in.Data, id)
 			}
 			if in.ID == id && in.Op == "cas" && out.OK && out.Ver > s.Version {
