@@ -218,15 +218,7 @@ func moveSessionRequests(st shardTx, sessions *bolt.Bucket, id string, nowMs int
 	if len(keys) == 0 {
 		return nil
 	}
-	requests, err := st.bucket(bkRequests)
-	if err != nil {
-		return err
-	}
-	times, err := st.bucket(bkReqTime)
-	if err != nil {
-		return err
-	}
-	counts, err := st.bucket(bkReqCount)
+	requests, times, counts, err := sharedTrees(st)
 	if err != nil {
 		return err
 	}
@@ -277,11 +269,7 @@ func pruneOldHead(st shardTx, nowMs int64) error {
 	if k == nil || int64(binary.BigEndian.Uint64(k[:8])) >= nowMs-dedupWindowMs {
 		return nil
 	}
-	requests, err := st.bucket(bkRequests)
-	if err != nil {
-		return err
-	}
-	counts, err := st.bucket(bkReqCount)
+	requests, times, counts, err := sharedTrees(st)
 	if err != nil {
 		return err
 	}
@@ -323,4 +311,16 @@ func getCount(b *bolt.Bucket, key string) uint64 {
 // sessions bucket (for counting sessions without a scan).
 func colocatedCount(st shardTx) uint64 {
 	return getCount(st.existing(bkReqCount), reqCountColocated)
+}
+
+// sharedTrees opens the shard-wide request trees, creating them.
+func sharedTrees(st shardTx) (requests, times, counts *bolt.Bucket, err error) {
+	if requests, err = st.bucket(bkRequests); err != nil {
+		return nil, nil, nil, err
+	}
+	if times, err = st.bucket(bkReqTime); err != nil {
+		return nil, nil, nil, err
+	}
+	counts, err = st.bucket(bkReqCount)
+	return requests, times, counts, err
 }

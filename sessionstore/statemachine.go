@@ -333,15 +333,7 @@ func remember(st shardTx, cmd command, dk, fp []byte, out outcome) error {
 	if err != nil {
 		return err
 	}
-	requests, err := st.bucket(bkRequests)
-	if err != nil {
-		return err
-	}
-	times, err := st.bucket(bkReqTime)
-	if err != nil {
-		return err
-	}
-	counts, err := st.bucket(bkReqCount)
+	requests, times, counts, err := sharedTrees(st)
 	if err != nil {
 		return err
 	}
