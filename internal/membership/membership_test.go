@@ -135,7 +135,14 @@ func TestReRegisterAfterLeaseLoss(t *testing.T) {
 		if len(ms) != 1 || r.LeaseID() == old {
 			return testcluster.Errorf("members %d, lease changed %v", len(ms), r.LeaseID() != old)
 		}
-		return nil
+		// The key is back before the log line that follows the lookup
+		// of the old lease.
+		for _, e := range hook.AllEntries() {
+			if e.Message == "membership registered again" {
+				return nil
+			}
+		}
+		return testcluster.Errorf("registered again, not logged yet")
 	})
 	// The log names the lost lease, then, once registered again, says
 	// etcd no longer had it (not that renewals failed here), which is

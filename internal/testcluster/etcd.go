@@ -70,6 +70,23 @@ func FreeAddr(t testing.TB) string {
 	return l.Addr().String()
 }
 
+// FreeAddrs returns n distinct free loopback addresses. Each listener is
+// held open until all n are chosen: closed one at a time, the kernel may
+// hand the same port out twice.
+func FreeAddrs(t testing.TB, n int) []string {
+	t.Helper()
+	addrs := make([]string, n)
+	for i := range addrs {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatalf("free port: %v", err)
+		}
+		defer l.Close()
+		addrs[i] = l.Addr().String()
+	}
+	return addrs
+}
+
 // WaitFor polls cond every 10 ms until it returns nil or timeout passes,
 // then fails the test with cond's last error.
 func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() error) {

@@ -35,12 +35,13 @@ func StartEtcdServers(t testing.TB, n int, tickMs, electionMs uint) []*embedetcd
 	servers := make([]*embedetcd.Server, n)
 	cfgs := make([]embedetcd.Config, n)
 	initial := make([]string, n)
+	addrs := FreeAddrs(t, 2*n)
 	for i := range cfgs {
 		cfgs[i] = embedetcd.Config{
 			Name:         fmt.Sprintf("m%d", i),
 			DataDir:      t.TempDir(),
-			ClientURL:    "http://" + FreeAddr(t),
-			PeerURL:      "http://" + FreeAddr(t),
+			ClientURL:    "http://" + addrs[2*i],
+			PeerURL:      "http://" + addrs[2*i+1],
 			ClusterState: "new",
 			TickMs:       tickMs,
 			ElectionMs:   electionMs,
