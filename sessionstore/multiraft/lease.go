@@ -69,12 +69,10 @@ func (c *Config) leaseDuration() time.Duration {
 	return time.Duration(c.ElectionTicks-2) * c.TickInterval * 9 / 10
 }
 
-// leaseRound is a ReadIndex round a leader issued: when, in which term,
-// under which lease epoch.
+// leaseRound is a ReadIndex round a leader issued: when, in which term.
 type leaseRound struct {
-	at    time.Time
-	term  uint64
-	epoch uint64
+	at   time.Time
+	term uint64
 }
 
 // leaseIndex returns the read index for a read arriving now if the lease
@@ -111,7 +109,7 @@ func (r *replica) recordRound(id uint64, now time.Time) {
 			delete(r.leaseRounds, k)
 		}
 	}
-	r.leaseRounds[id] = leaseRound{at: now, term: st.GetTerm(), epoch: r.leaseEpoch}
+	r.leaseRounds[id] = leaseRound{at: now, term: st.GetTerm()}
 }
 
 // roundDone extends the lease once a round id completed. With r.mu.
@@ -122,7 +120,7 @@ func (r *replica) roundDone(id uint64) {
 	}
 	delete(r.leaseRounds, id)
 	st := r.rn.BasicStatus()
-	if lr.epoch != r.leaseEpoch || st.RaftState != raft.StateLeader || st.GetTerm() != lr.term ||
+	if st.RaftState != raft.StateLeader || st.GetTerm() != lr.term ||
 		st.LeadTransferee != raft.None || lr.term == r.noLeaseTerm {
 		return
 	}
@@ -143,9 +141,9 @@ func (r *replica) noLeaseAfterTimeoutNow(msgs []*pb.Message) {
 	}
 }
 
-// endLease drops the lease and the rounds that could renew it. With r.mu.
+// endLease drops the lease and the rounds issued so far, which must not
+// renew it. With r.mu.
 func (r *replica) endLease() {
-	r.leaseEpoch++
 	r.leaseUntil = time.Time{}
 	clear(r.leaseRounds)
 }
@@ -153,11 +151,11 @@ func (r *replica) endLease() {
 // voteRefused: m is a vote request that a replica loaded from disk must
 // ignore while its vote guard lasts. Transfer campaigns pass: the leader
 // that sent TimeoutNow gave up its lease first. With r.mu.
-func (r *replica) voteRefused(m *pb.Message, now time.Time) bool {
+func (r *replica) voteRefused(m *pb.Message) bool {
 	if t := m.GetType(); t != pb.MsgVote && t != pb.MsgPreVote {
 		return false
 	}
-	return now.Before(r.voteGuard) && !bytes.Equal(m.GetContext(), campaignTransfer)
+	return time.Now().Before(r.voteGuard) && !bytes.Equal(m.GetContext(), campaignTransfer)
 }
 
 // SetLeaseReads turns lease reads on or off (on at Open unless

@@ -1469,7 +1469,7 @@ func (h *nodeHandler) HandleMessages(from StoreID, msgs []ShardMessage) {
 			if m.Message.GetType() == pb.MsgApp && len(m.Message.GetEntries()) > 0 && r.appRecv.IsZero() {
 				r.appRecv = time.Now()
 			}
-			if r.voteRefused(m.Message, time.Now()) {
+			if r.voteRefused(m.Message) {
 				r.mu.Unlock()
 				continue
 			}

@@ -55,13 +55,12 @@ type replica struct {
 
 	// Leader lease (lease.go): reads before leaseUntil in leaseTerm skip
 	// the ReadIndex round; leaseRounds are the rounds that may extend it
-	// (only while leaseEpoch is theirs); renewWanted asks the loop for a
+	// (endLease forgets them); renewWanted asks the loop for a
 	// round without readers, renewIssued is when it last issued one;
 	// voteGuard: vote requests are ignored until then (a replica loaded
 	// from disk).
 	leaseUntil  time.Time
 	leaseTerm   uint64
-	leaseEpoch  uint64
 	leaseRounds map[uint64]leaseRound
 	noLeaseTerm uint64 // a TimeoutNow was sent in this term
 	renewWanted bool
