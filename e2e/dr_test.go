@@ -115,7 +115,18 @@ func TestDisasterRecovery(t *testing.T) {
 	}
 
 	for _, step := range []struct{ verb, region string }{{"secondary", "(secondary)"}, {"backup", "(dr)"}, {"primary", "(primary)"}} {
-		code, out, errOut := drScript(t, dataDir, p, step.verb)
+		var code int
+		var out, errOut string
+		// The control plane refuses a switch to a region whose members its
+		// probes have not yet seen healthy (a cluster just started); that
+		// refusal says so, and the switch is retried until a deadline.
+		waitFor(t, 30*time.Second, "switch to "+step.verb, func() error {
+			code, out, errOut = drScript(t, dataDir, p, step.verb)
+			if code != 0 && strings.Contains(out+errOut, "do not pass health probes") {
+				return fmt.Errorf("exit %d: %s", code, strings.TrimSpace(errOut))
+			}
+			return nil
+		})
 		if code != 0 || !strings.Contains(out, step.region) {
 			t.Fatalf("disaster-recovery.sh %s: exit %d\n%s\n%s", step.verb, code, out, errOut)
 		}
