@@ -294,6 +294,11 @@ func (n *Node) moveToTarget(ctx context.Context, sh clusterstate.Shard, st multi
 	if sh.TargetLeader == "" || sh.TargetLeader == n.ID() {
 		return
 	}
+	if !n.isRegistered(sh.TargetLeader) {
+		// Stopping (it deregisters first and hands its shards away) or
+		// its lease lapsed: leadership would only have to move again.
+		return
+	}
 	shard := uint32(sh.Shard)
 	for _, rep := range sh.Replicas {
 		id := effectiveID(rep)

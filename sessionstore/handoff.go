@@ -1,0 +1,114 @@
+package sessionstore
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/erlmcp/erlmcp/sessionstore/multiraft"
+)
+
+// leaderHandoffTimeout bounds how long a stopping node spends handing its
+// shards' leadership to peers. A transfer takes a round trip and an
+// election without timeouts (tens of milliseconds); raft itself gives one
+// up after an election timeout, so this only bounds a stuck one.
+const leaderHandoffTimeout = 3 * time.Second
+
+// handOffLeadership transfers the leadership of every shard this node
+// leads to another up-to-date voter on a registered store, all shards at
+// once, and returns when each transfer finished or ctx ended.
+//
+// Why: a node that stops while leading leaves its shards leaderless until
+// the followers' election timeout (0.5–1 s at the defaults, longer under
+// load), and every write to those shards waits or fails meanwhile. A
+// transfer instead hands the shard over in one round trip, the way etcd
+// does on shutdown. Writes proposed during a transfer are dropped by raft
+// (UNAVAILABLE, retry) and reads are answered by the new leader, so
+// nothing is lost by it. A shard whose transfer does not finish is left to
+// an election, as without the handoff.
+//
+// Only registered stores are targets: a store that is not registered is
+// stopping too (it deregisters first), and handing it a shard would make
+// that shard wait for an election all the same.
+func (n *Node) handOffLeadership(ctx context.Context) {
+	if n.raft == nil {
+		return
+	}
+	mr := n.raft.mr
+	r := n.route.Load()
+	if r == nil {
+		return
+	}
+	start := time.Now()
+	var (
+		wg              sync.WaitGroup
+		mu              sync.Mutex
+		moved, failed   int
+		noTarget, total int
+	)
+	for _, shard := range mr.Shards() {
+		st, err := mr.Status(shard)
+		if err != nil || st.Role != "leader" {
+			continue
+		}
+		total++
+		to := handoffTarget(st, func(store multiraft.StoreID) bool {
+			member, ok := r.raftStores[uint32(store)]
+			if !ok || member == n.ID() {
+				return false
+			}
+			return n.isRegistered(member)
+		})
+		if to == 0 {
+			noTarget++
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := mr.TransferLeader(ctx, shard, to)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				failed++
+				n.log.WithError(err).WithField("shard", shard).Debug("leadership handoff did not finish; the shard elects a leader")
+				return
+			}
+			moved++
+		}()
+	}
+	wg.Wait()
+	if total == 0 {
+		return
+	}
+	n.log.WithField("handed_off", moved).WithField("not_finished", failed).WithField("no_target", noTarget).
+		WithField("took", time.Since(start).Round(time.Millisecond).String()).
+		Info("shard leadership handed to peers before stopping")
+}
+
+// handoffTarget picks, from the leader's status st, the voter other than
+// itself that is up to date and on a store ok accepts, preferring the
+// longest durable log (the transfer then needs no catch-up first). 0 when
+// there is none.
+func handoffTarget(st multiraft.ShardStatus, ok func(multiraft.StoreID) bool) multiraft.ReplicaID {
+	var best multiraft.ReplicaID
+	var bestMatch uint64
+	for _, p := range st.Progress {
+		if p.ID == st.Replica || !replicaUpToDate(st, p.ID) || !ok(p.ID.Store()) {
+			continue
+		}
+		if best == 0 || p.Match > bestMatch {
+			best, bestMatch = p.ID, p.Match
+		}
+	}
+	return best
+}
+
+// isRegistered reports whether store member is registered in membership
+// now (by this node's latest watch snapshot).
+func (n *Node) isRegistered(member string) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	_, ok := n.stores[member]
+	return ok
+}
