@@ -1,6 +1,7 @@
 package sessionstore
 
 import (
+	"slices"
 	"testing"
 
 	"github.com/erlmcp/erlmcp/sessionstore/multiraft"
@@ -25,28 +26,34 @@ func TestReplicaUpToDate(t *testing.T) {
 	}
 }
 
-// handoffTarget: the up-to-date voter with the longest log, on a store the
-// caller accepts; never the leader itself, a learner, a voter not heard
-// from, or a voter on a store that is not registered.
+// handoffTarget: a voter whose log is within the lag of the commit index,
+// on a store the caller accepts, preferring one heard from recently, then
+// the longest log; never the leader itself, a learner, a voter far behind
+// or one never heard from in this term (Match 0), or a voter on a store
+// that is not registered.
 func TestHandoffTarget(t *testing.T) {
 	id := func(store uint32) multiraft.ReplicaID { return multiraft.ReplicaID(1<<32 | uint64(store)) }
-	st := multiraft.ShardStatus{Replica: id(1), Commit: 40, Progress: []multiraft.ReplicaStatus{
-		{ID: id(1), Match: 40, RecentActive: true},
-		{ID: id(2), Match: 38, RecentActive: true},
-		{ID: id(3), Match: 40, RecentActive: true},
-		{ID: id(4), Match: 40, RecentActive: false},
-		{ID: id(5), Match: 40, RecentActive: true, Learner: true},
+	st := multiraft.ShardStatus{Replica: id(1), Commit: 400, Progress: []multiraft.ReplicaStatus{
+		{ID: id(1), Match: 400, RecentActive: true},
+		{ID: id(2), Match: 380, RecentActive: true},
+		{ID: id(3), Match: 400, RecentActive: true},
+		{ID: id(4), Match: 400, RecentActive: false},
+		{ID: id(5), Match: 400, RecentActive: true, Learner: true},
+		{ID: id(6), Match: 0, RecentActive: true},
+		{ID: id(7), Match: 100, RecentActive: true},
 	}}
-	all := func(multiraft.StoreID) bool { return true }
-	if got := handoffTarget(st, all); got != id(3) {
-		t.Fatalf("target %v, want %v (longest log)", got, id(3))
-	}
-	not3 := func(s multiraft.StoreID) bool { return s != 3 }
-	if got := handoffTarget(st, not3); got != id(2) {
-		t.Fatalf("target with store 3 unregistered %v, want %v", got, id(2))
-	}
-	none := func(s multiraft.StoreID) bool { return s == 1 || s == 4 || s == 5 }
-	if got := handoffTarget(st, none); got != 0 {
-		t.Fatalf("target %v, want none", got)
+	for _, c := range []struct {
+		allowed []multiraft.StoreID
+		want    multiraft.ReplicaID
+	}{
+		{[]multiraft.StoreID{1, 2, 3, 4, 5, 6, 7}, id(3)}, // active, longest log
+		{[]multiraft.StoreID{1, 2, 4, 5, 6, 7}, id(2)},    // active beats a longer log
+		{[]multiraft.StoreID{1, 4, 5, 6, 7}, id(4)},       // inactive but up to date
+		{[]multiraft.StoreID{1, 5, 6, 7}, 0},
+	} {
+		got := handoffTarget(st, func(s multiraft.StoreID) bool { return slices.Contains(c.allowed, s) })
+		if got != c.want {
+			t.Errorf("stores %v: target %v, want %v", c.allowed, got, c.want)
+		}
 	}
 }

@@ -2,6 +2,8 @@ package sessionstore
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -45,6 +47,7 @@ func (n *Node) handOffLeadership(ctx context.Context) {
 		mu              sync.Mutex
 		moved, failed   int
 		noTarget, total int
+		why             []string
 	)
 	for _, shard := range mr.Shards() {
 		st, err := mr.Status(shard)
@@ -61,6 +64,9 @@ func (n *Node) handOffLeadership(ctx context.Context) {
 		})
 		if to == 0 {
 			noTarget++
+			if len(why) < 4 {
+				why = append(why, describeProgress(st, r.raftStores))
+			}
 			continue
 		}
 		wg.Add(1)
@@ -81,27 +87,41 @@ func (n *Node) handOffLeadership(ctx context.Context) {
 	if total == 0 {
 		return
 	}
-	n.log.WithField("handed_off", moved).WithField("not_finished", failed).WithField("no_target", noTarget).
+	l := n.log.WithField("handed_off", moved).WithField("not_finished", failed).WithField("no_target", noTarget)
+	if len(why) > 0 {
+		l = l.WithField("no_target_examples", strings.Join(why, "; "))
+	}
+	l.
 		WithField("took", time.Since(start).Round(time.Millisecond).String()).
 		Info("shard leadership handed to peers before stopping")
 }
 
 // handoffTarget picks, from the leader's status st, the voter other than
-// itself that is up to date and on a store ok accepts, preferring the
-// longest durable log (the transfer then needs no catch-up first). 0 when
-// there is none.
+// itself whose durable log is within upToDateLag of the commit index, on a
+// store ok accepts; among them it prefers one heard from in the last
+// election timeout, then the longest log (the transfer then needs no
+// catch-up first). 0 when there is none.
+//
+// RecentActive alone is not the test: with CheckQuorum raft clears it for
+// every follower at each election timeout, so for a heartbeat interval
+// after that even healthy followers read inactive. A transfer to a voter
+// that is in fact down just ends at raft's own transfer timeout.
 func handoffTarget(st multiraft.ShardStatus, ok func(multiraft.StoreID) bool) multiraft.ReplicaID {
-	var best multiraft.ReplicaID
-	var bestMatch uint64
-	for _, p := range st.Progress {
-		if p.ID == st.Replica || !replicaUpToDate(st, p.ID) || !ok(p.ID.Store()) {
+	var best *multiraft.ReplicaStatus
+	for i := range st.Progress {
+		p := &st.Progress[i]
+		if p.ID == st.Replica || p.Learner || p.Match == 0 || p.Match+upToDateLag < st.Commit || !ok(p.ID.Store()) {
 			continue
 		}
-		if best == 0 || p.Match > bestMatch {
-			best, bestMatch = p.ID, p.Match
+		if best == nil || (p.RecentActive && !best.RecentActive) ||
+			(p.RecentActive == best.RecentActive && p.Match > best.Match) {
+			best = p
 		}
 	}
-	return best
+	if best == nil {
+		return 0
+	}
+	return best.ID
 }
 
 // isRegistered reports whether store member is registered in membership
@@ -111,4 +131,18 @@ func (n *Node) isRegistered(member string) bool {
 	defer n.mu.Unlock()
 	_, ok := n.stores[member]
 	return ok
+}
+
+// describeProgress is the leader's view of the other members of a shard,
+// for the log: why none of them could take the shard over.
+func describeProgress(st multiraft.ShardStatus, stores map[uint32]string) string {
+	parts := make([]string, 0, len(st.Progress))
+	for _, p := range st.Progress {
+		if p.ID == st.Replica {
+			continue
+		}
+		store := stores[uint32(p.ID.Store())]
+		parts = append(parts, fmt.Sprintf("%s match %d learner %v active %v", store, p.Match, p.Learner, p.RecentActive))
+	}
+	return fmt.Sprintf("shard %d commit %d: %s", st.Shard, st.Commit, strings.Join(parts, ", "))
 }
