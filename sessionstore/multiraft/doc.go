@@ -99,8 +99,14 @@
 //
 // # Snapshots
 //
-// Logs are compacted when they exceed CompactThreshold entries past the
-// last compaction, keeping CompactRetain entries. A replica that needs
+// Logs are compacted when they hold more than CompactThreshold entries up
+// to the durable applied index, or more than CompactThresholdBytes of
+// entries, keeping the newest CompactRetain entries up to the applied
+// index within CompactRetainBytes; a new WAL segment compacts every log
+// that way first, since its checkpoint copies the logs (the byte bounds
+// are what keep memory, the checkpoint and the replay at start small when
+// commands are kilobytes: 64 shards at 1000 entries of 2 KB each made a
+// 54 MB checkpoint and a 6 s restart). A replica that needs
 // compacted entries gets a snapshot: a consistent bbolt read of the shard's
 // applied index, ConfState and bucket (StateMachine.Snapshot), generated
 // off the loop, sent as MsgSnap by the Transport (a unary RPC in the gRPC

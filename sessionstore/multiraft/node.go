@@ -56,6 +56,14 @@ type Config struct {
 	// so a follower slightly behind catches up from the log rather than by
 	// snapshot: 1000 (capped below CompactThreshold).
 	CompactRetain uint64
+	// CompactThresholdBytes and CompactRetainBytes bound the same in bytes
+	// of entry data: a log holding more than CompactThresholdBytes is
+	// compacted (1 MiB), and at most CompactRetainBytes of the entries up
+	// to the applied index survive (256 KiB). With large commands the
+	// entry counts alone let each shard keep megabytes, in memory, in
+	// every new WAL segment's checkpoint and in the replay at start.
+	CompactThresholdBytes uint64
+	CompactRetainBytes    uint64
 
 	// MaxSizePerMsg bounds the entries in one append message: 1 MiB.
 	MaxSizePerMsg uint64
@@ -117,6 +125,15 @@ func (c *Config) setDefaults() {
 	}
 	if c.CompactRetain >= c.CompactThreshold {
 		c.CompactRetain = c.CompactThreshold / 2
+	}
+	if c.CompactThresholdBytes == 0 {
+		c.CompactThresholdBytes = 1 << 20
+	}
+	if c.CompactRetainBytes == 0 {
+		c.CompactRetainBytes = 256 << 10
+	}
+	if c.CompactRetainBytes >= c.CompactThresholdBytes {
+		c.CompactRetainBytes = c.CompactThresholdBytes / 2
 	}
 	if c.MaxSizePerMsg == 0 {
 		c.MaxSizePerMsg = 1 << 20
@@ -1328,15 +1345,27 @@ func (n *Node) walSync(what string) error {
 // once there are more than CompactThreshold of them, keeping
 // CompactRetain for followers slightly behind. The WAL record goes with the
 // next append; losing it only means a longer log after a restart.
-func (n *Node) maybeCompact(r *replica) {
+func (n *Node) maybeCompact(r *replica) { n.compact(r, false) }
+
+// compact drops r's log entries up to its durable applied index less the
+// retained ones (CompactRetain, CompactRetainBytes): when the log is over
+// a threshold (entries up to the applied index, or bytes), or always with
+// force (a new WAL segment's checkpoint is about to copy the log).
+func (n *Node) compact(r *replica, force bool) {
 	r.mu.Lock()
 	applied := r.durApplied
 	r.mu.Unlock()
 	first, _, _ := r.st.bounds()
-	if applied.index < first || applied.index-(first-1) <= n.cfg.CompactThreshold {
+	if applied.index < first {
 		return
 	}
-	to := applied.index - n.cfg.CompactRetain
+	if !force && applied.index-(first-1) <= n.cfg.CompactThreshold && r.st.logBytes() <= n.cfg.CompactThresholdBytes {
+		return
+	}
+	to := r.st.retainFrom(applied.index, n.cfg.CompactRetain, n.cfg.CompactRetainBytes)
+	if to < first {
+		return
+	}
 	it := indexTerm{to, r.st.termAt(to)}
 	// Safe with r in flight: its durable applied index is in the log
 	// raft.Storage holds already, before the Ready's new entries.
@@ -1351,6 +1380,8 @@ func (n *Node) maybeCompact(r *replica) {
 func (n *Node) rotateWAL() error {
 	cp := &wal{}
 	for _, r := range n.loopReplicas {
+		// The checkpoint copies the log: only what compaction would keep.
+		n.compact(r, true)
 		if err := r.st.checkpoint(cp, r.id); err != nil {
 			return err
 		}

@@ -147,6 +147,9 @@ type raftStorage struct {
 	cs    *pb.ConfState // ConfState as of the applied index (at open)
 	trunc indexTerm     // the last compacted entry (first index - 1)
 	ents  []*pb.Entry   // the log, from trunc.index+1
+	// entBytes is the size of ents by entrySize: what the log holds in
+	// memory and what a new WAL segment's checkpoint copies of it.
+	entBytes uint64
 
 	snapMu     sync.Mutex
 	snap       *pb.Snapshot // last generated snapshot, served to raft
@@ -247,7 +250,7 @@ func (s *raftStorage) verify(applied indexTerm) error {
 // applied after it (0 otherwise): only then may the state machine be
 // ahead of the log; else the log lost its tail.
 func fromWAL(shard uint32, l *walReplica, applied indexTerm, cs *pb.ConfState, snapshot uint64) (*raftStorage, error) {
-	st := &raftStorage{shard: shard, hs: l.hs, cs: cs, trunc: l.trunc, ents: l.ents}
+	st := &raftStorage{shard: shard, hs: l.hs, cs: cs, trunc: l.trunc, ents: l.ents, entBytes: entriesSize(l.ents)}
 	if applied.index > st.hs.GetCommit() {
 		st.hs = proto.CloneOf(st.hs)
 		st.hs.Commit = new(applied.index)
@@ -258,7 +261,7 @@ func fromWAL(shard uint32, l *walReplica, applied indexTerm, cs *pb.ConfState, s
 				return nil, fmt.Errorf("%w: shard %d: the state machine applied entry %d (term %d) that the log (up to %d) does not hold: the log lost its tail",
 					ErrCorrupt, shard, applied.index, applied.term, last)
 			}
-			st.trunc, st.ents = applied, nil
+			st.trunc, st.ents, st.entBytes = applied, nil, 0
 		}
 	}
 	return st, st.verify(applied)
@@ -333,6 +336,7 @@ func (s *raftStorage) appendDurable(ents []*pb.Entry) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	keep := ents[0].GetIndex() - s.trunc.index - 1
+	s.entBytes += entriesSize(ents) - entriesSize(s.ents[keep:])
 	// Full slice expression: a truncated tail gets a new array, so no
 	// slice handed out earlier sees its entries change.
 	s.ents = append(s.ents[:keep:keep], ents...)
@@ -342,7 +346,9 @@ func (s *raftStorage) appendDurable(ents []*pb.Entry) {
 func (s *raftStorage) compactTo(to indexTerm) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.ents = slices.Clone(s.ents[to.index-s.trunc.index:])
+	drop := to.index - s.trunc.index
+	s.entBytes -= entriesSize(s.ents[:drop])
+	s.ents = slices.Clone(s.ents[drop:])
 	s.trunc = to
 }
 
@@ -350,7 +356,48 @@ func (s *raftStorage) compactTo(to indexTerm) {
 func (s *raftStorage) resetTo(trunc indexTerm) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.ents, s.trunc = nil, trunc
+	s.ents, s.trunc, s.entBytes = nil, trunc, 0
+}
+
+// logBytes is the size of the log held (entrySize of every entry).
+func (s *raftStorage) logBytes() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.entBytes
+}
+
+// retainFrom is the compaction point that keeps, of the entries up to
+// applied, the newest ones up to maxEntries of them and maxBytes of
+// entrySize: the log is compacted to the returned index (at most
+// applied; at or below the current compaction point when there is
+// nothing to drop).
+func (s *raftStorage) retainFrom(applied, maxEntries, maxBytes uint64) uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	last := s.trunc.index + uint64(len(s.ents))
+	applied = min(applied, last)
+	to, bytes := applied, uint64(0)
+	for to > s.trunc.index && applied-to < maxEntries {
+		size := entrySize(s.ents[to-s.trunc.index-1])
+		if bytes+size > maxBytes {
+			break
+		}
+		bytes += size
+		to--
+	}
+	return to
+}
+
+// entrySize is what an entry counts for the log's byte bounds: its data
+// and a little for its framing.
+func entrySize(e *pb.Entry) uint64 { return uint64(len(e.GetData())) + 16 }
+
+func entriesSize(ents []*pb.Entry) uint64 {
+	var n uint64
+	for _, e := range ents {
+		n += entrySize(e)
+	}
+	return n
 }
 
 // checkpoint writes the replica's whole durable log to w (a new segment).
