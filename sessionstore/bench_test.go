@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -50,6 +51,9 @@ type benchOp struct {
 }
 
 func BenchmarkStore(b *testing.B) {
+	// The GC target `erlmcp store` runs with (process-wide, so here for
+	// the three nodes and the client together).
+	defer debug.SetGCPercent(debug.SetGCPercent(sessionstore.DefaultGCPercent))
 	c := newRCluster(b, benchShards, "a", "b", "c")
 	// The production timings, not the tests' faster ones.
 	for id, cfg := range c.cfgs {
