@@ -41,6 +41,10 @@ func (n *Node) handOffLeadership(ctx context.Context) {
 	if r == nil {
 		return
 	}
+	ok := func(store multiraft.StoreID) bool {
+		member, known := r.raftStores[uint32(store)]
+		return known && member != n.ID() && n.isRegistered(member)
+	}
 	start := time.Now()
 	var (
 		wg              sync.WaitGroup
@@ -55,13 +59,7 @@ func (n *Node) handOffLeadership(ctx context.Context) {
 			continue
 		}
 		total++
-		to := handoffTarget(st, func(store multiraft.StoreID) bool {
-			member, ok := r.raftStores[uint32(store)]
-			if !ok || member == n.ID() {
-				return false
-			}
-			return n.isRegistered(member)
-		})
+		to := handoffTarget(st, ok)
 		if to == 0 {
 			noTarget++
 			if len(why) < 4 {
@@ -72,7 +70,7 @@ func (n *Node) handOffLeadership(ctx context.Context) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			err := mr.TransferLeader(ctx, shard, to)
+			err := n.transferOnce(ctx, shard, to, ok)
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
@@ -94,6 +92,37 @@ func (n *Node) handOffLeadership(ctx context.Context) {
 	l.
 		WithField("took", time.Since(start).Round(time.Millisecond).String()).
 		Info("shard leadership handed to peers before stopping")
+}
+
+// transferAttempt bounds one transfer of a handoff. raft gives a transfer
+// up after an election timeout (0.5 s at the defaults) without telling the
+// caller, so the wait ends here and the handoff tries once more.
+const transferAttempt = time.Second
+
+// transferOnce hands shard to to, and if that has not finished within
+// transferAttempt while this replica still leads, once more to the target
+// the leader's status then gives (another voter when to is still behind
+// or did not take over). Blocks until done or ctx ends.
+func (n *Node) transferOnce(ctx context.Context, shard uint32, to multiraft.ReplicaID, ok func(multiraft.StoreID) bool) error {
+	mr := n.raft.mr
+	var err error
+	for attempt := 0; attempt < 2; attempt++ {
+		actx, cancel := context.WithTimeout(ctx, transferAttempt)
+		err = mr.TransferLeader(actx, shard, to)
+		cancel()
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		st, serr := mr.Status(shard)
+		if serr != nil || st.Role != "leader" {
+			return nil // led elsewhere now (a late transfer or an election)
+		}
+		next := handoffTarget(st, func(s multiraft.StoreID) bool { return ok(s) && s != to.Store() })
+		if next != 0 {
+			to = next
+		}
+	}
+	return err
 }
 
 // handoffTarget picks, from the leader's status st, the voter other than
