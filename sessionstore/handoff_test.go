@@ -84,3 +84,57 @@ func TestCloseHandsOffLeadership(t *testing.T) {
 		t.Fatalf("closing the last node took %v: it waited for peers that are gone", d)
 	}
 }
+
+// TestHandoffTriesAnotherTarget: the first target the stopping leader
+// picks cannot hear it (its messages to that store are dropped, so the
+// transfer's TimeoutNow never arrives and raft silently gives the
+// transfer up); the handoff tries the other voter and the shard is led
+// there when Close returns, well before an election could have run
+// (election timeout 2-4 s here).
+func TestHandoffTriesAnotherTarget(t *testing.T) {
+	stores := []string{"a", "b", "c"}
+	c := newRCluster(t, 1, stores...)
+	for _, s := range stores {
+		cfg := c.cfgs[s]
+		cfg.RaftTickInterval = 200 * time.Millisecond
+		c.cfgs[s] = cfg
+	}
+	c.place(0, 1, stores, nil, nil)
+	c.start(stores...)
+	cl := c.client()
+	if _, err := cl.Create(ctxT(t), "h", nil, 0); err != nil {
+		t.Fatal(err)
+	}
+	c.caughtUp(0, stores...)
+	lead := c.leader(0)
+	st, err := c.status(lead, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Progress is sorted by replica id and both followers are equally up
+	// to date: the first follower listed is the first pick. Cut it off.
+	var first, other string
+	for _, p := range st.Progress {
+		if p.ID == st.Replica {
+			continue
+		}
+		for _, s := range stores {
+			if multiraft.StoreID(clusterstate.RaftStoreID(s)) == p.ID.Store() {
+				if first == "" {
+					first = s
+				} else {
+					other = s
+				}
+			}
+		}
+	}
+	c.net.block(lead, first)
+	c.kill(lead)
+	st, err = c.status(other, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Role != "leader" {
+		t.Fatalf("%s is %s (leader %v) right after %s stopped; want it to lead: the handoff should have tried it after %s did not take over", other, st.Role, st.Leader, lead, first)
+	}
+}

@@ -27,12 +27,24 @@ import (
 type raftNet struct {
 	mu       sync.Mutex
 	isolated map[multiraft.StoreID]bool
+	oneWay   map[[2]multiraft.StoreID]bool // from, to
 }
 
 func (r *raftNet) cut(a, b multiraft.StoreID) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.isolated[a] || r.isolated[b]
+	return r.isolated[a] || r.isolated[b] || r.oneWay[[2]multiraft.StoreID{a, b}]
+}
+
+// block drops the Raft messages from store from to store to (not the
+// other way).
+func (r *raftNet) block(from, to string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.oneWay == nil {
+		r.oneWay = map[[2]multiraft.StoreID]bool{}
+	}
+	r.oneWay[[2]multiraft.StoreID{multiraft.StoreID(clusterstate.RaftStoreID(from)), multiraft.StoreID(clusterstate.RaftStoreID(to))}] = true
 }
 
 func (r *raftNet) isolate(store string, on bool) {
