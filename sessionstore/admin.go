@@ -203,12 +203,17 @@ func replicaUpToDate(st multiraft.ShardStatus, id multiraft.ReplicaID) bool {
 	}
 	for _, p := range st.Progress {
 		if p.ID == id {
-			// Match 0: the leader has not heard from it in this term
-			// (a new leader starts every follower at 0, recently
-			// active), so on a short log the lag test alone would count
-			// a dead voter as up to date.
-			return p.RecentActive && !p.Learner && p.Match > 0 && p.Match+upToDateLag >= st.Commit
+			return p.RecentActive && logCaughtUp(p, st.Commit)
 		}
 	}
 	return false
+}
+
+// logCaughtUp: p, in a leader's progress, is a voter whose durable log is
+// within upToDateLag of the commit index. Match 0 means the leader has not
+// heard from it in this term (a new leader starts every follower at 0,
+// recently active), so on a short log the lag test alone would count a
+// dead voter.
+func logCaughtUp(p multiraft.ReplicaStatus, commit uint64) bool {
+	return !p.Learner && p.Match > 0 && p.Match+upToDateLag >= commit
 }

@@ -42,8 +42,9 @@ func (n *Node) handOffLeadership(ctx context.Context) {
 		return
 	}
 	ok := func(store multiraft.StoreID) bool {
+		r := n.route.Load() // the latest: peers may stop meanwhile
 		member, known := r.raftStores[uint32(store)]
-		return known && member != n.ID() && n.isRegistered(member)
+		return known && member != n.ID() && r.registered(member)
 	}
 	start := time.Now()
 	var (
@@ -70,7 +71,7 @@ func (n *Node) handOffLeadership(ctx context.Context) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			err := n.transferOnce(ctx, shard, to, ok)
+			err := n.transferShard(ctx, shard, to, ok)
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
@@ -99,11 +100,11 @@ func (n *Node) handOffLeadership(ctx context.Context) {
 // caller, so the wait ends here and the handoff tries once more.
 const transferAttempt = time.Second
 
-// transferOnce hands shard to to, and if that has not finished within
+// transferShard hands shard to to, and if that has not finished within
 // transferAttempt while this replica still leads, once more to the target
 // the leader's status then gives (another voter when to is still behind
 // or did not take over). Blocks until done or ctx ends.
-func (n *Node) transferOnce(ctx context.Context, shard uint32, to multiraft.ReplicaID, ok func(multiraft.StoreID) bool) error {
+func (n *Node) transferShard(ctx context.Context, shard uint32, to multiraft.ReplicaID, ok func(multiraft.StoreID) bool) error {
 	mr := n.raft.mr
 	var err error
 	for attempt := 0; attempt < 2; attempt++ {
@@ -139,7 +140,7 @@ func handoffTarget(st multiraft.ShardStatus, ok func(multiraft.StoreID) bool) mu
 	var best *multiraft.ReplicaStatus
 	for i := range st.Progress {
 		p := &st.Progress[i]
-		if p.ID == st.Replica || p.Learner || p.Match == 0 || p.Match+upToDateLag < st.Commit || !ok(p.ID.Store()) {
+		if p.ID == st.Replica || !logCaughtUp(*p, st.Commit) || !ok(p.ID.Store()) {
 			continue
 		}
 		if best == nil || (p.RecentActive && !best.RecentActive) ||
@@ -153,12 +154,10 @@ func handoffTarget(st multiraft.ShardStatus, ok func(multiraft.StoreID) bool) mu
 	return best.ID
 }
 
-// isRegistered reports whether store member is registered in membership
-// now (by this node's latest watch snapshot).
-func (n *Node) isRegistered(member string) bool {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	_, ok := n.stores[member]
+// registered reports whether store member was registered in membership
+// when r was published (every membership change publishes a new routing).
+func (r *routing) registered(member string) bool {
+	_, ok := r.stores[member]
 	return ok
 }
 

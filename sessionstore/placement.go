@@ -294,7 +294,7 @@ func (n *Node) moveToTarget(ctx context.Context, sh clusterstate.Shard, st multi
 	if sh.TargetLeader == "" || sh.TargetLeader == n.ID() {
 		return
 	}
-	if !n.isRegistered(sh.TargetLeader) {
+	if r := n.route.Load(); r == nil || !r.registered(sh.TargetLeader) {
 		// Stopping (it deregisters first and hands its shards away) or
 		// its lease lapsed: leadership would only have to move again.
 		return
