@@ -59,8 +59,9 @@ type raftStorage struct {
 	// on this replica).
 	clocks map[uint32]int64
 	// wakes are the long-poll wake-ups of entries applied in the current
-	// group-commit transaction, run once it is committed (OnApplied: the
-	// state is readable; its entries are durable in the WAL).
+	// apply round, run at its end (OnApplied): the woken poll's
+	// linearizable read waits for, and asks for, the commit of the
+	// applier's transaction.
 	wakes map[uint32][]func()
 }
 

@@ -14,15 +14,17 @@ import (
 // The applier applies committed entries to the state machine in raft.db,
 // off the loop: the loop hands it each iteration's committed entries once
 // they are durable in the WAL and goes on (next appends, messages,
-// heartbeats) while the applier's bbolt commit runs. Whatever queues up
-// meanwhile goes into the applier's next transaction, so apply commits
-// are batched across shards and iterations like the WAL's appends.
+// heartbeats) while the applier works. Its rounds apply into one bbolt
+// transaction that stays open across rounds, shards and iterations until
+// somebody needs its state (applyTx), so apply commits are batched like
+// the WAL's appends, and more.
 //
 // Durability: a proposer is answered as soon as its entry is applied in
 // the open transaction (the entry is committed, i.e. durable in a quorum's
 // logs, and the deterministic state machine gives the same result on
 // replay), readers once that transaction is committed (they wait for the
-// applied index, published after the commit). The commit is not fsynced:
+// applied index, published after the commit, and ask for the commit when
+// it holds what they wait for). The commit is not fsynced:
 // a goroutine of its own (runCheckpoints) fsyncs raft.db in a checkpoint
 // every checkpointInterval while anything was committed, and a restart
 // rolls raft.db back to the last checkpoint and replays the WAL from
@@ -73,8 +75,18 @@ func (a *applier) enqueue(b *applyBatch) {
 	}
 }
 
-// barrier returns once everything enqueued before it is applied (or the
-// applier stopped).
+// pokeApplier has the applier commit its open transaction (applyTx): a
+// reader waits for an index that may be applied in it. Never blocks.
+func (n *Node) pokeApplier() {
+	n.applyWanted.Store(true)
+	select {
+	case n.applier.wake <- struct{}{}:
+	default:
+	}
+}
+
+// barrier returns once everything enqueued before it is applied and
+// committed (or the applier stopped).
 func (a *applier) barrier() {
 	b := &applyBatch{done: make(chan struct{})}
 	a.enqueue(b)
@@ -92,25 +104,47 @@ func (a *applier) stop() {
 func (n *Node) runApplier() {
 	a := n.applier
 	defer close(a.doneC)
+	linger := time.NewTimer(time.Hour)
+	linger.Stop()
+	armed := false
 	for {
 		select {
 		case <-a.stopC:
 			return
 		case <-a.wake:
+		case <-linger.C:
+			armed = false
+			n.flushApply()
+			continue
 		}
 		a.mu.Lock()
 		batches := a.queue
 		a.queue = nil
 		a.mu.Unlock()
-		if len(batches) > 0 {
-			n.stats.applyQueueNanos.Add(nanos(time.Since(batches[0].queued)))
-			n.stats.applyQueued.Add(1)
-			n.applyBatches(batches)
-			for _, b := range batches {
-				if b.done != nil {
-					close(b.done)
-				}
+		if len(batches) == 0 {
+			// A reader's poke (pokeApplier).
+			if n.applyWanted.Swap(false) {
+				n.flushApply()
 			}
+			continue
+		}
+		n.stats.applyQueueNanos.Add(nanos(time.Since(batches[0].queued)))
+		n.stats.applyQueued.Add(1)
+		barrier := false
+		for _, b := range batches {
+			barrier = barrier || b.done != nil
+		}
+		open := n.applyBatches(batches, barrier)
+		for _, b := range batches {
+			if b.done != nil {
+				close(b.done)
+			}
+		}
+		if open && !armed {
+			// Committed applyLinger after the round that began it at
+			// the latest (the rounds in between do not move it).
+			linger.Reset(n.cfg.applyLinger)
+			armed = true
 		}
 	}
 }
@@ -210,128 +244,280 @@ func (n *Node) checkpointConcurrent() error {
 	return nil
 }
 
-// applied is one replica's outcome of an apply transaction.
+// appliedState is one replica's outcome of the applier's open
+// transaction.
 type appliedState struct {
 	r       *replica
 	applied indexTerm
 	cs      *pb.ConfState
+	// results of the current round (answered at its end); confs: the
+	// conf changes applied in the transaction, answered after the commit
+	// (with every result on the legacy write path).
 	results []applyResult
+	confs   []applyResult
 	count   int
 	skip    bool
 }
 
-func (n *Node) applyBatches(batches []*applyBatch) {
+// applyTx is the applier's open bbolt transaction. Its entries are applied
+// and their proposers answered, but readers see them only once it commits
+// (commitApplyLocked), which happens when somebody needs the state:
+//
+//   - a reader waits for an index it holds (a replica it applied has a
+//     read waiting, checked after each round, or a reader asked with
+//     pokeApplier);
+//   - a barrier (a snapshot to restore, a conf change to Advance, a
+//     replica to destroy) or an update of raft.db (Node.update) comes;
+//   - it has been open for Config.applyLinger, or holds applyTxMaxEntries
+//     entries.
+//
+// A write that nobody reads at once so shares its commit with the others
+// of up to a checkpoint interval, as etcd batches its backend commits
+// (100 ms): one commit per round dirtied the same shard bucket pages for
+// a handful of writes each time, 11 page writes per create at 64 clients
+// (docs/benchmarks.md). Guarded by Node.writeMu.
+type applyTx struct {
+	tx        *bolt.Tx
+	entries   int
+	pending   []*appliedState
+	byReplica map[*replica]*appliedState
+}
+
+const (
+	// defaultApplyLinger bounds how long an apply transaction stays open
+	// (Config.applyLinger): what a plain View sees lags what was applied
+	// by at most this.
+	defaultApplyLinger = checkpointInterval
+	// applyTxMaxEntries bounds the entries one apply transaction holds.
+	applyTxMaxEntries = 10000
+)
+
+// applyBatches applies batches in the open transaction and commits it if
+// due; it reports whether a transaction is left open.
+func (n *Node) applyBatches(batches []*applyBatch, barrier bool) (open bool) {
 	if n.err() != nil {
 		// Refusing or stopped: the state machine must not move past what
 		// the WAL replays after the restart from disk.
-		return
+		n.writeMu.Lock()
+		n.dropApplyLocked()
+		n.writeMu.Unlock()
+		return false
 	}
-	var order []*appliedState
-	byReplica := map[*replica]*appliedState{}
+	t0 := time.Now()
+	n.writeMu.Lock()
+	round, err := n.applyRoundLocked(batches)
+	var pending []*appliedState
+	if err == nil && (barrier || n.cfg.legacyWritePath || n.applyWanted.Swap(false) || n.applyCommitDueLocked()) {
+		pending, err = n.commitApplyLocked()
+	}
+	open = n.apply.tx != nil
+	n.writeMu.Unlock()
+	if err != nil {
+		n.applyFailed(err)
+		return false
+	}
+	n.stats.applyNanos.Add(uint64(time.Since(t0)))
+	if n.cfg.OnApplied != nil {
+		for _, s := range round {
+			if s.count > 0 {
+				n.cfg.OnApplied(s.r.shard, s.applied.index, false)
+			}
+		}
+	}
+	n.publishApplied(pending)
+	return open
+}
+
+// applyRoundLocked applies batches in the open transaction (beginning one
+// if none is open) and answers their proposers. It returns the replicas
+// the round applied entries of. With writeMu.
+func (n *Node) applyRoundLocked(batches []*applyBatch) ([]*appliedState, error) {
+	t := &n.apply
+	if t.tx == nil {
+		db := n.db()
+		if db == nil || n.ck == nil {
+			return nil, n.stoppedErr()
+		}
+		tx, err := db.Begin(true)
+		if err != nil {
+			return nil, n.storageFailed("apply", err)
+		}
+		t.tx, t.byReplica = tx, map[*replica]*appliedState{}
+	}
+	var round []*appliedState
+	seen := map[*replica]bool{}
 	for _, b := range batches {
 		for _, it := range b.items {
 			if it.r.isDestroyed() {
 				continue
 			}
-			s := byReplica[it.r]
+			s := t.byReplica[it.r]
 			if s == nil {
 				s = &appliedState{r: it.r, applied: it.r.smApplied, cs: it.r.smCS}
-				byReplica[it.r] = s
-				order = append(order, s)
+				t.byReplica[it.r] = s
+				t.pending = append(t.pending, s)
 			}
-		}
-	}
-	if len(order) == 0 {
-		return
-	}
-	t0 := time.Now()
-	n.writeMu.Lock()
-	err := n.commitLocked("apply", false, func(tx *bolt.Tx) error {
-		tx.OnCommit(func() {
-			st := tx.Stats()
-			n.stats.applyPages.Add(uint64(st.GetWrite()))
-		})
-		for _, b := range batches {
-			for _, it := range b.items {
-				s := byReplica[it.r]
-				if s == nil || s.skip {
-					continue
-				}
-				if shardBucket(tx, it.r.shard) == nil && it.r.isDestroyed() {
-					s.skip = true // destroyed since the batch started
-					continue
-				}
-				if err := n.applyEntries(tx, s, it.ents); err != nil {
-					return fmt.Errorf("shard %d: %w", it.r.shard, err)
-				}
+			if !seen[it.r] {
+				seen[it.r] = true
+				round = append(round, s)
 			}
-		}
-		for _, s := range order {
 			if s.skip {
 				continue
 			}
-			b := shardBucket(tx, s.r.shard)
-			if b == nil {
-				return fmt.Errorf("%w: shard %d", ErrShardNotFound, s.r.shard)
+			if shardBucket(t.tx, it.r.shard) == nil && it.r.isDestroyed() {
+				s.skip = true // destroyed since the batch started
+				continue
 			}
-			v, err := encodeIndexTerm(s.applied, s.cs)
-			if err != nil {
-				return err
+			before := s.count
+			if err := n.applyEntries(t.tx, s, it.ents); err != nil {
+				return nil, fmt.Errorf("shard %d: %w", it.r.shard, err)
 			}
-			if err := b.Put(keyApplied, v); err != nil {
-				return err
-			}
-			if s.count > 0 {
-				// Entries after the snapshot are applied: they are in
-				// the WAL (see fromWAL).
-				if err := b.Delete(keySnapshot); err != nil {
-					return err
-				}
-			}
-		}
-		if !n.cfg.legacyWritePath {
-			// Before the commit: see the comment at the top.
-			for _, s := range order {
-				s.r.answer(s.results)
-			}
-		}
-		return nil
-	})
-	if err == nil {
-		for _, s := range order {
-			if !s.skip {
-				s.r.commitApplied = s.applied
-			}
+			t.entries += s.count - before
+			n.stats.applied.Add(uint64(s.count - before))
 		}
 	}
-	n.writeMu.Unlock()
-	if err != nil {
-		if !n.refusing() {
-			// Not the disk: the state machine is broken; carrying on
-			// could diverge from the group.
-			n.fail(fmt.Errorf("%w: %v", ErrStorageFailed, err))
-		}
-		n.signal() // the loop starts the recovery
-		return
-	}
-	n.stats.applyCommits.Add(1)
-	n.stats.applyNanos.Add(uint64(time.Since(t0)))
-	for _, s := range order {
+	for _, s := range round {
 		if s.skip {
 			continue
 		}
-		s.r.smApplied, s.r.smCS = s.applied, s.cs
-		s.r.appliedCommitted(s.applied, s.results, n.cfg.legacyWritePath)
-		n.stats.applied.Add(uint64(s.count))
-	}
-	if n.cfg.OnApplied != nil {
-		for _, s := range order {
-			if s.skip || s.count == 0 {
-				continue
+		if !n.cfg.legacyWritePath {
+			// Before the commit: see the comment at the top.
+			s.r.answer(s.results)
+			for _, res := range s.results {
+				if res.conf {
+					s.confs = append(s.confs, res)
+				}
 			}
-			n.cfg.OnApplied(s.r.shard, s.applied.index, false)
+		} else {
+			s.confs = append(s.confs, s.results...)
+		}
+		s.results = nil
+		s.r.smApplied, s.r.smCS = s.applied, s.cs
+	}
+	return round, nil
+}
+
+// applyCommitDueLocked: the open transaction must commit now (see
+// applyTx). With writeMu.
+func (n *Node) applyCommitDueLocked() bool {
+	t := &n.apply
+	if t.tx == nil {
+		return false
+	}
+	if t.entries >= applyTxMaxEntries {
+		return true
+	}
+	for _, s := range t.pending {
+		if s.r.readsWaiting() {
+			return true
 		}
 	}
+	return false
+}
+
+// commitApplyLocked commits the open apply transaction, if any, and returns
+// its replicas for publishApplied. With writeMu.
+func (n *Node) commitApplyLocked() ([]*appliedState, error) {
+	t := &n.apply
+	if t.tx == nil {
+		return nil, nil
+	}
+	tx, pending := t.tx, t.pending
+	*t = applyTx{}
+	for _, s := range pending {
+		if s.skip {
+			continue
+		}
+		b := shardBucket(tx, s.r.shard)
+		if b == nil {
+			_ = tx.Rollback()
+			return nil, fmt.Errorf("%w: shard %d", ErrShardNotFound, s.r.shard)
+		}
+		v, err := encodeIndexTerm(s.applied, s.cs)
+		if err == nil {
+			err = b.Put(keyApplied, v)
+		}
+		if err == nil && s.count > 0 {
+			// Entries after the snapshot are applied: they are in the WAL
+			// (see fromWAL).
+			err = b.Delete(keySnapshot)
+		}
+		if err != nil {
+			_ = tx.Rollback()
+			return nil, err
+		}
+	}
+	if err := n.cfg.faults.beforeWrite(); err != nil {
+		_ = tx.Rollback()
+		return nil, n.storageFailed("apply", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return nil, n.storageFailed("apply", err)
+	}
+	st := tx.Stats()
+	n.stats.applyPages.Add(uint64(st.GetWrite()))
+	if n.ck.syncMode {
+		if err := n.cfg.faults.afterCommit(); err != nil {
+			return nil, n.storageFailed("apply", err)
+		}
+	}
+	n.ck.dirty = true
+	for _, s := range pending {
+		if !s.skip {
+			s.r.commitApplied = s.applied
+		}
+	}
+	if n.ck.syncMode {
+		n.markDurableLocked()
+	}
+	n.stats.applyCommits.Add(1)
+	return pending, nil
+}
+
+// dropApplyLocked rolls the open apply transaction back, if any: the node
+// refuses work or stops, and restarts from raft.db's checkpoint and the WAL.
+// With writeMu.
+func (n *Node) dropApplyLocked() {
+	if n.apply.tx != nil {
+		_ = n.apply.tx.Rollback()
+	}
+	n.apply = applyTx{}
+}
+
+// publishApplied lets the readers of what a commit made readable go and
+// hands its conf changes to the loop's Advance.
+func (n *Node) publishApplied(pending []*appliedState) {
+	for _, s := range pending {
+		if !s.skip {
+			s.r.appliedCommitted(s.applied, s.confs, n.cfg.legacyWritePath)
+		}
+	}
+}
+
+// flushApply commits the open apply transaction (a reader's poke, the
+// linger timer). Applier goroutine.
+func (n *Node) flushApply() {
+	n.writeMu.Lock()
+	pending, err := n.commitApplyLocked()
+	n.writeMu.Unlock()
+	if err != nil {
+		n.applyFailed(err)
+		return
+	}
+	n.publishApplied(pending)
+}
+
+// applyFailed stops the node for an apply that failed (not the disk: the
+// state machine is broken, and carrying on could diverge from the group)
+// or has the loop recover (the disk).
+func (n *Node) applyFailed(err error) {
+	n.writeMu.Lock()
+	n.dropApplyLocked()
+	n.writeMu.Unlock()
+	if !n.refusing() {
+		n.fail(fmt.Errorf("%w: %v", ErrStorageFailed, err))
+	}
+	n.signal() // the loop starts the recovery
 }
 
 // applyEntries applies ents (committed, in order) to the replica's state

@@ -38,9 +38,10 @@
 // per batch, whatever the number of shards, so the heartbeats of all
 // shards to a peer share one stream message). The committed entries then
 // go to the applier, which applies them to raft.db in its own bbolt
-// transactions (batched across shards and iterations, see applier.go, and
-// not fsynced: raft.db is fsynced by a checkpoint every 100ms, see
-// checkpoint.go) while the loop carries on, and each group is Advanced.
+// transaction (kept open across shards and iterations until a reader
+// needs it or for up to 100ms, see applier.go, and not fsynced: raft.db is
+// fsynced by a checkpoint every 100ms, see checkpoint.go) while the loop
+// carries on, and each group is Advanced.
 // Readies that only carry messages (heartbeats) need no fsync. An
 // iteration with a snapshot or a conf change waits for the writer and
 // runs synchronously, as the loop always did before.
@@ -56,8 +57,8 @@
 // # Durability and failure
 //
 // A proposal is answered only after its entry is committed by a quorum
-// (durable in their WALs) and applied here, while the applier's
-// transaction that applied it commits (its result is what a replay of the
+// (durable in their WALs) and applied here, in the applier's open
+// transaction, before that commits (its result is what a replay of the
 // log would give; linearizable reads wait for the applied index, which
 // moves once that transaction is committed). On start raft.db is rolled
 // back to its last checkpoint (checkpoint.go: a state whose pages were
@@ -127,7 +128,8 @@
 // # Applied notifications
 //
 // Config.OnApplied is called (on the applier, or on the loop for a
-// restored snapshot) once a transaction that applied entries (or restored
-// a snapshot) of a shard is committed, on every replica: the hook for
-// waking readers that wait for new state.
+// restored snapshot) once entries of a shard are applied (or a snapshot
+// restored), on every replica: the hook for waking readers that wait for
+// new state. Their linearizable read has the applier commit its open
+// transaction if it holds what they need.
 package multiraft

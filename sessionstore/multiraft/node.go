@@ -77,13 +77,12 @@ type Config struct {
 	Logger raft.Logger
 
 	// OnApplied, if set, is called on the applier goroutine (on the loop
-	// for a restored snapshot, never concurrently) once the transaction
-	// that applied entries (or restored a snapshot) of shard up to index is
-	// committed, so readable (the entries are durable in the WAL; raft.db
-	// itself at the next checkpoint, see checkpoint.go; the proposers may
-	// have been answered already: see applier.go): the place to wake
-	// readers waiting for new state, on every replica. It must not block or
-	// call back into the Node.
+	// for a restored snapshot, never concurrently) once entries of shard
+	// up to index are applied (or a snapshot restored): the place to wake
+	// readers waiting for new state, on every replica. A linearizable read
+	// (Read, ReadIndex) then sees them: it waits for the applier's
+	// transaction to commit, and has it commit (applier.go). It must not
+	// block or call back into the Node.
 	OnApplied func(shard uint32, index uint64, snapshot bool)
 
 	// ReadIndexOnly makes every linearizable read take a ReadIndex round
@@ -105,6 +104,9 @@ type Config struct {
 	// is durable here (without the optimizations of the write path;
 	// benchmarks compare the two).
 	legacyWritePath bool
+	// applyLinger bounds how long the applier's transaction stays open
+	// when nobody waits for it (applyTx): defaultApplyLinger.
+	applyLinger time.Duration
 }
 
 func (c *Config) setDefaults() {
@@ -113,6 +115,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.ElectionTicks == 0 {
 		c.ElectionTicks = 10
+	}
+	if c.applyLinger == 0 {
+		c.applyLinger = defaultApplyLinger
 	}
 	if c.HeartbeatTicks == 0 {
 		c.HeartbeatTicks = 2
@@ -264,6 +269,10 @@ type Node struct {
 	// replica's commitApplied.
 	writeMu sync.Mutex
 	ck      *checkpointer
+	// apply is the applier's open transaction (applier.go).
+	apply applyTx
+	// applyWanted: a reader asked the applier to commit (pokeApplier).
+	applyWanted atomic.Bool
 	// ckMu serializes checkpoints (and the replacement of ck): the
 	// periodic ones hold it, but not writeMu, over their fsyncs (see
 	// checkpointConcurrent). Taken before writeMu.
@@ -406,6 +415,7 @@ func (n *Node) awaitReplay(ts []replayTarget) error {
 		q := &readReq{index: t.index, ch: make(chan error, 1)}
 		r.readWait = append(r.readWait, q)
 		r.mu.Unlock()
+		n.pokeApplier()
 		var err error
 		select {
 		case err = <-q.ch:
@@ -450,6 +460,7 @@ func openDB(dir string) (*bolt.DB, *checkpointer, error) {
 func (n *Node) closeDB() error {
 	n.ckMu.Lock()
 	n.writeMu.Lock()
+	n.dropApplyLocked() // bbolt's Close waits for an open transaction
 	n.ck.close()
 	n.ck = nil
 	n.writeMu.Unlock()

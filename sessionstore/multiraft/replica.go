@@ -307,6 +307,13 @@ func (r *replica) confWaiting(id uint64) bool {
 	return false
 }
 
+// readsWaiting: a read waits for an index to be applied here.
+func (r *replica) readsWaiting() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.readWait) > 0
+}
+
 // releaseReads answers the reads whose index is applied. With r.mu.
 func (r *replica) releaseReads() {
 	if len(r.readWait) == 0 {
@@ -360,6 +367,9 @@ func (r *replica) advance(w *readyWork) {
 		}
 	}
 	r.releaseReads()
+	if len(r.readWait) > 0 {
+		r.n.pokeApplier()
+	}
 	if ss := w.rd.SoftState; ss != nil {
 		lead := ReplicaID(ss.Lead)
 		if lead != r.lead || ss.RaftState != r.role {
@@ -495,6 +505,7 @@ func (n *Node) ReadIndex(ctx context.Context, shard uint32) (uint64, error) {
 			q.index = idx
 			r.readWait = append(r.readWait, q) // released by the applier
 			r.mu.Unlock()
+			n.pokeApplier()
 		} else {
 			r.readQueue = append(r.readQueue, q)
 			r.mu.Unlock()

@@ -68,6 +68,16 @@ func (n *Node) update(what string, fn func(*bolt.Tx) error) error {
 	defer n.ckMu.Unlock()
 	n.writeMu.Lock()
 	defer n.writeMu.Unlock()
+	// bbolt has one writer: the applier's transaction commits first.
+	pending, err := n.commitApplyLocked()
+	if err != nil {
+		if !n.refusing() {
+			// Not the disk: see applyFailed.
+			n.fail(fmt.Errorf("%w: %v", ErrStorageFailed, err))
+		}
+		return err
+	}
+	n.publishApplied(pending)
 	if err := n.commitLocked(what, true, fn); err != nil {
 		return err
 	}

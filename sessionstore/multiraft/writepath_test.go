@@ -355,3 +355,51 @@ func slowFollowerCluster(t *testing.T, delay time.Duration) (*testCluster, Store
 	t.Cleanup(func() { c.disk(f).set(nil, nil, 0) })
 	return c, f
 }
+
+// The applier applies into one transaction that stays open while nobody
+// needs its state (applyTx). With the linger timer out of the way, twenty
+// writes are applied and answered without a commit, and a plain View does
+// not see them yet; a linearizable read, on the leader and on each
+// follower, has the transaction commit and sees the last write.
+func TestReadCommitsOpenApplyTransaction(t *testing.T) {
+	c := newTestCluster(t, 3, func(cfg *Config) { cfg.applyLinger = time.Hour })
+	c.bootstrap(1)
+	lead := c.leader(1, 30*time.Second)
+	read := func(s StoreID) string {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		var v []byte
+		if err := c.node(s).Read(ctx, 1, func(b *bolt.Bucket) error {
+			v = b.Get([]byte("k"))
+			return nil
+		}); err != nil {
+			t.Fatalf("linearizable read on store %d: %v", s, err)
+		}
+		return string(v)
+	}
+	c.mustPut(1, "k", "0")
+	if got := read(lead); got != "0" {
+		t.Fatalf("leader read k=%q, want 0", got)
+	}
+	n := c.node(lead)
+	st0 := n.Stats()
+	for i := 1; i <= 20; i++ {
+		c.mustPut(1, "k", fmt.Sprint(i))
+	}
+	st := n.Stats()
+	if commits := st.ApplyCommits - st0.ApplyCommits; commits != 0 || st.Applied < st0.Applied+20 {
+		t.Fatalf("20 writes nobody read: %d apply commits, %d entries applied; want 0 commits, 20 entries", commits, st.Applied-st0.Applied)
+	}
+	if v, _ := value(n, 1, "k"); v == "20" {
+		t.Fatal("a plain View saw the open transaction's last write")
+	}
+	for _, s := range c.stores() {
+		if got := read(s); got != "20" {
+			t.Fatalf("store %d read k=%q after the writes, want 20", s, got)
+		}
+	}
+	if commits := n.Stats().ApplyCommits - st0.ApplyCommits; commits != 1 {
+		t.Fatalf("the leader's read made %d apply commits, want 1", commits)
+	}
+}
