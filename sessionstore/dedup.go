@@ -2,6 +2,7 @@ package sessionstore
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -166,10 +167,15 @@ func rememberColocated(st shardTx, cmd command, dk, fp []byte, out outcome) erro
 // forget the request it records. It returns how many it deleted.
 func pruneSessionRequests(sessions *bolt.Bucket, id string, keep []byte, nowMs int64) (int, error) {
 	type rec struct {
-		k  []byte
+		k  []byte // valid for the transaction: nothing is written before the deletes
 		at int64
 	}
-	var recs []rec
+	// A session holds at most dedupMaxPerSession records after each write,
+	// so this is one more than that in the steady state: on the stack.
+	var buf [dedupMaxPerSession + 1]rec
+	recs := buf[:0]
+	cutoff := nowMs - dedupWindowMs
+	past := 0
 	prefix := childPrefix(id)
 	c := sessions.Cursor()
 	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
@@ -180,21 +186,21 @@ func pruneSessionRequests(sessions *bolt.Bucket, id string, keep []byte, nowMs i
 		if err != nil {
 			return 0, fmt.Errorf("remembered request %q: %w", k, err)
 		}
-		recs = append(recs, rec{k: bytes.Clone(k), at: at})
-	}
-	// Keys come in order, so a stable sort orders ties by key.
-	slices.SortStableFunc(recs, func(a, b rec) int {
-		switch {
-		case a.at < b.at:
-			return -1
-		case a.at > b.at:
-			return 1
+		if at < cutoff {
+			past++
 		}
-		return 0
-	})
-	drop := max(len(recs)-(dedupMaxPerSession-1), 0)
-	for drop < len(recs) && recs[drop].at < nowMs-dedupWindowMs {
-		drop++
+		recs = append(recs, rec{k: k, at: at})
+	}
+	// The oldest by time, ties in key order (the cursor's): the
+	// records over the limit, and all past the window (a prefix of that
+	// order, since their times are the smallest).
+	drop := max(len(recs)-(dedupMaxPerSession-1), past)
+	if drop == 0 {
+		return 0, nil
+	}
+	if drop < len(recs) {
+		// Stable: equal times stay in key order.
+		slices.SortStableFunc(recs, func(a, b rec) int { return cmp.Compare(a.at, b.at) })
 	}
 	for _, r := range recs[:drop] {
 		if err := sessions.Delete(r.k); err != nil {
