@@ -109,8 +109,9 @@ func (sm stateMachine) Restore(b *bolt.Bucket, shard uint32, r io.Reader) error 
 	return nil
 }
 
-// onApplied runs the wake-ups of shard's entries once they are readable,
-// on every replica (a long-poll may be served by any of them).
+// onApplied runs the wake-ups of shard's entries once they are applied, on
+// every replica (a long-poll may be served by any of them); the poll's
+// linearizable read then waits for them to be readable.
 func (rs *raftStorage) onApplied(shard uint32, _ uint64, snapshot bool) {
 	rs.mu.Lock()
 	ws := rs.wakes[shard]

@@ -106,6 +106,7 @@ func (n *Node) runApplier() {
 	defer close(a.doneC)
 	linger := time.NewTimer(time.Hour)
 	linger.Stop()
+	defer linger.Stop()
 	armed := false
 	for {
 		select {

@@ -403,3 +403,39 @@ func TestReadCommitsOpenApplyTransaction(t *testing.T) {
 		t.Fatalf("the leader's read made %d apply commits, want 1", commits)
 	}
 }
+
+// After each round the applier commits if a replica it applied in the open
+// transaction has a read waiting (applyCommitDueLocked): a read that began
+// waiting before its entry reached the applier spent its own request to
+// commit on a transaction without that entry.
+func TestApplyCommitDueForWaitingRead(t *testing.T) {
+	c := newTestCluster(t, 3, func(cfg *Config) { cfg.applyLinger = time.Hour })
+	c.bootstrap(1)
+	lead := c.leader(1, 30*time.Second)
+	n := c.node(lead)
+	c.mustPut(1, "k", "1") // applied in the open transaction, not committed
+	r, err := n.replica(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	due := func() bool {
+		n.writeMu.Lock()
+		defer n.writeMu.Unlock()
+		return n.applyCommitDueLocked()
+	}
+	if due() {
+		t.Fatal("commit due with no read waiting")
+	}
+	q := &readReq{index: ^uint64(0), ch: make(chan error, 1)}
+	r.mu.Lock()
+	r.readWait = append(r.readWait, q)
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		r.readWait = slices.DeleteFunc(r.readWait, func(w *readReq) bool { return w == q })
+		r.mu.Unlock()
+	}()
+	if !due() {
+		t.Fatal("commit not due with a read waiting on a replica the open transaction applied")
+	}
+}
