@@ -256,8 +256,9 @@ type appliedState struct {
 	// (with every result on the legacy write path).
 	results []applyResult
 	confs   []applyResult
-	count   int
-	skip    bool
+	// count: entries applied in the transaction, roundCount in the round.
+	count, roundCount int
+	skip              bool
 }
 
 // applyTx is the applier's open bbolt transaction. Its entries are applied
@@ -304,9 +305,10 @@ func (n *Node) applyBatches(batches []*applyBatch, barrier bool) (open bool) {
 		n.writeMu.Unlock()
 		return false
 	}
-	t0 := time.Now()
 	n.writeMu.Lock()
+	t0 := time.Now()
 	round, err := n.applyRoundLocked(batches)
+	n.stats.applyNanos.Add(uint64(time.Since(t0)))
 	var pending []*appliedState
 	if err == nil && (barrier || n.cfg.legacyWritePath || n.applyWanted.Swap(false) || n.applyCommitDueLocked()) {
 		pending, err = n.commitApplyLocked()
@@ -317,10 +319,9 @@ func (n *Node) applyBatches(batches []*applyBatch, barrier bool) (open bool) {
 		n.applyFailed(err)
 		return false
 	}
-	n.stats.applyNanos.Add(uint64(time.Since(t0)))
 	if n.cfg.OnApplied != nil {
 		for _, s := range round {
-			if s.count > 0 {
+			if s.roundCount > 0 {
 				n.cfg.OnApplied(s.r.shard, s.applied.index, false)
 			}
 		}
@@ -330,27 +331,29 @@ func (n *Node) applyBatches(batches []*applyBatch, barrier bool) (open bool) {
 }
 
 // applyRoundLocked applies batches in the open transaction (beginning one
-// if none is open) and answers their proposers. It returns the replicas
+// for the first entry to apply if none is open) and answers their
+// proposers. It returns the replicas
 // the round applied entries of. With writeMu.
 func (n *Node) applyRoundLocked(batches []*applyBatch) ([]*appliedState, error) {
 	t := &n.apply
-	if t.tx == nil {
-		db := n.db()
-		if db == nil || n.ck == nil {
-			return nil, n.stoppedErr()
-		}
-		tx, err := db.Begin(true)
-		if err != nil {
-			return nil, n.storageFailed("apply", err)
-		}
-		t.tx, t.byReplica = tx, map[*replica]*appliedState{}
-	}
 	var round []*appliedState
 	seen := map[*replica]bool{}
 	for _, b := range batches {
 		for _, it := range b.items {
 			if it.r.isDestroyed() {
 				continue
+			}
+			if t.tx == nil {
+				// Begun for work only: a barrier alone commits nothing.
+				db := n.db()
+				if db == nil || n.ck == nil {
+					return nil, n.stoppedErr()
+				}
+				tx, err := db.Begin(true)
+				if err != nil {
+					return nil, n.storageFailed("apply", err)
+				}
+				t.tx, t.byReplica = tx, map[*replica]*appliedState{}
 			}
 			s := t.byReplica[it.r]
 			if s == nil {
@@ -360,6 +363,7 @@ func (n *Node) applyRoundLocked(batches []*applyBatch) ([]*appliedState, error) 
 			}
 			if !seen[it.r] {
 				seen[it.r] = true
+				s.roundCount = 0
 				round = append(round, s)
 			}
 			if s.skip {
@@ -373,6 +377,7 @@ func (n *Node) applyRoundLocked(batches []*applyBatch) ([]*appliedState, error) 
 			if err := n.applyEntries(t.tx, s, it.ents); err != nil {
 				return nil, fmt.Errorf("shard %d: %w", it.r.shard, err)
 			}
+			s.roundCount += s.count - before
 			t.entries += s.count - before
 			n.stats.applied.Add(uint64(s.count - before))
 		}
@@ -423,6 +428,8 @@ func (n *Node) commitApplyLocked() ([]*appliedState, error) {
 	if t.tx == nil {
 		return nil, nil
 	}
+	t0 := time.Now()
+	defer func() { n.stats.applyNanos.Add(uint64(time.Since(t0))) }()
 	tx, pending := t.tx, t.pending
 	*t = applyTx{}
 	for _, s := range pending {
@@ -499,6 +506,12 @@ func (n *Node) publishApplied(pending []*appliedState) {
 // linger timer). Applier goroutine.
 func (n *Node) flushApply() {
 	n.writeMu.Lock()
+	if n.err() != nil {
+		// Refusing or stopped: see applyBatches.
+		n.dropApplyLocked()
+		n.writeMu.Unlock()
+		return
+	}
 	pending, err := n.commitApplyLocked()
 	n.writeMu.Unlock()
 	if err != nil {

@@ -171,7 +171,8 @@ type Stats struct {
 	SyncTime time.Duration
 	// ApplyCommits counts the applier's bbolt transactions (state machine
 	// writes of any number of shards and iterations, not fsynced: see
-	// checkpoint.go), ApplyTime the time spent in them.
+	// checkpoint.go), ApplyTime the time spent applying entries into them
+	// and committing them.
 	ApplyCommits uint64
 	ApplyTime    time.Duration
 	// ApplyPages counts the pages those transactions wrote to raft.db
@@ -191,7 +192,9 @@ type Stats struct {
 	CheckpointTime time.Duration
 	// Proposals counts commands and conf changes accepted by Propose & co.
 	Proposals uint64
-	// Applied counts log entries applied.
+	// Applied counts log entries applied (in the applier's open
+	// transaction: an entry replayed after a storage failure counts
+	// again).
 	Applied uint64
 	// SnapshotsApplied counts snapshots restored from a leader.
 	SnapshotsApplied uint64

@@ -418,12 +418,14 @@ func TestApplyCommitDueForWaitingRead(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	due := func() bool {
-		n.writeMu.Lock()
-		defer n.writeMu.Unlock()
-		return n.applyCommitDueLocked()
+	// writeMu held throughout: the read added below also makes the loop
+	// poke the applier, whose commit must not come first.
+	n.writeMu.Lock()
+	defer n.writeMu.Unlock()
+	if n.apply.tx == nil {
+		t.Fatal("no open apply transaction after a write nobody read")
 	}
-	if due() {
+	if n.applyCommitDueLocked() {
 		t.Fatal("commit due with no read waiting")
 	}
 	q := &readReq{index: ^uint64(0), ch: make(chan error, 1)}
@@ -435,7 +437,7 @@ func TestApplyCommitDueForWaitingRead(t *testing.T) {
 		r.readWait = slices.DeleteFunc(r.readWait, func(w *readReq) bool { return w == q })
 		r.mu.Unlock()
 	}()
-	if !due() {
+	if !n.applyCommitDueLocked() {
 		t.Fatal("commit not due with a read waiting on a replica the open transaction applied")
 	}
 }
