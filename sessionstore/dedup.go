@@ -167,7 +167,7 @@ func rememberColocated(st shardTx, cmd command, dk, fp []byte, out outcome) erro
 // forget the request it records. It returns how many it deleted.
 func pruneSessionRequests(sessions *bolt.Bucket, id string, keep []byte, nowMs int64) (int, error) {
 	type rec struct {
-		k  []byte // valid for the transaction: nothing is written before the deletes
+		k  []byte // bbolt's, valid for the transaction: nothing is written between the scan and the deletes
 		at int64
 	}
 	// A session holds at most dedupMaxPerSession records after each write,

@@ -265,8 +265,8 @@ type appliedState struct {
 // and their proposers answered, but readers see them only once it commits
 // (commitApplyLocked), which happens when somebody needs the state:
 //
-//   - a reader waits for an index it holds (a replica it applied has a
-//     read waiting, checked after each round, or a reader asked with
+//   - a reader waits for an index it holds (a replica a round applied has
+//     a read waiting, checked after the round, or a reader asked with
 //     pokeApplier);
 //   - a barrier (a snapshot to restore, a conf change to Advance, a
 //     replica to destroy) or an update of raft.db (Node.update) comes;
@@ -310,7 +310,7 @@ func (n *Node) applyBatches(batches []*applyBatch, barrier bool) (open bool) {
 	round, err := n.applyRoundLocked(batches)
 	n.stats.applyNanos.Add(uint64(time.Since(t0)))
 	var pending []*appliedState
-	if err == nil && (barrier || n.cfg.legacyWritePath || n.applyWanted.Swap(false) || n.applyCommitDueLocked()) {
+	if err == nil && (barrier || n.cfg.legacyWritePath || n.applyWanted.Swap(false) || n.applyCommitDueLocked(round)) {
 		pending, err = n.commitApplyLocked()
 	}
 	open = n.apply.tx != nil
@@ -404,8 +404,12 @@ func (n *Node) applyRoundLocked(batches []*applyBatch) ([]*appliedState, error) 
 }
 
 // applyCommitDueLocked: the open transaction must commit now (see
-// applyTx). With writeMu.
-func (n *Node) applyCommitDueLocked() bool {
+// applyTx). Only the replicas of the round just applied need a look: a
+// read waiting on another one either waits for an entry not applied yet
+// (the round that applies it looks) or asked for the commit itself when it
+// began waiting (pokeApplier), its entry already in the transaction. With
+// writeMu.
+func (n *Node) applyCommitDueLocked(round []*appliedState) bool {
 	t := &n.apply
 	if t.tx == nil {
 		return false
@@ -413,7 +417,7 @@ func (n *Node) applyCommitDueLocked() bool {
 	if t.entries >= applyTxMaxEntries {
 		return true
 	}
-	for _, s := range t.pending {
+	for _, s := range round {
 		if s.r.readsWaiting() {
 			return true
 		}
@@ -464,19 +468,13 @@ func (n *Node) commitApplyLocked() ([]*appliedState, error) {
 	}
 	st := tx.Stats()
 	n.stats.applyPages.Add(uint64(st.GetWrite()))
-	if n.ck.syncMode {
-		if err := n.cfg.faults.afterCommit(); err != nil {
-			return nil, n.storageFailed("apply", err)
-		}
-	}
-	n.ck.dirty = true
 	for _, s := range pending {
 		if !s.skip {
 			s.r.commitApplied = s.applied
 		}
 	}
-	if n.ck.syncMode {
-		n.markDurableLocked()
+	if err := n.committedLocked("apply"); err != nil {
+		return nil, err
 	}
 	n.stats.applyCommits.Add(1)
 	return pending, nil

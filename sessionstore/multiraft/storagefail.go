@@ -109,11 +109,21 @@ func (n *Node) commitLocked(what string, slow bool, fn func(*bolt.Tx) error) err
 	if err != nil && fnErr != nil {
 		return err
 	}
-	if err == nil && n.ck.syncMode {
-		err = n.cfg.faults.afterCommit()
-	}
 	if err != nil {
 		return n.storageFailed(what, err)
+	}
+	return n.committedLocked(what)
+}
+
+// committedLocked follows every raft.db commit (commitLocked, the
+// applier's commitApplyLocked): the next checkpoint takes it, or, in
+// syncMode, the commit itself was fsynced (an injected failure of that
+// fsync fails here) and everything committed is durable now. With writeMu.
+func (n *Node) committedLocked(what string) error {
+	if n.ck.syncMode {
+		if err := n.cfg.faults.afterCommit(); err != nil {
+			return n.storageFailed(what, err)
+		}
 	}
 	n.ck.dirty = true
 	if n.ck.syncMode {

@@ -404,8 +404,8 @@ func TestReadCommitsOpenApplyTransaction(t *testing.T) {
 	}
 }
 
-// After each round the applier commits if a replica it applied in the open
-// transaction has a read waiting (applyCommitDueLocked): a read that began
+// After each round the applier commits if a replica the round applied has a
+// read waiting (applyCommitDueLocked): a read that began
 // waiting before its entry reached the applier spent its own request to
 // commit on a transaction without that entry.
 func TestApplyCommitDueForWaitingRead(t *testing.T) {
@@ -425,7 +425,8 @@ func TestApplyCommitDueForWaitingRead(t *testing.T) {
 	if n.apply.tx == nil {
 		t.Fatal("no open apply transaction after a write nobody read")
 	}
-	if n.applyCommitDueLocked() {
+	round := n.apply.pending // the put's round: the transaction's only one
+	if n.applyCommitDueLocked(round) {
 		t.Fatal("commit due with no read waiting")
 	}
 	q := &readReq{index: ^uint64(0), ch: make(chan error, 1)}
@@ -437,7 +438,7 @@ func TestApplyCommitDueForWaitingRead(t *testing.T) {
 		r.readWait = slices.DeleteFunc(r.readWait, func(w *readReq) bool { return w == q })
 		r.mu.Unlock()
 	}()
-	if !n.applyCommitDueLocked() {
+	if !n.applyCommitDueLocked(round) {
 		t.Fatal("commit not due with a read waiting on a replica the open transaction applied")
 	}
 }
