@@ -219,7 +219,7 @@ func (n *Node) checkpointConcurrent() error {
 	n.cfg.faults.duringCheckpoint()
 	err = n.cfg.faults.beforeCommit()
 	if err == nil {
-		err = db.Sync()
+		err = ck.syncDB()
 	}
 	if err == nil {
 		err = n.cfg.faults.afterCommit()

@@ -134,7 +134,9 @@ type checkpointer struct {
 	dbPath string
 	src    *os.File // raft.db, to read meta pages back
 	f      *os.File // raft.db.meta
-	pin    *bolt.Tx
+	// srcSync and fSync fdatasync raft.db and raft.db.meta (aiosync_*.go).
+	srcSync, fSync *fileSyncer
+	pin            *bolt.Tx
 	// kept: pins of checkpoints whose record failed, held until close. A
 	// record that reached the page cache but not the disk may still be
 	// read back by the in-process recovery (the newest record wins), so
@@ -288,6 +290,7 @@ func newCheckpointer(dir string, db *bolt.DB) (*checkpointer, error) {
 	if c.src, err = os.Open(c.dbPath); err != nil {
 		return nil, err
 	}
+	c.srcSync = newFileSyncer(c.src)
 	if c.tooBig() {
 		if err := c.enterSyncMode(dir, db); err != nil {
 			c.close()
@@ -299,6 +302,7 @@ func newCheckpointer(dir string, db *bolt.DB) (*checkpointer, error) {
 		c.close()
 		return nil, err
 	}
+	c.fSync = newFileSyncer(c.f)
 	meta, txid, slot, err := readCheckpoint(c.f)
 	if err != nil {
 		c.close()
@@ -384,7 +388,7 @@ func (c *checkpointer) record(meta []byte) (int, error) {
 	if _, err := c.f.WriteAt(rec, int64(slot*ckptSlotSize)); err != nil {
 		return 0, fmt.Errorf("write %s: %w", checkpointFileName, err)
 	}
-	if err := fdatasync(c.f); err != nil {
+	if err := c.fSync.datasync(); err != nil {
 		return 0, fmt.Errorf("fdatasync %s: %w", checkpointFileName, err)
 	}
 	return slot, nil
@@ -398,6 +402,10 @@ func (c *checkpointer) adopt(pin *bolt.Tx, slot int) {
 	}
 	c.pin, c.txid, c.slot = pin, uint64(pin.ID()), slot
 }
+
+// syncDB fdatasyncs raft.db (what bolt.DB.Sync does, through srcSync:
+// the same file).
+func (c *checkpointer) syncDB() error { return c.srcSync.datasync() }
 
 // readMeta reads a meta page head of raft.db at off (nil on error).
 func (c *checkpointer) readMeta(off int64) []byte {
@@ -422,10 +430,15 @@ func (c *checkpointer) close() {
 		_ = tx.Rollback()
 	}
 	c.kept = nil
+	for _, s := range []*fileSyncer{c.srcSync, c.fSync} {
+		if s != nil {
+			s.close()
+		}
+	}
 	for _, f := range []*os.File{c.src, c.f} {
 		if f != nil {
 			_ = f.Close()
 		}
 	}
-	c.src, c.f = nil, nil
+	c.src, c.f, c.srcSync, c.fSync = nil, nil, nil, nil
 }

@@ -95,6 +95,8 @@ type wal struct {
 	size   int64 // bytes written to f
 	synced int64 // bytes of f known durable
 	buf    []byte
+
+	syncer *fileSyncer
 }
 
 // grown is how far the segment has grown past its checkpoint, with the
@@ -220,7 +222,7 @@ func (w *wal) sync(faults *diskFaults) error {
 	}
 	// Without mu: the loop adds (and may write) records meanwhile; this
 	// fdatasync covers everything written up to target at least.
-	if err := fdatasync(w.f); err != nil {
+	if err := w.datasync(); err != nil {
 		return fmt.Errorf("fdatasync %s: %w", w.name, err)
 	}
 	if err := faults.afterCommit(); err != nil {
@@ -232,7 +234,18 @@ func (w *wal) sync(faults *diskFaults) error {
 	return nil
 }
 
+func (w *wal) datasync() error {
+	if w.syncer == nil {
+		return fdatasync(w.f)
+	}
+	return w.syncer.datasync()
+}
+
 func (w *wal) close() {
+	if w != nil && w.syncer != nil {
+		w.syncer.close()
+		w.syncer = nil
+	}
 	if w != nil && w.f != nil {
 		_ = w.f.Close()
 		w.f = nil
@@ -432,7 +445,7 @@ func createSegment(dir string, seq uint64, cp []byte, faults *diskFaults) (*wal,
 	if err != nil {
 		return nil, err
 	}
-	w := &wal{dir: dir, name: path, f: f, seq: seq, buf: cp}
+	w := &wal{dir: dir, name: path, f: f, seq: seq, buf: cp, syncer: newFileSyncer(f)}
 	if err := w.sync(faults); err != nil {
 		w.close()
 		_ = os.Remove(tmp)
