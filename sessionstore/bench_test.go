@@ -5,7 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"runtime/debug"
+	"runtime/metrics"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -34,7 +36,9 @@ import (
 // what else runs on the machine, net-cpu-us/op the same less the idle
 // cluster's CPU over the run's wall time, and the engine's syncs, apply
 // transactions, raft.db pages those wrote, sends and messages per call
-// (summed over the nodes).
+// (summed over the nodes), and sched-us: how long, on average, a goroutine
+// of the process waited for a P once runnable (runtime/metrics), which is
+// what most of a call's latency beyond its fsyncs is on a small machine.
 
 const (
 	benchShards      = 64
@@ -165,6 +169,7 @@ func runConcurrent(b *testing.B, conc int, calls []func(context.Context, int) er
 	var wg sync.WaitGroup
 	idle := idleCPU(500 * time.Millisecond)
 	b.ResetTimer()
+	sched0 := readSchedLatency()
 	cpu0 := proccpu.Used()
 	start := time.Now()
 	for w := range conc {
@@ -194,6 +199,9 @@ func runConcurrent(b *testing.B, conc int, calls []func(context.Context, int) er
 	b.StopTimer()
 	if f := failed.Load(); f > 0 {
 		b.Fatalf("%d of %d calls failed; first: %v", f, b.N, *firstErr.Load())
+	}
+	if d := readSchedLatency().sub(sched0); d.count > 0 {
+		b.ReportMetric(d.sum/d.count*1e6, "sched-us")
 	}
 	slices.Sort(lat)
 	pct := func(p float64) float64 {
@@ -259,4 +267,31 @@ func reportEngine(b *testing.B, before, after multiraft.Stats) {
 		d := after.FollowerAppends.Time - before.FollowerAppends.Time
 		b.ReportMetric(float64(d)/float64(f)/float64(time.Millisecond), "f-ack-ms")
 	}
+}
+
+// schedLatency sums the runtime's (sampled) histogram of how long
+// goroutines waited, runnable, for a P: each bucket counted at its middle.
+type schedLatency struct{ count, sum float64 }
+
+func readSchedLatency() schedLatency {
+	m := []metrics.Sample{{Name: "/sched/latencies:seconds"}}
+	metrics.Read(m)
+	if m[0].Value.Kind() != metrics.KindFloat64Histogram {
+		return schedLatency{}
+	}
+	h := m[0].Value.Float64Histogram()
+	var l schedLatency
+	for i, c := range h.Counts {
+		lo, hi := max(h.Buckets[i], 0), h.Buckets[i+1]
+		if math.IsInf(hi, 1) {
+			hi = lo
+		}
+		l.count += float64(c)
+		l.sum += float64(c) * (lo + hi) / 2
+	}
+	return l
+}
+
+func (l schedLatency) sub(o schedLatency) schedLatency {
+	return schedLatency{count: l.count - o.count, sum: l.sum - o.sum}
 }
