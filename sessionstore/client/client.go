@@ -756,63 +756,113 @@ func (c *Client) hedged(ctx context.Context, t target, timeout time.Duration, he
 	// Cancelled on return: attempts still running have lost.
 	hctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	results := make(chan attemptResult)
-	inflight := map[string]bool{}
-	hinted := map[string]bool{t.addr: true}
-	launch := func(to target) {
-		inflight[to.addr] = true
-		if tr != nil && to != t {
-			tr.hedges++
-		}
-		go func() {
-			v, err := c.attempt(hctx, to, timeout, fn)
-			select {
-			case results <- attemptResult{t: to, v: v, err: err}:
-			case <-hctx.Done():
-			}
-		}()
+	// The first attempt runs on the caller's goroutine: most answer
+	// within HedgeDelay, and a goroutine per call (and the hand-off of its
+	// result) cost the store benchmark's reads CPU and latency. Only when
+	// HedgeDelay passes first does the timer start the hedging, which takes
+	// t's result from here once it comes.
+	h := &hedging{c: c, hctx: hctx, ctx: ctx, cancel: cancel, t: t, timeout: timeout, fn: fn, tr: tr,
+		results: make(chan attemptResult), done: make(chan attemptResult, 1)}
+	timer := time.AfterFunc(c.cfg.HedgeDelay, h.run)
+	v, err := c.attempt(hctx, t, timeout, fn)
+	if timer.Stop() {
+		return v, t, err
 	}
-	launch(t)
+	select {
+	case h.results <- attemptResult{t: t, v: v, err: err}:
+		r := <-h.done
+		return r.v, r.t, r.err
+	case r := <-h.done: // decided without t's answer (a hedge won, or time ran out)
+		return r.v, r.t, r.err
+	}
+}
+
+// hedging is the part of hedged that runs once t has not answered within
+// HedgeDelay: it sends the hedges and decides the outcome, which it puts
+// in done. t's own result comes on results.
+type hedging struct {
+	c           *Client
+	hctx, ctx   context.Context
+	cancel      context.CancelFunc
+	t           target
+	timeout     time.Duration
+	fn          attemptFunc
+	tr          *callTrace
+	results     chan attemptResult
+	done        chan attemptResult
+	inflight    map[string]bool
+	hinted      map[string]bool
+	primaryDone bool
+}
+
+func (h *hedging) launch(to target) {
+	h.inflight[to.addr] = true
+	if h.tr != nil && to != h.t {
+		h.tr.hedges++
+	}
+	go func() {
+		v, err := h.c.attempt(h.hctx, to, h.timeout, h.fn)
+		select {
+		case h.results <- attemptResult{t: to, v: v, err: err}:
+		case <-h.hctx.Done():
+		}
+	}()
+}
+
+// run decides; it is the timer's goroutine. Deciding cancels hctx, so t's
+// attempt on the caller's goroutine returns too.
+func (h *hedging) run() {
+	h.done <- h.decide()
+	h.cancel()
+}
+
+func (h *hedging) decide() attemptResult {
+	c, t := h.c, h.t
+	h.inflight = map[string]bool{t.addr: true} // t runs on the caller's goroutine
+	h.hinted = map[string]bool{t.addr: true}
 	var primary *attemptResult
-	timer := time.NewTimer(c.cfg.HedgeDelay)
-	defer timer.Stop()
 	turn := 0
+	hedgeNext := func() {
+		if len(h.inflight) == 1 && !h.primaryDone { // only t: no hedge pending
+			if alt, ok := c.alternate(t, turn); ok {
+				h.launch(alt)
+			}
+			turn++
+		}
+	}
+	hedgeNext() // HedgeDelay has passed
+	ticker := time.NewTicker(c.cfg.HedgeDelay)
+	defer ticker.Stop()
 	for {
 		select {
-		case <-hctx.Done():
-			if ctx.Err() != nil {
-				return nil, t, status.FromContextError(ctx.Err()).Err()
+		case <-h.hctx.Done():
+			if h.ctx.Err() != nil {
+				return attemptResult{t: t, err: status.FromContextError(h.ctx.Err()).Err()}
 			}
 			if primary != nil {
-				return primary.v, t, primary.err
+				return *primary
 			}
-			return nil, t, status.Errorf(codes.DeadlineExceeded, "store %q at %s did not answer within %s", t.store, t.addr, timeout)
-		case r := <-results:
-			delete(inflight, r.t.addr)
+			return attemptResult{t: t, err: status.Errorf(codes.DeadlineExceeded, "store %q at %s did not answer within %s", t.store, t.addr, h.timeout)}
+		case r := <-h.results:
+			delete(h.inflight, r.t.addr)
 			if r.err == nil || !retryable(r.err) {
-				return r.v, r.t, r.err
+				return r
 			}
 			if r.t == t {
 				primary = &r
-				timer.Stop() // no new hedges once t has answered
+				h.primaryDone = true // no new hedges once t has answered
 			} else if st, ok := status.FromError(r.err); ok && st.Code() == codes.FailedPrecondition {
-				if h := shardHint(st); h != nil && h.GetAddr() != "" && !hinted[h.GetAddr()] && !inflight[h.GetAddr()] && !c.stalledRecently(h.GetAddr()) {
-					hinted[h.GetAddr()] = true
-					c.rememberLeader(h)
-					launch(target{shard: int(h.GetShard()), store: h.GetNodeId(), addr: h.GetAddr()})
+				if hint := shardHint(st); hint != nil && hint.GetAddr() != "" && !h.hinted[hint.GetAddr()] && !h.inflight[hint.GetAddr()] && !c.stalledRecently(hint.GetAddr()) {
+					h.hinted[hint.GetAddr()] = true
+					c.rememberLeader(hint)
+					h.launch(target{shard: int(hint.GetShard()), store: hint.GetNodeId(), addr: hint.GetAddr()})
 				}
 			}
-			if primary != nil && len(inflight) == 0 {
-				return primary.v, t, primary.err
+			if primary != nil && len(h.inflight) == 0 {
+				return *primary
 			}
-		case <-timer.C:
-			if len(inflight) == 1 { // only t: no hedge pending
-				if alt, ok := c.alternate(t, turn); ok {
-					launch(alt)
-				}
-				turn++
-			}
-			timer.Reset(c.cfg.HedgeDelay)
+		case <-ticker.C:
+			hedgeNext()
 		}
 	}
 }
