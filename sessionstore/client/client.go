@@ -25,6 +25,7 @@ import (
 	"io"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/erlmcp/erlmcp/internal/clusterstate"
@@ -748,6 +749,9 @@ func retryable(err error) bool {
 // It returns the first success or definite answer (a version conflict, a
 // missing session: only a leader gives one) with the store that gave it;
 // when every attempt failed, t's own outcome, for the retry loop to act on.
+// t's attempt runs on the caller's goroutine, so when a hedge wins the
+// call returns once that attempt has seen its cancellation (at once: the
+// RPC ends on its context).
 func (c *Client) hedged(ctx context.Context, t target, timeout time.Duration, hedge bool, fn attemptFunc, tr *callTrace) (any, target, error) {
 	if !hedge || c.cfg.HedgeDelay <= 0 {
 		v, err := c.attempt(ctx, t, timeout, fn)
@@ -765,6 +769,7 @@ func (c *Client) hedged(ctx context.Context, t target, timeout time.Duration, he
 		results: make(chan attemptResult), done: make(chan attemptResult, 1)}
 	timer := time.AfterFunc(c.cfg.HedgeDelay, h.run)
 	v, err := c.attempt(hctx, t, timeout, fn)
+	h.answered.Store(true) // a hedge starting now would be wasted
 	if timer.Stop() {
 		return v, t, err
 	}
@@ -793,6 +798,9 @@ type hedging struct {
 	inflight    map[string]bool
 	hinted      map[string]bool
 	primaryDone bool
+	// answered: t's attempt has returned (its result may still be on
+	// its way to results).
+	answered atomic.Bool
 }
 
 func (h *hedging) launch(to target) {
@@ -823,7 +831,7 @@ func (h *hedging) decide() attemptResult {
 	var primary *attemptResult
 	turn := 0
 	hedgeNext := func() {
-		if len(h.inflight) == 1 && !h.primaryDone { // only t: no hedge pending
+		if len(h.inflight) == 1 && !h.primaryDone && !h.answered.Load() && h.hctx.Err() == nil { // only t: no hedge pending
 			if alt, ok := c.alternate(t, turn); ok {
 				h.launch(alt)
 			}

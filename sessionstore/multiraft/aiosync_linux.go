@@ -25,7 +25,14 @@ import (
 // runtime's poller (which frees the goroutine's P) measured the same as
 // this plain wait. Where AIO is not available (io_setup or io_submit
 // refused: an old kernel, seccomp, a file system without fsync for AIO)
-// the syncer falls back to fdatasync(2) for good.
+// the syncer falls back to fdatasync(2) for good; a refusal for want of
+// resources (EAGAIN, ENOMEM) makes only that sync a plain one.
+//
+// What running on a kernel worker changes: the flush's block-I/O is
+// accounted to the worker, not to the store's cgroup (an io.max limit on
+// the store does not throttle its fsyncs); and kernels before 5.8 without
+// the "aio: fix async fsync creds" fix ran the sync with the worker's
+// credentials, which FUSE and overlayfs can tell apart.
 
 const iocbCmdFdsync = 3
 
@@ -52,8 +59,10 @@ type ioEvent struct {
 // fileSyncer fdatasyncs one file. Safe for concurrent use; syncs are
 // serialized.
 type fileSyncer struct {
-	f  *os.File
-	fd uint32
+	f *os.File
+	// rc submits with f's descriptor held: a closed f fails the sync
+	// instead of syncing whatever file reused the number.
+	rc syscall.RawConn
 	mu sync.Mutex
 	// aio is the AIO context (one request in flight at most), 0 when
 	// fdatasync(2) is used.
@@ -62,7 +71,12 @@ type fileSyncer struct {
 
 // newFileSyncer sets up an AIO context for f (falling back silently).
 func newFileSyncer(f *os.File) *fileSyncer {
-	s := &fileSyncer{f: f, fd: uint32(f.Fd())}
+	s := &fileSyncer{f: f}
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return s
+	}
+	s.rc = rc
 	var ctx uintptr
 	if _, _, e := syscall.Syscall(syscall.SYS_IO_SETUP, 1, uintptr(unsafe.Pointer(&ctx)), 0); e == 0 {
 		s.aio = ctx
@@ -79,9 +93,18 @@ func (s *fileSyncer) datasync() error {
 	if s.aio == 0 {
 		return fdatasync(s.f)
 	}
-	cbs := [1]*iocb{{opcode: iocbCmdFdsync, fildes: s.fd}}
-	n, _, e := syscall.Syscall(syscall.SYS_IO_SUBMIT, s.aio, 1, uintptr(unsafe.Pointer(&cbs[0])))
-	if e != 0 || n != 1 {
+	var n uintptr
+	var e syscall.Errno
+	if err := s.rc.Control(func(fd uintptr) {
+		cbs := [1]*iocb{{opcode: iocbCmdFdsync, fildes: uint32(fd)}}
+		n, _, e = syscall.Syscall(syscall.SYS_IO_SUBMIT, s.aio, 1, uintptr(unsafe.Pointer(&cbs[0])))
+	}); err != nil {
+		return fmt.Errorf("fdatasync: %w", err) // f is closed
+	}
+	switch {
+	case e == syscall.EAGAIN || e == syscall.ENOMEM || e == syscall.EINTR:
+		return fdatasync(s.f) // nothing was started; AIO may work next time
+	case e != 0 || n != 1:
 		// Refused (nothing was started): not available here.
 		s.closeAIO()
 		return fdatasync(s.f)

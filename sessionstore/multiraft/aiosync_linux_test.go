@@ -101,3 +101,26 @@ func TestAIOStructLayout(t *testing.T) {
 		}
 	}
 }
+
+// A syncer whose file was closed fails, even if the descriptor's number
+// has been reused by another file since.
+func TestFileSyncerAfterCloseFails(t *testing.T) {
+	dir := t.TempDir()
+	f, err := os.Create(filepath.Join(dir, "a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newFileSyncer(f)
+	defer s.close()
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	g, err := os.Create(filepath.Join(dir, "b")) // likely the same number
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	if err := s.datasync(); err == nil {
+		t.Fatal("datasync of a closed file succeeded")
+	}
+}
