@@ -786,20 +786,19 @@ func (c *Client) hedged(ctx context.Context, t target, timeout time.Duration, he
 // HedgeDelay: it sends the hedges and decides the outcome, which it puts
 // in done. t's own result comes on results.
 type hedging struct {
-	c           *Client
-	hctx, ctx   context.Context
-	cancel      context.CancelFunc
-	t           target
-	timeout     time.Duration
-	fn          attemptFunc
-	tr          *callTrace
-	results     chan attemptResult
-	done        chan attemptResult
-	inflight    map[string]bool
-	hinted      map[string]bool
-	primaryDone bool
+	c         *Client
+	hctx, ctx context.Context
+	cancel    context.CancelFunc
+	t         target
+	timeout   time.Duration
+	fn        attemptFunc
+	tr        *callTrace
+	results   chan attemptResult
+	done      chan attemptResult
+	inflight  map[string]bool
+	hinted    map[string]bool
 	// answered: t's attempt has returned (its result may still be on
-	// its way to results).
+	// its way to results); no hedge starts after that.
 	answered atomic.Bool
 }
 
@@ -831,7 +830,7 @@ func (h *hedging) decide() attemptResult {
 	var primary *attemptResult
 	turn := 0
 	hedgeNext := func() {
-		if len(h.inflight) == 1 && !h.primaryDone && !h.answered.Load() && h.hctx.Err() == nil { // only t: no hedge pending
+		if len(h.inflight) == 1 && !h.answered.Load() && h.hctx.Err() == nil { // only t: no hedge pending
 			if alt, ok := c.alternate(t, turn); ok {
 				h.launch(alt)
 			}
@@ -858,7 +857,6 @@ func (h *hedging) decide() attemptResult {
 			}
 			if r.t == t {
 				primary = &r
-				h.primaryDone = true // no new hedges once t has answered
 			} else if st, ok := status.FromError(r.err); ok && st.Code() == codes.FailedPrecondition {
 				if hint := shardHint(st); hint != nil && hint.GetAddr() != "" && !h.hinted[hint.GetAddr()] && !h.inflight[hint.GetAddr()] && !c.stalledRecently(hint.GetAddr()) {
 					h.hinted[hint.GetAddr()] = true

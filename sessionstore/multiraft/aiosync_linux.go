@@ -99,7 +99,7 @@ func (s *fileSyncer) datasync() error {
 		cbs := [1]*iocb{{opcode: iocbCmdFdsync, fildes: uint32(fd)}}
 		n, _, e = syscall.Syscall(syscall.SYS_IO_SUBMIT, s.aio, 1, uintptr(unsafe.Pointer(&cbs[0])))
 	}); err != nil {
-		return fmt.Errorf("fdatasync: %w", err) // f is closed
+		return err // f is closed
 	}
 	switch {
 	case e == syscall.EAGAIN || e == syscall.ENOMEM || e == syscall.EINTR:
@@ -109,20 +109,21 @@ func (s *fileSyncer) datasync() error {
 		s.closeAIO()
 		return fdatasync(s.f)
 	}
+	// min_nr 1, no timeout: waits for the request in flight.
 	var ev ioEvent
-	for {
-		// min_nr 1, no timeout: waits for the request in flight.
+	reap := func() (uintptr, syscall.Errno) {
 		got, _, e := syscall.Syscall6(syscall.SYS_IO_GETEVENTS, s.aio, 1, 1, uintptr(unsafe.Pointer(&ev)), 0, 0)
-		if e == syscall.EINTR {
-			continue
-		}
-		if e != 0 || got != 1 {
-			// The sync's outcome is unknown: report it failed, and
-			// leave AIO (io_destroy waits for the request).
-			s.closeAIO()
-			return fmt.Errorf("wait for the fdatasync (AIO): %d events: %w", got, syscall.EIO)
-		}
-		break
+		return got, e
+	}
+	got, e := reap()
+	for e == syscall.EINTR {
+		got, e = reap()
+	}
+	if e != 0 || got != 1 {
+		// The sync's outcome is unknown: report it failed, and leave AIO
+		// (io_destroy waits for the request).
+		s.closeAIO()
+		return fmt.Errorf("no completion of the AIO sync (io_getevents: %d events, %v), so it may not be durable: %w", got, e, syscall.EIO)
 	}
 	if ev.res < 0 {
 		return syscall.Errno(-ev.res)

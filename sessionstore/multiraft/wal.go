@@ -95,8 +95,7 @@ type wal struct {
 	size   int64 // bytes written to f
 	synced int64 // bytes of f known durable
 	buf    []byte
-
-	syncer *fileSyncer
+	syncer *fileSyncer // fdatasyncs f
 }
 
 // grown is how far the segment has grown past its checkpoint, with the
@@ -222,7 +221,7 @@ func (w *wal) sync(faults *diskFaults) error {
 	}
 	// Without mu: the loop adds (and may write) records meanwhile; this
 	// fdatasync covers everything written up to target at least.
-	if err := w.datasync(); err != nil {
+	if err := w.syncer.datasync(); err != nil {
 		return fmt.Errorf("fdatasync %s: %w", w.name, err)
 	}
 	if err := faults.afterCommit(); err != nil {
@@ -232,13 +231,6 @@ func (w *wal) sync(faults *diskFaults) error {
 	w.synced = max(w.synced, target)
 	w.mu.Unlock()
 	return nil
-}
-
-func (w *wal) datasync() error {
-	if w.syncer == nil {
-		return fdatasync(w.f)
-	}
-	return w.syncer.datasync()
 }
 
 func (w *wal) close() {
