@@ -288,7 +288,7 @@ type Node struct {
 	loopReplicas []*replica // owned by the loop goroutine
 	scanBuf      []*replica // owned by the loop goroutine (processReady)
 	// outbox: messages queued by send for flushSends (loop goroutine).
-	outbox map[StoreID][]ShardMessage
+	outbox outbox
 	// wal is replaced by the loop goroutine only while the writer holds
 	// no batch (walwriter.go).
 	wal     *wal
@@ -1092,15 +1092,18 @@ func (n *Node) processPipelined(work []*readyWork, needWrite bool) error {
 	return nil
 }
 
-// finish completes Readies whose records are durable (synced: their early
-// messages are sent already) or that needed no fsync: the new log goes to
-// raft.Storage, the messages are sent (one Send per destination store),
-// the committed entries not handed yet go to the applier, then Advance.
+// finish completes Readies whose records are durable (synced: the WAL
+// writer has sent their messages, a leader's early ones went before) or
+// that needed no fsync (their messages are sent now, one Send per
+// destination store): the new log goes to raft.Storage, the committed
+// entries not handed yet go to the applier, then Advance.
 func (n *Node) finish(work []*readyWork, synced bool) {
 	for _, w := range work {
 		w.r.published(w)
 	}
-	n.send(work, func(w *readyWork) bool { return !synced || !w.early })
+	if !synced {
+		n.send(work, func(*readyWork) bool { return true })
+	}
 	batch := n.committedBatch(work)
 	if len(batch.items) > 0 {
 		n.applier.enqueue(&batch)
@@ -1456,32 +1459,45 @@ func (n *Node) restoreSnapshot(w *readyWork, snap *pb.Snapshot) error {
 // send queues the messages of the replicas for which which(w) holds for
 // flushSends. Loop goroutine.
 func (n *Node) send(work []*readyWork, which func(*readyWork) bool) {
-	for _, w := range work {
-		if !which(w) {
-			continue
-		}
-		for _, m := range w.rd.Messages {
-			if n.outbox == nil {
-				n.outbox = map[StoreID][]ShardMessage{}
-			}
-			to := ReplicaID(m.GetTo()).Store()
-			n.outbox[to] = append(n.outbox[to], ShardMessage{Shard: w.r.shard, Message: m})
-		}
-	}
+	n.outbox.add(work, which)
 }
 
 // flushSends hands the queued messages to the transport, one Send per
 // destination store: heartbeats and appends of all shards for a peer
 // travel together, and so do those of the Readies a loop turn finishes
-// (the batches the WAL writer is done with, the Readies needing no fsync)
-// and the leaders' early appends. Loop goroutine.
-func (n *Node) flushSends() {
-	for to, msgs := range n.outbox {
+// (the Readies needing no fsync) and the leaders' early appends. Loop
+// goroutine.
+func (n *Node) flushSends() { n.flush(n.outbox) }
+
+// outbox gathers messages per destination store.
+type outbox map[StoreID][]ShardMessage
+
+// add queues the messages of the replicas for which which(w) holds.
+func (o *outbox) add(work []*readyWork, which func(*readyWork) bool) {
+	for _, w := range work {
+		if !which(w) {
+			continue
+		}
+		for _, m := range w.rd.Messages {
+			if *o == nil {
+				*o = outbox{}
+			}
+			to := ReplicaID(m.GetTo()).Store()
+			(*o)[to] = append((*o)[to], ShardMessage{Shard: w.r.shard, Message: m})
+		}
+	}
+}
+
+// flush hands o's messages to the transport, one Send per store, and
+// empties o (the slices are the transport's now). Safe on any goroutine:
+// Transport.Send is.
+func (n *Node) flush(o outbox) {
+	for to, msgs := range o {
 		n.stats.sends.Add(1)
 		n.stats.msgs.Add(uint64(len(msgs)))
 		n.cfg.Transport.Send(to, msgs)
 	}
-	clear(n.outbox) // the slices are the transport's now
+	clear(o)
 }
 
 // nodeHandler is the Node's Handler for its Transport.

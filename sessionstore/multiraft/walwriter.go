@@ -27,10 +27,11 @@ import (
 // are durable already. The writer takes every batch queued while it was
 // in an fsync and makes them durable with one write and ONE fdatasync
 // (group commit as before, and more of it: batches gather while a sync
-// runs), then hands them back; the loop finishes them at its next turn
-// exactly as the old iteration did after its fsync: the entries go to
-// raft.Storage, the messages that waited for them are sent, the rest of
-// the committed entries go to the applier, Advance.
+// runs), sends the messages that waited for them (sendSynced: a
+// follower's acknowledgement leaves without waiting for a loop turn) and
+// hands them back; the loop finishes them at its next turn as the old
+// iteration did after its fsync: the entries go to raft.Storage, the rest
+// of the committed entries go to the applier, Advance.
 //
 // So a follower acknowledges, and a leader counts its own log for a
 // quorum, only once the entries are durable (the messages of a batch wait
@@ -89,6 +90,7 @@ func newWALWriter() *walWriter {
 func (n *Node) runWALWriter() {
 	ww := n.writer
 	defer close(ww.stoppedC)
+	var box outbox
 	for {
 		select {
 		case <-ww.stopC:
@@ -118,6 +120,7 @@ func (n *Node) runWALWriter() {
 					for _, b := range batches {
 						b.durable = t1
 					}
+					n.sendSynced(batches, &box, t1)
 				}
 			}
 			for _, b := range batches {
@@ -132,6 +135,34 @@ func (n *Node) runWALWriter() {
 			}
 		}
 	}
+}
+
+// sendSynced sends the messages of batches now durable, but a leader's
+// early ones (sent before the fsync): a follower's acknowledgement leaves
+// as soon as its entries are durable, without waiting for the loop's next
+// turn (which may be busy with other shards, or be the leader's own work
+// on this node) to take the batch back. That wait was most of a
+// follower's share of a write: 1.5-2ms against a 0.25ms flush at 16
+// clients on 2 cores.
+//
+// Safe as the loop's send after finishSynced was: raft's Ready contract
+// asks only that the entries, HardState and snapshot be durable before
+// the messages leave, and they are; raft.Storage learns of the entries
+// later (finish), which raft allows (they are in its unstable log until
+// Advance). Per replica the order holds: its next Ready waits for this
+// batch to be finished, which comes after this send. Writer goroutine.
+func (n *Node) sendSynced(batches []*syncBatch, box *outbox, now time.Time) {
+	for _, b := range batches {
+		box.add(b.work, func(w *readyWork) bool { return !w.early })
+		for _, w := range b.work {
+			if !w.appRecv.IsZero() {
+				n.stats.timings.followerCount.Add(1)
+				n.stats.timings.followerNanos.Add(nanos(now.Sub(w.appRecv)))
+				w.appRecv = time.Time{}
+			}
+		}
+	}
+	n.flush(*box)
 }
 
 // stopWALWriter stops the writer once its sync in progress, if any, is

@@ -171,3 +171,91 @@ func TestWriterDoesNotSyncAfterFailure(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// The WAL writer sends a synced batch's messages itself as soon as its
+// fsync ends (a follower's acknowledgement does not wait for the loop's
+// next turn), but not a leader's early ones, which left before the fsync,
+// and nothing of a batch whose fsync failed or was refused. The test holds
+// the loop (onLoop) while the writer works, so whatever reaches the
+// transport was sent by the writer.
+func TestWriterSendsDurableBatchMessages(t *testing.T) {
+	const ghost = StoreID(7)
+	for _, tc := range []struct {
+		name     string
+		early    bool
+		failed   bool
+		wantSent int
+	}{
+		{"durable", false, false, 1},
+		{"early", true, false, 0},
+		{"failed", false, true, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := &recordingTransport{ghost: ghost}
+			c := newTestCluster(t, 1, func(cfg *Config) {
+				rec.Transport = cfg.Transport
+				cfg.Transport = rec
+			})
+			c.bootstrap(1)
+			n := c.node(c.leader(1, 30*time.Second))
+			c.mustPut(1, "k", "1")
+			r, err := n.replica(1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			injected := errors.New("injected storage failure")
+			err = n.onLoop(func() error {
+				if tc.failed {
+					n.failMu.Lock()
+					n.storErr = injected
+					n.failMu.Unlock()
+					defer func() {
+						n.failMu.Lock()
+						n.storErr = nil
+						n.failMu.Unlock()
+					}()
+				}
+				from, to := uint64(r.id), uint64(NewReplicaID(ghost, 0))
+				w := &readyWork{r: r, early: tc.early, appRecv: time.Now(), rd: raft.Ready{
+					Messages: []*pb.Message{{Type: pb.MessageType_MsgAppResp.Enum(), From: &from, To: &to}},
+				}}
+				fc := n.Stats().FollowerAppends.Count
+				b := &syncBatch{work: []*readyWork{w}}
+				n.handOver(b)
+				// Put back: the batch is fictitious and is not finished.
+				defer func() { r.inflight = false }()
+				deadline := time.After(30 * time.Second)
+				for n.writer.inflight > 0 {
+					select {
+					case <-n.writer.doneC:
+					case <-deadline:
+						t.Errorf("the writer did not hand the batch back within 30s")
+						return nil
+					}
+					n.takeSynced()
+				}
+				if k := rec.sentTo(ghost); k != tc.wantSent {
+					t.Errorf("the writer sent %d messages of the batch, want %d", k, tc.wantSent)
+				}
+				if tc.failed != (b.err != nil) {
+					t.Errorf("batch error %v, failed=%v", b.err, tc.failed)
+				}
+				// A follower's append is timed up to its acknowledgement.
+				if got, want := n.Stats().FollowerAppends.Count-fc, uint64(1-btoi(tc.failed)); got != want {
+					t.Errorf("%d follower acknowledgements timed, want %d", got, want)
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
