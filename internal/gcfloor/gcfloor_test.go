@@ -1,0 +1,108 @@
+package gcfloor
+
+import (
+	"errors"
+	"runtime"
+	"runtime/debug"
+	"runtime/metrics"
+	"testing"
+	"time"
+)
+
+func TestPercent(t *testing.T) {
+	const mib = 1 << 20
+	for _, tc := range []struct {
+		name       string
+		cfg        Config
+		live, scan uint64
+		want       int
+	}{
+		{"no floor", Config{Percent: 200}, 10 * mib, 11 * mib, 200},
+		{"live heap above the floor", Config{Percent: 200, MinHeap: 256 * mib}, 300 * mib, 310 * mib, 200},
+		{"floor at live heap", Config{Percent: 200, MinHeap: 256 * mib}, 256 * mib, 260 * mib, 200},
+		// goal = 16 + 16*1500/100 = 256.
+		{"small heap reaches the floor", Config{Percent: 200, MinHeap: 256 * mib}, 16 * mib, 16 * mib, 1500},
+		// Rounded up: the goal is never below the floor.
+		{"rounds up", Config{Percent: 100, MinHeap: 100}, 1, 3, 3300},
+		{"floor needs less than Percent", Config{Percent: 400, MinHeap: 40 * mib}, 10 * mib, 10 * mib, 400},
+		{"capped", Config{Percent: 100, MinHeap: 1 << 40}, 1, 1, MaxPercent},
+		{"nothing scannable", Config{Percent: 100, MinHeap: 1 << 20}, 0, 0, MaxPercent},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := Percent(tc.cfg, tc.live, tc.scan); got != tc.want {
+				t.Errorf("Percent(%+v, live %d, scan %d) = %d, want %d", tc.cfg, tc.live, tc.scan, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestStartRefusesBadConfig(t *testing.T) {
+	if _, err := Start(Config{Percent: 0}); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("Start with Percent 0: %v, want ErrInvalid", err)
+	}
+}
+
+func gogc() int {
+	s := []metrics.Sample{{Name: "/gc/gogc:percent"}}
+	metrics.Read(s)
+	return int(s[0].Value.Uint64())
+}
+
+// waitGOGC collects until GOGC satisfies ok (the tuner retunes from a
+// finalizer after a collection) or 10s pass.
+func waitGOGC(t *testing.T, what string, ok func(int) bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !ok(gogc()) {
+		if time.Now().After(deadline) {
+			t.Fatalf("GOGC %d after 10s: want %s", gogc(), what)
+		}
+		runtime.GC()
+		time.Sleep(time.Millisecond) // the finalizer goroutine runs after the GC
+	}
+}
+
+// With a floor far above this test's heap, GOGC goes up after
+// collections and follows the live heap; stop puts it back to Percent and
+// later collections leave it there.
+func TestStartRetunesAfterCollections(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(100))
+	stop, err := Start(Config{Percent: 150, MinHeap: 1 << 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitGOGC(t, "above 150 for a 1 GiB floor", func(p int) bool { return p > 150 })
+	// A larger live heap needs a lower GOGC for the same floor.
+	high := gogc()
+	keep := make([][]byte, 64)
+	for i := range keep {
+		keep[i] = make([]byte, 1<<20)
+	}
+	waitGOGC(t, "lower with 64 MiB more live heap", func(p int) bool { return p < high && p > 150 })
+	runtime.KeepAlive(keep)
+	stop()
+	stop() // idempotent
+	if p := gogc(); p != 150 {
+		t.Fatalf("GOGC %d after stop, want 150", p)
+	}
+	for range 3 {
+		runtime.GC()
+		time.Sleep(time.Millisecond)
+	}
+	if p := gogc(); p != 150 {
+		t.Fatalf("GOGC %d after collections past stop, want 150", p)
+	}
+}
+
+func TestStartWithoutFloorSetsPercent(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(100))
+	stop, err := Start(Config{Percent: 250})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	runtime.GC()
+	if p := gogc(); p != 250 {
+		t.Fatalf("GOGC %d, want 250", p)
+	}
+}
