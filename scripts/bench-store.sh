@@ -9,6 +9,12 @@
 #      txn) against 3 embedded etcd members in one process, and against one,
 #      as the yardstick: the table puts 3-member etcd beside the store, with
 #      the store/etcd ratio of ops/s and of p99;
+#   1c. BenchmarkGRPCFloor (sessionstore/grpcfloor_bench_test.go): a gRPC
+#      echo that does no work, same payload, clients and metrics: the floor
+#      under every figure above on this machine;
+#   Both benchmarks also run each op open loop at fixed rates (rate=N calls
+#      per second, latency counted from when each call was due): the
+#      latency at a steady load below capacity, beside etcd's;
 #   2. TestStoreRAMPerSession: Go heap (and RSS) growth per stored session of
 #      one replica's state machine at BENCH_STORE_RAM_SESSIONS sessions;
 #   3. TestUpStoreKillLosesNoAcknowledgedWrite (e2e): SIGKILL of the store
@@ -20,7 +26,8 @@
 # Knobs (environment): BENCH_STORE_TIME (3s, -benchtime per sub-benchmark),
 # BENCH_STORE_ROUNDS (1; rounds of store then etcd, interleaved, so both see
 # the same machine; the table gives each figure's median over the rounds),
-# BENCH_STORE_ETCD (1; 0 skips the etcd reference),
+# BENCH_STORE_ETCD (1; 0 skips the etcd reference), BENCH_STORE_FLOOR (1; 0
+# skips the gRPC floor),
 # BENCH_STORE_RAM_SESSIONS (1000000; 0 skips), BENCH_STORE_FAILOVER (1; 0
 # skips), BENCH_RESULTS (bench/results/<date>).
 set -euo pipefail
@@ -32,6 +39,7 @@ RAM_SESSIONS=${BENCH_STORE_RAM_SESSIONS:-1000000}
 FAILOVER=${BENCH_STORE_FAILOVER:-1}
 ROUNDS=${BENCH_STORE_ROUNDS:-1}
 ETCDREF=${BENCH_STORE_ETCD:-1}
+GRPCFLOOR=${BENCH_STORE_FLOOR:-1}
 RESULTS=${BENCH_RESULTS:-$ROOT/bench/results/$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$RESULTS"
 
@@ -57,6 +65,10 @@ for ((round = 1; round <= ROUNDS; round++)); do
 	if [[ $ETCDREF != 0 ]]; then
 		log "round $round of $ROUNDS: BenchmarkEtcdReference (3 members, then 1)"
 		bench BenchmarkEtcdReference "etcdref-bench$suffix.txt"
+	fi
+	if [[ $GRPCFLOOR != 0 ]]; then
+		log "round $round of $ROUNDS: BenchmarkGRPCFloor (a gRPC echo doing no work)"
+		bench BenchmarkGRPCFloor "floor-bench$suffix.txt"
 	fi
 done
 if [[ $RAM_SESSIONS != 0 ]]; then
@@ -98,6 +110,9 @@ def medians(pattern, name_re):
     return {k: [statistics.median(col) for col in zip(*v)] + [len(v)] for k, v in runs.items()}
 store = medians("store-bench*.txt", r"BenchmarkStore/(\w+)/clients=(\d+)")
 etcd = medians("etcdref-bench*.txt", r"BenchmarkEtcdReference/members=(\d+)/(\w+)/clients=(\d+)")
+store_rate = medians("store-bench*.txt", r"BenchmarkStore/(\w+)/rate=(\d+)")
+etcd_rate = medians("etcdref-bench*.txt", r"BenchmarkEtcdReference/members=3/(\w+)/rate=(\d+)")
+floor = medians("floor-bench*.txt", r"BenchmarkGRPCFloor/echo/clients=(\d+)")
 # Targets from issue #3 on this 2-core machine.
 target = {
     ("get", "16"): "p99 < 2 ms", ("create", "16"): "p99 < 10 ms", ("cas", "16"): "p99 < 10 ms",
@@ -117,6 +132,20 @@ for (op, c), (ops, p50, p99, cpu, _) in sorted(store.items(), key=lambda kv: (or
     else:
         cols = "| | |"
     print(f"| {op} | {c} | {ops:.0f} | {p50:.2f} | {p99:.2f} | {cpu:.0f} | {cols} | {target.get((op, c), '')} |")
+if store_rate:
+    print("\nLatency at a steady rate (open loop: calls due at N per second, latency counted from when each was due; etcd x3 beside):\n")
+    print("| op | rate/s | ops/s | p50 ms | p99 ms | etcd x3 p50 ms | etcd x3 p99 ms |")
+    print("|---|---|---|---|---|---|---|")
+    for (op, r), (ops, p50, p99, cpu, _) in sorted(store_rate.items(), key=lambda kv: (order.get(kv[0][0], 9), int(kv[0][1]))):
+        ref = etcd_rate.get((op, r))
+        cols = f"{ref[1]:.2f} | {ref[2]:.2f}" if ref else "|"
+        print(f"| {op} | {r} | {ops:.0f} | {p50:.2f} | {p99:.2f} | {cols} |")
+if floor:
+    print("\nThe floor: a gRPC unary echo doing no work (BenchmarkGRPCFloor), same payload and clients:\n")
+    print("| clients | ops/s | p50 ms | p99 ms | cpu-us/op |")
+    print("|---|---|---|---|---|")
+    for (c,), (ops, p50, p99, cpu, _) in sorted(floor.items(), key=lambda kv: int(kv[0][0])):
+        print(f"| {c} | {ops:.0f} | {p50:.2f} | {p99:.2f} | {cpu:.0f} |")
 if etcd:
     print("\netcd reference (BenchmarkEtcdReference; embedded members in one process, fsync on):\n")
     print("| members | op | clients | ops/s | p50 ms | p99 ms | cpu-us/op |")

@@ -6,14 +6,17 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"os"
 	"runtime/debug"
 	"runtime/metrics"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/erlmcp/erlmcp/internal/gcfloor"
 	"github.com/erlmcp/erlmcp/sessionstore"
 	"github.com/erlmcp/erlmcp/sessionstore/client"
 	"github.com/erlmcp/erlmcp/sessionstore/internal/proccpu"
@@ -48,6 +51,44 @@ const (
 
 var benchClients = []int{1, 16, 64}
 
+// benchRates are the open-loop rates, in calls per second, each op runs at
+// after its closed loops (runAtRate), from well below the machine's
+// capacity to near it; benchRateWorkers calls run at most at once.
+var benchRates = map[string][]int{
+	"create": {250, 500, 1000, 2000},
+	"cas":    {250, 500, 1000, 2000},
+	"get":    {1000, 5000, 10000},
+}
+
+const benchRateWorkers = 64
+
+// benchLoad is one way of driving an op: a closed loop of workers clients,
+// or an open loop at rate calls per second.
+type benchLoad struct {
+	name    string
+	workers int
+	rate    int
+}
+
+func benchLoads(op string) []benchLoad {
+	var ls []benchLoad
+	for _, c := range benchClients {
+		ls = append(ls, benchLoad{name: fmt.Sprintf("clients=%d", c), workers: c})
+	}
+	for _, r := range benchRates[op] {
+		ls = append(ls, benchLoad{name: fmt.Sprintf("rate=%d", r), workers: benchRateWorkers, rate: r})
+	}
+	return ls
+}
+
+func (l benchLoad) run(b *testing.B, calls []func(context.Context, int) error) {
+	if l.rate > 0 {
+		runAtRate(b, float64(l.rate), calls)
+	} else {
+		runConcurrent(b, l.workers, calls)
+	}
+}
+
 type benchOp struct {
 	name string
 	// setup prepares what worker w of a run needs and returns its call.
@@ -55,9 +96,24 @@ type benchOp struct {
 }
 
 func BenchmarkStore(b *testing.B) {
-	// The GC target `erlmcp store` runs with (process-wide, so here for
-	// the three nodes and the client together).
+	// The GC target `erlmcp store` runs with, from the same environment
+	// variables when set (ERLMCP_GC_PERCENT, ERLMCP_GC_MIN_HEAP_MIB), else
+	// its defaults; process-wide, so here for the three nodes and the
+	// client together: one heap floor where three processes would have
+	// one each.
+	gc := gcfloor.Config{Percent: sessionstore.DefaultGCPercent, MinHeap: sessionstore.DefaultGCMinHeapMiB << 20}
+	if v, err := strconv.Atoi(os.Getenv("ERLMCP_GC_PERCENT")); err == nil {
+		gc.Percent = v
+	}
+	if v, err := strconv.Atoi(os.Getenv("ERLMCP_GC_MIN_HEAP_MIB")); err == nil && v >= 0 {
+		gc.MinHeap = uint64(v) << 20
+	}
 	defer debug.SetGCPercent(debug.SetGCPercent(sessionstore.DefaultGCPercent))
+	stopGC, err := gcfloor.Start(gc)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer stopGC()
 	c := newRCluster(b, benchShards, "a", "b", "c")
 	// The production timings, not the tests' faster ones.
 	for id, cfg := range c.cfgs {
@@ -142,17 +198,17 @@ func BenchmarkStore(b *testing.B) {
 		}},
 	}
 	for _, op := range ops {
-		for _, conc := range benchClients {
-			b.Run(fmt.Sprintf("%s/clients=%d", op.name, conc), func(b *testing.B) {
+		for _, l := range benchLoads(op.name) {
+			b.Run(op.name+"/"+l.name, func(b *testing.B) {
 				run := int(runs.Add(1))
-				calls := make([]func(context.Context, int) error, conc)
+				calls := make([]func(context.Context, int) error, l.workers)
 				sctx, scancel := context.WithTimeout(context.Background(), time.Minute)
 				defer scancel()
-				for w := range conc {
+				for w := range calls {
 					calls[w] = op.setup(sctx, b, run, w)
 				}
 				before := c.raftStats()
-				runConcurrent(b, conc, calls)
+				l.run(b, calls)
 				reportEngine(b, before, c.raftStats())
 			})
 		}
@@ -160,18 +216,13 @@ func BenchmarkStore(b *testing.B) {
 }
 
 // runConcurrent makes b.N calls from conc goroutines and reports
-// throughput and latency percentiles.
+// throughput and latency percentiles: a closed loop, each client calling
+// again as soon as its call returns, so the machine runs saturated and the
+// latencies are those of a full queue.
 func runConcurrent(b *testing.B, conc int, calls []func(context.Context, int) error) {
-	lat := make([]time.Duration, b.N)
+	m := startMeasure(b)
 	var next atomic.Int64
-	var failed atomic.Int64
-	var firstErr atomic.Pointer[error]
 	var wg sync.WaitGroup
-	idle := idleCPU(500 * time.Millisecond)
-	b.ResetTimer()
-	sched0 := readSchedLatency()
-	cpu0 := proccpu.Used()
-	start := time.Now()
 	for w := range conc {
 		wg.Add(1)
 		go func() {
@@ -181,28 +232,97 @@ func runConcurrent(b *testing.B, conc int, calls []func(context.Context, int) er
 				if i >= b.N {
 					return
 				}
-				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				t0 := time.Now()
-				err := calls[w](ctx, i)
-				lat[i] = time.Since(t0)
-				cancel()
-				if err != nil {
-					failed.Add(1)
-					firstErr.CompareAndSwap(nil, &err)
-				}
+				m.call(i, time.Now(), calls[w])
 			}
 		}()
 	}
 	wg.Wait()
-	elapsed := time.Since(start)
-	cpu := proccpu.Used() - cpu0
-	b.StopTimer()
-	if f := failed.Load(); f > 0 {
-		b.Fatalf("%d of %d calls failed; first: %v", f, b.N, *firstErr.Load())
+	m.report(b)
+}
+
+// runAtRate makes b.N calls at rate per second, open loop: call i is due
+// at start+i/rate whatever became of the earlier ones, and its latency
+// counts from when it was due, so a stall shows in the latency of every
+// call due during it (no coordinated omission). Up to len(calls) calls run
+// at once, each worker with its own call; when all are busy, due calls
+// wait for one, and that wait counts. This is the latency a client sees
+// at a given load below the machine's capacity, which a closed loop
+// (runConcurrent) cannot show: it always runs at capacity.
+func runAtRate(b *testing.B, rate float64, calls []func(context.Context, int) error) {
+	due := make(chan int, 1024)
+	m := startMeasure(b)
+	at := func(i int) time.Time { return m.start.Add(time.Duration(float64(i) / rate * float64(time.Second))) }
+	go func() {
+		defer close(due)
+		for i := range b.N {
+			if d := time.Until(at(i)); d > 0 {
+				time.Sleep(d)
+			}
+			due <- i
+		}
+	}()
+	var wg sync.WaitGroup
+	for _, call := range calls {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range due {
+				m.call(i, at(i), call)
+			}
+		}()
 	}
-	if d := readSchedLatency().sub(sched0); d.count > 0 {
+	wg.Wait()
+	m.report(b)
+}
+
+// measure is one run of calls: their latencies and errors, and the
+// process's CPU and scheduling wait over the run.
+type measure struct {
+	lat      []time.Duration
+	failed   atomic.Int64
+	firstErr atomic.Pointer[error]
+	idle     float64
+	sched0   schedLatency
+	cpu0     time.Duration
+	start    time.Time
+}
+
+// startMeasure samples the idle cluster's CPU (half a second), then starts
+// the clock.
+func startMeasure(b *testing.B) *measure {
+	m := &measure{lat: make([]time.Duration, b.N), idle: idleCPU(500 * time.Millisecond)}
+	b.ResetTimer()
+	m.sched0 = readSchedLatency()
+	m.cpu0 = proccpu.Used()
+	m.start = time.Now()
+	return m
+}
+
+// call makes call i, timed from t0, with a 10s deadline.
+func (m *measure) call(i int, t0 time.Time, call func(context.Context, int) error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	err := call(ctx, i)
+	m.lat[i] = time.Since(t0)
+	cancel()
+	if err != nil {
+		m.failed.Add(1)
+		m.firstErr.CompareAndSwap(nil, &err)
+	}
+}
+
+// report fails the benchmark if a call failed, else reports throughput,
+// latency percentiles, CPU per call and the scheduling wait.
+func (m *measure) report(b *testing.B) {
+	elapsed := time.Since(m.start)
+	cpu := proccpu.Used() - m.cpu0
+	b.StopTimer()
+	if f := m.failed.Load(); f > 0 {
+		b.Fatalf("%d of %d calls failed; first: %v", f, b.N, *m.firstErr.Load())
+	}
+	if d := readSchedLatency().sub(m.sched0); d.count > 0 {
 		b.ReportMetric(d.sum/d.count*1e6, "sched-us")
 	}
+	lat := m.lat
 	slices.Sort(lat)
 	pct := func(p float64) float64 {
 		return float64(lat[min(len(lat)-1, int(p*float64(len(lat))))]) / float64(time.Millisecond)
@@ -214,7 +334,7 @@ func runConcurrent(b *testing.B, conc int, calls []func(context.Context, int) er
 	// The calls' own CPU: without the background work (ticks, heartbeats,
 	// checkpoints) of the run's wall time, which grows with the machine's
 	// load as throughput drops.
-	net := float64(cpu) - idle*float64(elapsed)
+	net := float64(cpu) - m.idle*float64(elapsed)
 	b.ReportMetric(net/float64(b.N)/float64(time.Microsecond), "net-cpu-us/op")
 }
 

@@ -97,19 +97,19 @@ func benchEtcdShapes(b *testing.B, cli *clientv3.Client) {
 		}},
 	}
 	for _, op := range ops {
-		for _, conc := range benchClients {
-			b.Run(fmt.Sprintf("%s/clients=%d", op.name, conc), func(b *testing.B) {
+		for _, l := range benchLoads(op.name) {
+			b.Run(op.name+"/"+l.name, func(b *testing.B) {
 				runsMu.Lock()
 				runs++
 				run := runs
 				runsMu.Unlock()
-				calls := make([]func(context.Context, int) error, conc)
+				calls := make([]func(context.Context, int) error, l.workers)
 				sctx, scancel := context.WithTimeout(context.Background(), time.Minute)
 				defer scancel()
-				for w := range conc {
+				for w := range calls {
 					calls[w] = op.setup(sctx, b, run, w)
 				}
-				runConcurrent(b, conc, calls)
+				l.run(b, calls)
 			})
 		}
 	}
