@@ -20,6 +20,7 @@ import (
 
 	"github.com/erlmcp/erlmcp/internal/config"
 	"github.com/erlmcp/erlmcp/internal/etcdclient"
+	"github.com/erlmcp/erlmcp/internal/gcfloor"
 	"github.com/erlmcp/erlmcp/sessionstore/multiraft"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -151,8 +152,8 @@ func (c Config) Validate() error {
 	if c.GCPercent < 1 {
 		return fmt.Errorf("--gc-percent %d: must be positive (100 is the Go runtime's default)", c.GCPercent)
 	}
-	if c.GCMinHeapMiB < 0 {
-		return fmt.Errorf("--gc-min-heap-mib %d: must be 0 (no floor) or more", c.GCMinHeapMiB)
+	if c.GCMinHeapMiB < 0 || c.GCMinHeapMiB > gcfloor.MaxMinHeap>>20 {
+		return fmt.Errorf("--gc-min-heap-mib %d: must be 0 (no floor) to %d", c.GCMinHeapMiB, gcfloor.MaxMinHeap>>20)
 	}
 	if c.Listen == "" {
 		return errors.New("--listen is empty: give the gRPC listen address as host:port (port 0 picks a free port)")

@@ -35,6 +35,7 @@ func TestConfigValidate(t *testing.T) {
 		{"zero max value", func(c *Config) { c.MaxValueBytes = 0 }, "--max-value-bytes 0"},
 		{"zero gc percent", func(c *Config) { c.GCPercent = 0 }, "--gc-percent 0"},
 		{"negative gc min heap", func(c *Config) { c.GCMinHeapMiB = -1 }, "--gc-min-heap-mib -1"},
+		{"huge gc min heap", func(c *Config) { c.GCMinHeapMiB = 1<<20 + 1 }, "--gc-min-heap-mib 1048577"},
 		{"huge max value", func(c *Config) { c.MaxValueBytes = MaxMaxValueBytes + 1 }, "--max-value-bytes"},
 		{"common: empty id", func(c *Config) { c.Common.ID = "" }, "--id is empty"},
 		{"common: no etcd", func(c *Config) { c.Common.EtcdEndpoints = " , " }, "--etcd-endpoints"},

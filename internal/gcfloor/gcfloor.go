@@ -31,6 +31,16 @@ import (
 // otherwise ask for millions).
 const MaxPercent = 100000
 
+// runtimeHeapMinimum is the Go runtime's own floor of the heap goal at
+// GOGC 100 (defaultHeapMinimum, 4 MiB); it scales with GOGC, so a GOGC of
+// P makes the goal at least 4 MiB * P/100 whatever the live heap: Percent
+// never asks for more than makes that minimum MinHeap.
+const runtimeHeapMinimum = 4 << 20
+
+// MaxMinHeap bounds Config.MinHeap (1 TiB): beyond, the arithmetic would
+// overflow, and no machine here has the memory.
+const MaxMinHeap = 1 << 40
+
 // Config configures the GC target.
 type Config struct {
 	// Percent is the GC target above the floor, as GOGC (100 is the Go
@@ -45,6 +55,9 @@ type Config struct {
 func (c Config) Validate() error {
 	if c.Percent < 1 {
 		return fmt.Errorf("--gc-percent %d: must be positive (100 is the Go runtime's default)", c.Percent)
+	}
+	if c.MinHeap > MaxMinHeap {
+		return fmt.Errorf("GC heap floor %d bytes: at most %d (1 TiB)", c.MinHeap, uint64(MaxMinHeap))
 	}
 	return nil
 }
@@ -128,18 +141,20 @@ func (t *tuner) adjust() bool {
 // Percent is the GOGC that makes the next heap goal at least cfg.MinHeap
 // and never below cfg.Percent, for a live heap of live bytes and scannable
 // memory (live heap, stacks, globals) of scan bytes: the runtime's goal is
-// live + scan*GOGC/100.
+// live + scan*GOGC/100, and at least runtimeHeapMinimum*GOGC/100, so the
+// result never exceeds the GOGC that makes that minimum MinHeap (else a
+// near-empty heap, as before the first collection, would get a goal of
+// gigabytes).
 func Percent(cfg Config, live, scan uint64) int {
 	if cfg.MinHeap <= live {
 		return cfg.Percent
 	}
-	if scan == 0 {
-		return MaxPercent
+	ceil := min(ceilDiv(cfg.MinHeap*100, runtimeHeapMinimum), MaxPercent)
+	p := ceil
+	if scan > 0 {
+		p = min(ceilDiv((cfg.MinHeap-live)*100, scan), ceil)
 	}
-	need := (cfg.MinHeap - live) * 100
-	p := need / scan
-	if need%scan != 0 {
-		p++
-	}
-	return int(min(max(p, uint64(cfg.Percent)), MaxPercent))
+	return int(max(p, uint64(cfg.Percent)))
 }
+
+func ceilDiv(a, b uint64) uint64 { return (a + b - 1) / b }

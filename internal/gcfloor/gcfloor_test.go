@@ -23,10 +23,14 @@ func TestPercent(t *testing.T) {
 		// goal = 16 + 16*1500/100 = 256.
 		{"small heap reaches the floor", Config{Percent: 200, MinHeap: 256 * mib}, 16 * mib, 16 * mib, 1500},
 		// Rounded up: the goal is never below the floor.
-		{"rounds up", Config{Percent: 100, MinHeap: 100}, 1, 3, 3300},
+		{"rounds up", Config{Percent: 100, MinHeap: 256 * mib}, 16 * mib, 16*mib + 1, 1500},
 		{"floor needs less than Percent", Config{Percent: 400, MinHeap: 40 * mib}, 10 * mib, 10 * mib, 400},
-		{"capped", Config{Percent: 100, MinHeap: 1 << 40}, 1, 1, MaxPercent},
-		{"nothing scannable", Config{Percent: 100, MinHeap: 1 << 20}, 0, 0, MaxPercent},
+		// The runtime's minimum goal, 4 MiB * GOGC/100, reaches the
+		// floor at 6400 for 256 MiB: never more.
+		{"capped by the runtime's minimum", Config{Percent: 200, MinHeap: 256 * mib}, 1, 1, 6400},
+		{"nothing scannable (before the first collection)", Config{Percent: 200, MinHeap: 256 * mib}, 0, 0, 6400},
+		{"cap below Percent", Config{Percent: 400, MinHeap: 8 * mib}, 0, 0, 400},
+		{"capped at MaxPercent", Config{Percent: 100, MinHeap: MaxMinHeap}, 1, 1, MaxPercent},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := Percent(tc.cfg, tc.live, tc.scan); got != tc.want {
@@ -37,8 +41,10 @@ func TestPercent(t *testing.T) {
 }
 
 func TestStartRefusesBadConfig(t *testing.T) {
-	if _, err := Start(Config{Percent: 0}); !errors.Is(err, ErrInvalid) {
-		t.Fatalf("Start with Percent 0: %v, want ErrInvalid", err)
+	for _, cfg := range []Config{{Percent: 0}, {Percent: 100, MinHeap: MaxMinHeap + 1}} {
+		if _, err := Start(cfg); !errors.Is(err, ErrInvalid) {
+			t.Errorf("Start(%+v): %v, want ErrInvalid", cfg, err)
+		}
 	}
 }
 

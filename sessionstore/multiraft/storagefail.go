@@ -234,7 +234,11 @@ func (n *Node) storageFailed(what string, cause error) error {
 // (or failed for good) meanwhile.
 func (n *Node) recoverStorage() bool {
 	// The WAL writer must be done with the WAL before it is cut back, and
-	// nothing it held is finished (sent or acknowledged).
+	// nothing it held is finished (published, applied or advanced). A
+	// batch whose fsync succeeded before the failure has had its messages
+	// sent by the writer already (sendSynced): that is safe, as what they
+	// acknowledge is durable, and the cut back keeps everything up to the
+	// last successful sync.
 	n.dropWrites()
 	n.discard()
 	var logged string // the last probe failure logged: no log line per retry

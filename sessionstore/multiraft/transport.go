@@ -9,9 +9,12 @@ type ShardMessage struct {
 }
 
 // Transport moves Raft messages between nodes. The node calls Send once per
-// destination store per loop iteration with everything that loop iteration
-// produced for that store (all shards together), so a transport that sends
-// each call as one batch keeps the RPC count independent of the shard count.
+// destination store per loop iteration with everything that iteration
+// produced for that store (all shards together), and once per destination
+// per WAL fsync with the messages that waited for it (walwriter.go), so a
+// transport that sends each call as one batch keeps the RPC count
+// independent of the shard count. Send is called from both goroutines: it
+// must be safe for concurrent use.
 //
 // Raft tolerates loss, duplication and reordering, so delivery is best
 // effort; but a transport must tell the node about what it could not
