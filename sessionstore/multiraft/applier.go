@@ -274,10 +274,10 @@ type appliedState struct {
 //     entries.
 //
 // A write that nobody reads at once so shares its commit with the others
-// of up to a checkpoint interval, as etcd batches its backend commits
-// (100 ms): one commit per round dirtied the same shard bucket pages for
-// a handful of writes each time, 11 page writes per create at 64 clients
-// (docs/benchmarks.md). Guarded by Node.writeMu.
+// of up to 100 ms, as etcd batches its backend commits: one commit per
+// round dirtied the same shard bucket pages for a handful of writes each
+// time, 11 page writes per create at 64 clients (docs/benchmarks.md).
+// Guarded by Node.writeMu.
 type applyTx struct {
 	tx        *bolt.Tx
 	entries   int
@@ -289,7 +289,7 @@ const (
 	// defaultApplyLinger bounds how long an apply transaction stays open
 	// (Config.applyLinger): what a plain View sees lags what was applied
 	// by at most this.
-	defaultApplyLinger = checkpointInterval
+	defaultApplyLinger = 100 * time.Millisecond
 	// applyTxMaxEntries bounds the entries one apply transaction holds.
 	applyTxMaxEntries = 10000
 )
