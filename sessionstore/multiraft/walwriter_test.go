@@ -42,6 +42,58 @@ func (t *recordingTransport) sentTo(store StoreID) int {
 	return k
 }
 
+// recordingLeader starts a one-node cluster whose transport records what
+// the node sends (a ghost store's messages only recorded), puts one key
+// in shard 1 and returns its leader and replica.
+func recordingLeader(t *testing.T, ghost StoreID) (*Node, *replica, *recordingTransport) {
+	t.Helper()
+	rec := &recordingTransport{ghost: ghost}
+	c := newTestCluster(t, 1, func(cfg *Config) {
+		rec.Transport = cfg.Transport
+		cfg.Transport = rec
+	})
+	c.bootstrap(1)
+	n := c.node(c.leader(1, 30*time.Second))
+	c.mustPut(1, "k", "1")
+	r, err := n.replica(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n, r, rec
+}
+
+// setStorageErr sets the node's storage error as a failure would, and
+// returns what clears it (before the loop looks again: these tests check
+// the writer alone, not the recovery).
+func setStorageErr(n *Node, err error) (clear func()) {
+	n.failMu.Lock()
+	n.storErr = err
+	n.failMu.Unlock()
+	return func() {
+		n.failMu.Lock()
+		n.storErr = nil
+		n.failMu.Unlock()
+	}
+}
+
+// takeBackAll waits (30s at most) until the writer has handed back every
+// batch in flight, and returns them unfinished. Loop goroutine.
+func takeBackAll(t *testing.T, n *Node) []*syncBatch {
+	t.Helper()
+	deadline := time.After(30 * time.Second)
+	var back []*syncBatch
+	for n.writer.inflight > 0 {
+		select {
+		case <-n.writer.doneC:
+		case <-deadline:
+			t.Errorf("the writer did not hand %d batches back within 30s", n.writer.inflight)
+			return back
+		}
+		back = append(back, n.takeSynced()...)
+	}
+	return back
+}
+
 // A batch the WAL writer failed to make durable is not finished: its
 // messages (here a follower's acknowledgement of an entry) are not sent
 // and its Ready is not published to raft.Storage nor advanced, whichever
@@ -58,19 +110,8 @@ func TestFailedBatchIsNotFinished(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			const ghost = StoreID(7)
-			rec := &recordingTransport{ghost: ghost}
-			c := newTestCluster(t, 1, func(cfg *Config) {
-				rec.Transport = cfg.Transport
-				cfg.Transport = rec
-			})
-			c.bootstrap(1)
-			n := c.node(c.leader(1, 30*time.Second))
-			c.mustPut(1, "k", "1")
+			n, r, rec := recordingLeader(t, ghost)
 			st, err := n.Status(1)
-			if err != nil {
-				t.Fatal(err)
-			}
-			r, err := n.replica(1)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -129,30 +170,11 @@ func TestWriterDoesNotSyncAfterFailure(t *testing.T) {
 	c.mustPut(1, "k", "1")
 	injected := errors.New("injected storage failure")
 	err := n.onLoop(func() error {
-		n.failMu.Lock()
-		n.storErr = injected
-		n.failMu.Unlock()
-		// Cleared before the loop looks at it again: this test checks the
-		// writer alone, not the recovery.
-		defer func() {
-			n.failMu.Lock()
-			n.storErr = nil
-			n.failMu.Unlock()
-		}()
+		defer setStorageErr(n, injected)()
 		syncs0 := n.Stats().Syncs
 		b := &syncBatch{}
 		n.handOver(b)
-		deadline := time.After(30 * time.Second)
-		var back []*syncBatch
-		for n.writer.inflight > 0 {
-			select {
-			case <-n.writer.doneC:
-			case <-deadline:
-				t.Errorf("the writer did not hand the batch back within 30s")
-				return nil
-			}
-			back = append(back, n.takeSynced()...)
-		}
+		back := takeBackAll(t, n)
 		if len(back) != 1 || back[0] != b {
 			t.Errorf("the writer handed back %d batches, want the one handed over", len(back))
 		}
@@ -191,29 +213,10 @@ func TestWriterSendsDurableBatchMessages(t *testing.T) {
 		{"failed", false, true, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			rec := &recordingTransport{ghost: ghost}
-			c := newTestCluster(t, 1, func(cfg *Config) {
-				rec.Transport = cfg.Transport
-				cfg.Transport = rec
-			})
-			c.bootstrap(1)
-			n := c.node(c.leader(1, 30*time.Second))
-			c.mustPut(1, "k", "1")
-			r, err := n.replica(1)
-			if err != nil {
-				t.Fatal(err)
-			}
-			injected := errors.New("injected storage failure")
-			err = n.onLoop(func() error {
+			n, r, rec := recordingLeader(t, ghost)
+			err := n.onLoop(func() error {
 				if tc.failed {
-					n.failMu.Lock()
-					n.storErr = injected
-					n.failMu.Unlock()
-					defer func() {
-						n.failMu.Lock()
-						n.storErr = nil
-						n.failMu.Unlock()
-					}()
+					defer setStorageErr(n, errors.New("injected storage failure"))()
 				}
 				from, to := uint64(r.id), uint64(NewReplicaID(ghost, 0))
 				w := &readyWork{r: r, early: tc.early, appRecv: time.Now(), rd: raft.Ready{
@@ -224,16 +227,7 @@ func TestWriterSendsDurableBatchMessages(t *testing.T) {
 				n.handOver(b)
 				// Put back: the batch is fictitious and is not finished.
 				defer func() { r.inflight = false }()
-				deadline := time.After(30 * time.Second)
-				for n.writer.inflight > 0 {
-					select {
-					case <-n.writer.doneC:
-					case <-deadline:
-						t.Errorf("the writer did not hand the batch back within 30s")
-						return nil
-					}
-					n.takeSynced()
-				}
+				takeBackAll(t, n)
 				if k := rec.sentTo(ghost); k != tc.wantSent {
 					t.Errorf("the writer sent %d messages of the batch, want %d", k, tc.wantSent)
 				}
