@@ -89,6 +89,31 @@ func (l benchLoad) run(b *testing.B, calls []func(context.Context, int) error) {
 	}
 }
 
+// useStoreGC gives the process, until b ends, the GC target `erlmcp store`
+// runs with: its defaults, or ERLMCP_GC_PERCENT and ERLMCP_GC_MIN_HEAP_MIB
+// when set. It is process-wide, so in the benchmarks it covers the three
+// nodes and the client together: one heap floor where three processes
+// would have one each.
+func useStoreGC(b *testing.B) {
+	cfg := sessionstore.DefaultConfig()
+	if v, err := strconv.Atoi(os.Getenv("ERLMCP_GC_PERCENT")); err == nil {
+		cfg.GCPercent = v
+	}
+	if v, err := strconv.Atoi(os.Getenv("ERLMCP_GC_MIN_HEAP_MIB")); err == nil {
+		cfg.GCMinHeapMiB = v
+	}
+	prev := debug.SetGCPercent(cfg.GCPercent)
+	stop, err := gcfloor.Start(cfg.GC())
+	if err != nil {
+		debug.SetGCPercent(prev)
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		stop()
+		debug.SetGCPercent(prev)
+	})
+}
+
 type benchOp struct {
 	name string
 	// setup prepares what worker w of a run needs and returns its call.
@@ -96,24 +121,7 @@ type benchOp struct {
 }
 
 func BenchmarkStore(b *testing.B) {
-	// The GC target `erlmcp store` runs with, from the same environment
-	// variables when set (ERLMCP_GC_PERCENT, ERLMCP_GC_MIN_HEAP_MIB), else
-	// its defaults; process-wide, so here for the three nodes and the
-	// client together: one heap floor where three processes would have
-	// one each.
-	gc := gcfloor.Config{Percent: sessionstore.DefaultGCPercent, MinHeap: sessionstore.DefaultGCMinHeapMiB << 20}
-	if v, err := strconv.Atoi(os.Getenv("ERLMCP_GC_PERCENT")); err == nil {
-		gc.Percent = v
-	}
-	if v, err := strconv.Atoi(os.Getenv("ERLMCP_GC_MIN_HEAP_MIB")); err == nil && v >= 0 {
-		gc.MinHeap = uint64(v) << 20
-	}
-	defer debug.SetGCPercent(debug.SetGCPercent(sessionstore.DefaultGCPercent))
-	stopGC, err := gcfloor.Start(gc)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer stopGC()
+	useStoreGC(b)
 	c := newRCluster(b, benchShards, "a", "b", "c")
 	// The production timings, not the tests' faster ones.
 	for id, cfg := range c.cfgs {

@@ -144,16 +144,23 @@ func DefaultConfig() Config {
 	}
 }
 
+// GC is the process's GC target from GCPercent and GCMinHeapMiB, for
+// gcfloor.Start (the `erlmcp store` command applies it: it is
+// process-wide, so Start does not).
+func (c Config) GC() gcfloor.Config {
+	return gcfloor.Config{Percent: c.GCPercent, MinHeap: uint64(c.GCMinHeapMiB) << 20}
+}
+
 // Validate reports the first setting that cannot work, saying what to change.
 func (c Config) Validate() error {
 	if err := c.Common.Validate(); err != nil {
 		return err
 	}
-	if c.GCPercent < 1 {
-		return fmt.Errorf("--gc-percent %d: must be positive (100 is the Go runtime's default)", c.GCPercent)
-	}
 	if c.GCMinHeapMiB < 0 || c.GCMinHeapMiB > gcfloor.MaxMinHeap>>20 {
 		return fmt.Errorf("--gc-min-heap-mib %d: must be 0 (no floor) to %d", c.GCMinHeapMiB, gcfloor.MaxMinHeap>>20)
+	}
+	if err := c.GC().Validate(); err != nil {
+		return err
 	}
 	if c.Listen == "" {
 		return errors.New("--listen is empty: give the gRPC listen address as host:port (port 0 picks a free port)")

@@ -5,11 +5,7 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"runtime/debug"
 	"testing"
-
-	"github.com/erlmcp/erlmcp/internal/gcfloor"
-	"github.com/erlmcp/erlmcp/sessionstore"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -31,13 +27,7 @@ import (
 // store's), the client one connection, as the store client has per node;
 // the process the store's GC settings.
 func BenchmarkGRPCFloor(b *testing.B) {
-	// The store's GC settings, as BenchmarkStore runs with.
-	defer debug.SetGCPercent(debug.SetGCPercent(sessionstore.DefaultGCPercent))
-	stopGC, err := gcfloor.Start(gcfloor.Config{Percent: sessionstore.DefaultGCPercent, MinHeap: sessionstore.DefaultGCMinHeapMiB << 20})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer stopGC()
+	useStoreGC(b) // as BenchmarkStore runs
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)

@@ -57,7 +57,7 @@ func (c Config) Validate() error {
 		return fmt.Errorf("--gc-percent %d: must be positive (100 is the Go runtime's default)", c.Percent)
 	}
 	if c.MinHeap > MaxMinHeap {
-		return fmt.Errorf("GC heap floor %d bytes: at most %d (1 TiB)", c.MinHeap, uint64(MaxMinHeap))
+		return fmt.Errorf("GC heap floor %d bytes is above the %d (1 TiB) this supports: give a smaller floor (--gc-min-heap-mib)", c.MinHeap, uint64(MaxMinHeap))
 	}
 	return nil
 }

@@ -26,7 +26,8 @@ import (
 // this plain wait. Where AIO is not available (io_setup or io_submit
 // refused: an old kernel, seccomp, a file system without fsync for AIO)
 // the syncer falls back to fdatasync(2) for good; a refusal for want of
-// resources (EAGAIN, ENOMEM) makes only that sync a plain one.
+// resources (EAGAIN, ENOMEM) or an interrupted submit (EINTR) makes only
+// that sync a plain one.
 //
 // What running on a kernel worker changes: the flush's block-I/O is
 // accounted to the worker, not to the store's cgroup (an io.max limit on
@@ -111,13 +112,9 @@ func (s *fileSyncer) datasync() error {
 	}
 	// min_nr 1, no timeout: waits for the request in flight.
 	var ev ioEvent
-	reap := func() (uintptr, syscall.Errno) {
-		got, _, e := syscall.Syscall6(syscall.SYS_IO_GETEVENTS, s.aio, 1, 1, uintptr(unsafe.Pointer(&ev)), 0, 0)
-		return got, e
-	}
-	got, e := reap()
-	for e == syscall.EINTR {
-		got, e = reap()
+	var got uintptr
+	for e = syscall.EINTR; e == syscall.EINTR; {
+		got, _, e = syscall.Syscall6(syscall.SYS_IO_GETEVENTS, s.aio, 1, 1, uintptr(unsafe.Pointer(&ev)), 0, 0)
 	}
 	if e != 0 || got != 1 {
 		// The sync's outcome is unknown: report it failed, and leave AIO
