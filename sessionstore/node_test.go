@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -20,6 +21,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
 )
 
@@ -40,6 +42,28 @@ func TestCRUD(t *testing.T) {
 	if err != nil || hr.GetStatus() != healthpb.HealthCheckResponse_SERVING {
 		t.Fatalf("health = %v, %v; want SERVING", hr.GetStatus(), err)
 	}
+	// Reflection lists the store's services (grpcurl and friends need it).
+	rs, err := reflectionpb.NewServerReflectionClient(cc).ServerReflectionInfo(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rs.Send(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{}}); err != nil {
+		t.Fatal(err)
+	}
+	rr, err := rs.Recv()
+	if err != nil {
+		t.Fatalf("reflection: %v", err)
+	}
+	var listed []string
+	for _, svc := range rr.GetListServicesResponse().GetService() {
+		listed = append(listed, svc.GetName())
+	}
+	for _, want := range []string{pb.SessionStoreService_ServiceDesc.ServiceName, pb.StoreAdminService_ServiceDesc.ServiceName, "grpc.health.v1.Health"} {
+		if !slices.Contains(listed, want) {
+			t.Fatalf("reflection lists %v, not %s", listed, want)
+		}
+	}
+	_ = rs.CloseSend()
 
 	s, err := c.Create(ctx, "sess-1", []byte("v1"), time.Hour)
 	if err != nil {
