@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -185,13 +186,28 @@ func judgeCluster(h *healthReport, ms []controlplane.MemberStatus, ss []controlp
 			}
 		}
 	}
+	registered := map[string]bool{}
 	for _, r := range rs {
+		registered[r.Name] = true
 		if r.State == "active" {
 			h.ActiveRegion = r.Name
 		}
 		if _, ok := h.WorkersByRegion[r.Name]; !ok {
 			h.WorkersByRegion[r.Name] = 0
 		}
+	}
+	// A region whose members run but which has no regions/ document yet
+	// (the control plane writes it on its next probe round) cannot be
+	// switched or failed over to: until then the cluster is not healthy.
+	var unregistered []string
+	for _, m := range ms {
+		if m.Region != "" && !registered[m.Region] && !slices.Contains(unregistered, m.Region) {
+			unregistered = append(unregistered, m.Region)
+		}
+	}
+	sort.Strings(unregistered)
+	for _, r := range unregistered {
+		h.problem(false, "region %s has members but is not registered yet (the leading control plane registers it within a probe round; if this persists, see its log)", r)
 	}
 	if h.ControlPlanes == 0 {
 		h.problem(false, "no healthy control plane")

@@ -110,4 +110,11 @@ func TestJudgeCluster(t *testing.T) {
 	if h := judge(members(), leaderless); h.Verdict != "degraded" || !slices.Equal(h.Shards.Leaderless, []int{1}) {
 		t.Errorf("a leaderless shard: %+v", h)
 	}
+	// Members of eu and ap run, but only us has a regions/ document yet
+	// (a cluster just started): not healthy, and the problem names them.
+	regions = regions[:1]
+	h = judge(members(), shards)
+	if p := strings.Join(h.Problems, ";"); h.Verdict != "degraded" || !strings.Contains(p, "region ap has members but is not registered") || !strings.Contains(p, "region eu has members") {
+		t.Errorf("unregistered regions: %+v", h)
+	}
 }
