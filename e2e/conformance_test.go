@@ -39,6 +39,7 @@ func TestConformance(t *testing.T) {
 	// 2026-07-28 sets need.
 	c := startUp(t, t.TempDir(), pickPorts(t))
 	defer c.stop()
+	c.steady()
 
 	for _, set := range conformanceSets {
 		t.Run(set, func(t *testing.T) {

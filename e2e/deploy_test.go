@@ -149,6 +149,7 @@ func TestZeroDowntimeDeploy(t *testing.T) {
 		}
 		return nil
 	})
+	c.steady()
 
 	var code int
 	var out string

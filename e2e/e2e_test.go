@@ -21,6 +21,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/erlmcp/erlmcp/internal/loadgen"
 )
 
 var binary string
@@ -275,6 +277,21 @@ func (c *cluster) members() []member {
 		c.t.Fatalf("ctl members --json output is not a member array: %v\n%s", err, out)
 	}
 	return ms
+}
+
+// steady waits until the cluster is steady: "ready" only means the front
+// answers and one worker registered, while a test that sends MCP traffic
+// with no error budget needs every member healthy and every shard placed,
+// led and caught up (loadgen.UpCluster.Healthy).
+func (c *cluster) steady() {
+	c.t.Helper()
+	up, err := loadgen.OpenUpCluster(c.dataDir)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if err := up.WaitHealthy(context.Background(), 2*time.Minute); err != nil {
+		c.t.Fatalf("cluster not steady after 2m: %v", err)
+	}
 }
 
 func exitStderr(err error) string {

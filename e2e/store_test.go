@@ -134,9 +134,18 @@ func TestUpStoreKillLosesNoAcknowledgedWrite(t *testing.T) {
 	ids := make([]string, sessions)
 	for i := range ids {
 		ids[i] = fmt.Sprintf("e2e-counter-%d", i)
-		if _, err := sc.Create(ctx, ids[i], []byte("1"), 0); err != nil {
-			t.Fatal(err)
-		}
+		// Leadership may still be moving to the shard map's target
+		// leaders: retry within a deadline; a retry that finds the record
+		// means an earlier attempt with an unknown outcome created it.
+		tries := 0
+		waitFor(t, 20*time.Second, "create "+ids[i], func() error {
+			tries++
+			_, err := sc.Create(ctx, ids[i], []byte("1"), 0)
+			if errors.Is(err, client.ErrAlreadyExists) && tries > 1 {
+				return nil
+			}
+			return err
+		})
 		acked[ids[i]] = 1
 	}
 	for i, id := range ids {
