@@ -156,10 +156,7 @@ func (c Config) Validate() error {
 	if err := c.Common.Validate(); err != nil {
 		return err
 	}
-	if c.GCMinHeapMiB < 0 || c.GCMinHeapMiB > gcfloor.MaxMinHeap>>20 {
-		return fmt.Errorf("--gc-min-heap-mib %d: must be 0 (no floor) to %d", c.GCMinHeapMiB, gcfloor.MaxMinHeap>>20)
-	}
-	if err := c.GC().Validate(); err != nil {
+	if _, err := gcfloor.FromMiB(c.GCPercent, c.GCMinHeapMiB); err != nil {
 		return err
 	}
 	if c.Listen == "" {

@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/erlmcp/erlmcp/internal/config"
+	"github.com/erlmcp/erlmcp/internal/gcfloor"
 )
 
 // Config of a worker.
@@ -115,6 +116,19 @@ type Config struct {
 	// port, to profile CPU per request under load. Off by default: a
 	// profile exposes internals and costs CPU while it is taken.
 	Pprof bool
+	// GCPercent (as GOGC) and GCMinHeapMiB (the floor of the heap goal,
+	// internal/gcfloor) are the worker process's GC target, applied by
+	// the `erlmcp worker` command, not by Run (it is process-wide). A
+	// worker's live heap is a few MiB while every request allocates tens
+	// of KiB (JSON, gRPC to the store), so without a floor it collects
+	// many times a second under load, and each collection delays the
+	// requests in flight. A 64 MiB floor gave one worker 15-35% more
+	// requests/s; 128 MiB did less, and with three workers and a front
+	// on two cores made the HA path slower (more memory cycled through
+	// the caches): docs/benchmarks.md. 0 turns the floor off; GOMEMLIMIT
+	// still bounds the heap.
+	GCPercent    int
+	GCMinHeapMiB int
 }
 
 // Defaults.
@@ -133,7 +147,15 @@ const (
 	DefaultPollWait             = 2 * time.Second
 	DefaultInflightDelay        = time.Second
 	DefaultSessionCacheTTL      = 200 * time.Millisecond
+	DefaultGCPercent            = 100
+	DefaultGCMinHeapMiB         = 64
 )
+
+// GC is the process's GC target from GCPercent and GCMinHeapMiB, for
+// gcfloor.Start.
+func (c Config) GC() gcfloor.Config {
+	return gcfloor.Config{Percent: c.GCPercent, MinHeap: uint64(c.GCMinHeapMiB) << 20}
+}
 
 // maxSessionCacheTTL bounds SessionCacheTTL: changes to a session record
 // wait about that long before they are acknowledged.
@@ -158,6 +180,8 @@ func DefaultConfig() Config {
 		PollWait:             DefaultPollWait,
 		InflightDelay:        DefaultInflightDelay,
 		SessionCacheTTL:      DefaultSessionCacheTTL,
+		GCPercent:            DefaultGCPercent,
+		GCMinHeapMiB:         DefaultGCMinHeapMiB,
 		Sessionless:          true,
 		SweepDelay:           DefaultSweepDelay,
 	}
@@ -166,6 +190,9 @@ func DefaultConfig() Config {
 // Validate reports the first setting that cannot work, saying what to change.
 func (c Config) Validate() error {
 	if err := c.Common.Validate(); err != nil {
+		return err
+	}
+	if _, err := gcfloor.FromMiB(c.GCPercent, c.GCMinHeapMiB); err != nil {
 		return err
 	}
 	if _, port, err := net.SplitHostPort(c.Listen); err != nil || port == "" {

@@ -33,6 +33,9 @@ func TestConfigValidate(t *testing.T) {
 		{"origin without scheme", func(c *Config) { c.AllowedOrigins = []string{"a.example.com"} }, "--allowed-origins"},
 		{"common: empty id", func(c *Config) { c.Common.ID = "" }, "--id"},
 		{"common: short lease", func(c *Config) { c.Common.LeaseTTL = time.Second }, "--lease-ttl"},
+		{"no gc floor", func(c *Config) { c.GCMinHeapMiB = 0 }, ""},
+		{"zero gc percent", func(c *Config) { c.GCPercent = 0 }, "--gc-percent 0"},
+		{"negative gc floor", func(c *Config) { c.GCMinHeapMiB = -1 }, "--gc-min-heap-mib -1"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

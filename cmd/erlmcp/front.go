@@ -5,10 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"runtime/debug"
 
 	"github.com/erlmcp/erlmcp/internal/config"
 	"github.com/erlmcp/erlmcp/internal/front"
+	"github.com/erlmcp/erlmcp/internal/gcfloor"
 	"github.com/erlmcp/erlmcp/internal/logging"
 )
 
@@ -41,6 +41,7 @@ func cmdFront(ctx context.Context, args []string, _, stderr io.Writer) int {
 	fs.IntVar(&cfg.MaxIdlePerWorker, "max-idle-per-worker", cfg.MaxIdlePerWorker, "idle keep-alive connections kept per worker")
 	fs.DurationVar(&cfg.VanishedGrace, "vanished-grace", cfg.VanishedGrace, "keep routing to a worker whose membership key vanished without draining (lease lost under it) while it answers, this long (0: drop it at once)")
 	fs.IntVar(&cfg.GCPercent, "gc-percent", cfg.GCPercent, "Go GC target of the front process (as GOGC; overrides it): higher spends less CPU on GC for more heap")
+	fs.IntVar(&cfg.GCMinHeapMiB, "gc-min-heap-mib", cfg.GCMinHeapMiB, "floor of the GC's heap goal in MiB: while the live heap is small the front collects only once the heap reaches this, not several times a second under load; 0: no floor (GOMEMLIMIT still bounds the heap)")
 	fs.BoolVar(&cfg.Pprof, "pprof", cfg.Pprof, "serve Go's profiler under /debug/pprof/ on the front's port (for performance work; keep it off in production)")
 	if err := config.Parse(fs, args, nil); err != nil {
 		if errors.Is(err, config.ErrHelp) {
@@ -58,7 +59,12 @@ func cmdFront(ctx context.Context, args []string, _, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "erlmcp front: %v\n", err)
 		return exitUsage
 	}
-	debug.SetGCPercent(cfg.GCPercent)
+	stopGC, err := gcfloor.Start(cfg.GC())
+	if err != nil {
+		fmt.Fprintf(stderr, "erlmcp front: %v\n", err)
+		return exitUsage
+	}
+	defer stopGC()
 	if err := front.Run(ctx, cfg, log); err != nil {
 		log.WithError(err).Error("front failed")
 		fmt.Fprintf(stderr, "erlmcp front: %v\n", err)

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/erlmcp/erlmcp/internal/config"
+	"github.com/erlmcp/erlmcp/internal/gcfloor"
 	"github.com/erlmcp/erlmcp/internal/logging"
 	"github.com/erlmcp/erlmcp/worker"
 )
@@ -61,6 +62,8 @@ func cmdWorker(ctx context.Context, args []string, _, stderr io.Writer) int {
 	fs.StringVar(&cfg.AuthPrincipalHeader, "auth-principal-header", cfg.AuthPrincipalHeader, "turns auth on: a header a trusted gateway sets to the authenticated principal (the gateway must strip it from client requests)")
 	fs.DurationVar(&cfg.SessionCacheTTL, "session-cache-ttl", cfg.SessionCacheTTL, "a session record read from the store is served again for this long without reading it; logging/setLevel and DELETE then wait a little longer before answering so the next request sees them on any worker (every worker of a store must use the same value; 0: off, every request reads the store)")
 	fs.BoolVar(&cfg.Pprof, "pprof", cfg.Pprof, "serve Go's profiler under /debug/pprof/ on the worker's port (for performance work; keep it off in production)")
+	fs.IntVar(&cfg.GCPercent, "gc-percent", cfg.GCPercent, "Go GC target of the worker process (as GOGC; overrides it): higher spends less CPU on GC for more heap")
+	fs.IntVar(&cfg.GCMinHeapMiB, "gc-min-heap-mib", cfg.GCMinHeapMiB, "floor of the GC's heap goal in MiB: while the live heap is small the worker collects only once the heap reaches this, not several times a second under load; 0: no floor (GOMEMLIMIT still bounds the heap)")
 	if err := config.Parse(fs, args, nil); err != nil {
 		if errors.Is(err, config.ErrHelp) {
 			return exitOK
@@ -77,6 +80,12 @@ func cmdWorker(ctx context.Context, args []string, _, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "erlmcp worker: %v\n", err)
 		return exitUsage
 	}
+	stopGC, err := gcfloor.Start(cfg.GC())
+	if err != nil {
+		fmt.Fprintf(stderr, "erlmcp worker: %v\n", err)
+		return exitUsage
+	}
+	defer stopGC()
 	if err := worker.Run(ctx, cfg, log); err != nil {
 		log.WithError(err).Error("worker failed")
 		fmt.Fprintf(stderr, "erlmcp worker: %v\n", err)

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/erlmcp/erlmcp/internal/gcfloor"
 	"github.com/erlmcp/erlmcp/internal/logging"
 	"github.com/erlmcp/erlmcp/internal/membership"
 	"github.com/erlmcp/erlmcp/internal/testcluster"
@@ -456,6 +457,13 @@ func TestConfigValidate(t *testing.T) {
 	c.GCPercent = 0
 	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "--gc-percent") {
 		t.Fatalf("Validate with GCPercent 0 = %v", err)
+	}
+	c.GCPercent, c.GCMinHeapMiB = 400, -1
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "--gc-min-heap-mib -1") {
+		t.Fatalf("Validate with GCMinHeapMiB -1 = %v", err)
+	}
+	if c.GCMinHeapMiB = 64; c.GC() != (gcfloor.Config{Percent: 400, MinHeap: 64 << 20}) || c.Validate() != nil {
+		t.Fatalf("GC() of GCPercent 400, GCMinHeapMiB 64 = %+v (%v)", c.GC(), c.Validate())
 	}
 }
 

@@ -62,6 +62,16 @@ func (c Config) Validate() error {
 	return nil
 }
 
+// FromMiB is the Config of a process's --gc-percent and --gc-min-heap-mib
+// flags, or the error that says which flag to change.
+func FromMiB(percent, minHeapMiB int) (Config, error) {
+	if minHeapMiB < 0 || minHeapMiB > MaxMinHeap>>20 {
+		return Config{}, fmt.Errorf("--gc-min-heap-mib %d: must be 0 (no floor) to %d", minHeapMiB, MaxMinHeap>>20)
+	}
+	c := Config{Percent: percent, MinHeap: uint64(minHeapMiB) << 20}
+	return c, c.Validate()
+}
+
 // ErrInvalid is returned by Start for a Config that fails Validate.
 var ErrInvalid = errors.New("gcfloor: invalid config")
 

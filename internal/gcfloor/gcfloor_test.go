@@ -5,6 +5,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
+	"strings"
 	"testing"
 	"time"
 )
@@ -44,6 +45,24 @@ func TestStartRefusesBadConfig(t *testing.T) {
 	for _, cfg := range []Config{{Percent: 0}, {Percent: 100, MinHeap: MaxMinHeap + 1}} {
 		if _, err := Start(cfg); !errors.Is(err, ErrInvalid) {
 			t.Errorf("Start(%+v): %v, want ErrInvalid", cfg, err)
+		}
+	}
+}
+
+func TestFromMiB(t *testing.T) {
+	if c, err := FromMiB(200, 256); err != nil || c != (Config{Percent: 200, MinHeap: 256 << 20}) {
+		t.Errorf("FromMiB(200, 256) = %+v, %v", c, err)
+	}
+	for _, tc := range []struct {
+		percent, mib int
+		want         string
+	}{
+		{200, -1, "--gc-min-heap-mib -1"},
+		{200, MaxMinHeap>>20 + 1, "--gc-min-heap-mib 1048577"},
+		{0, 256, "--gc-percent 0"},
+	} {
+		if _, err := FromMiB(tc.percent, tc.mib); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("FromMiB(%d, %d) = %v, want an error naming %q", tc.percent, tc.mib, err, tc.want)
 		}
 	}
 }
