@@ -137,12 +137,19 @@ func TestUpStoreKillLosesNoAcknowledgedWrite(t *testing.T) {
 		// Leadership may still be moving to the shard map's target
 		// leaders: retry within a deadline; a retry that finds the record
 		// means an earlier attempt with an unknown outcome created it.
-		tries := 0
+		// A first attempt that finds it is a store bug (fresh cluster,
+		// fresh ids).
+		var failed error
 		waitFor(t, 20*time.Second, "create "+ids[i], func() error {
-			tries++
 			_, err := sc.Create(ctx, ids[i], []byte("1"), 0)
-			if errors.Is(err, client.ErrAlreadyExists) && tries > 1 {
+			if errors.Is(err, client.ErrAlreadyExists) {
+				if failed == nil {
+					t.Fatalf("create %s on a fresh cluster: %v", ids[i], err)
+				}
 				return nil
+			}
+			if err != nil {
+				failed = err
 			}
 			return err
 		})

@@ -122,11 +122,13 @@ type Config struct {
 	// worker's live heap is a few MiB while every request allocates tens
 	// of KiB (JSON, gRPC to the store), so without a floor it collects
 	// many times a second under load, and each collection delays the
-	// requests in flight. A 64 MiB floor gave one worker 15-35% more
+	// requests in flight. A 64 MiB floor gave one worker 18-36% more
 	// requests/s; 128 MiB did less, and with three workers and a front
 	// on two cores made the HA path slower (more memory cycled through
 	// the caches): docs/benchmarks.md. 0 turns the floor off; GOMEMLIMIT
-	// still bounds the heap.
+	// still bounds the heap. The command's --gc-percent replaces GOGC.
+	// Library users calling Run apply their own GC settings; Validate
+	// still checks these so a bad value fails early.
 	GCPercent    int
 	GCMinHeapMiB int
 }
