@@ -23,6 +23,9 @@ import (
 	"time"
 
 	"github.com/erlmcp/erlmcp/internal/loadgen"
+	"github.com/erlmcp/erlmcp/internal/localcluster"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 )
 
 var binary string
@@ -292,6 +295,22 @@ func (c *cluster) steady() {
 	if err := up.WaitHealthy(context.Background(), 2*time.Minute); err != nil {
 		c.t.Fatalf("cluster not steady after 2m: %v", err)
 	}
+}
+
+// etcdClient is a client of the etcd of the erlmcp up cluster in dataDir
+// (endpoints from its cluster.json), closed when the test ends.
+func etcdClient(t *testing.T, dataDir string) (*clientv3.Client, localcluster.ClusterFile) {
+	t.Helper()
+	cf, err := localcluster.ReadClusterFile(filepath.Join(dataDir, "cluster.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: cf.EtcdEndpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cli.Close() })
+	return cli, cf
 }
 
 func exitStderr(err error) string {

@@ -20,7 +20,6 @@ import (
 	"github.com/erlmcp/erlmcp/internal/loadgen"
 	"github.com/erlmcp/erlmcp/internal/localcluster"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 )
 
 // electionTTL is the control plane's default election TTL (erlmcp up does
@@ -58,15 +57,7 @@ func TestStoreLossAndLeaderKillUnderLoad(t *testing.T) {
 	c := startHAUp(t, append(haEnv, "ERLMCP_STORE_DOWN_GRACE=3s", "ERLMCP_OPERATOR_TIMEOUT=15s"), "--stores", "4")
 	keepLogsOnFailure(t, c)
 	settled := time.Now()
-	cf, err := localcluster.ReadClusterFile(c.dataDir + "/cluster.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: cf.EtcdEndpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
+	cli, cf := etcdClient(t, c.dataDir)
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 

@@ -11,7 +11,6 @@ import (
 	"github.com/erlmcp/erlmcp/internal/localcluster"
 	"github.com/erlmcp/erlmcp/internal/membership"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 )
 
 // A process that is SIGKILLed (no supervisor to restart it) leaves
@@ -52,12 +51,7 @@ func TestKilledMemberLeavesMembership(t *testing.T) {
 	// The time the member leaves is when etcd deletes its key (lease
 	// expiry), seen by a watch; polling ctl members would add a process
 	// start and an admin round trip per poll to the figure.
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{fmt.Sprintf("http://127.0.0.1:%d", c.ports.etcdClient)},
-		DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
+	cli, _ := etcdClient(t, c.dataDir)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	key := membership.Key(localcluster.Prefix, membership.RoleWorker, "worker-extra")

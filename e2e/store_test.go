@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -21,7 +20,6 @@ import (
 	"github.com/erlmcp/erlmcp/internal/membership"
 	"github.com/erlmcp/erlmcp/sessionstore/client"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 )
 
 // TestUpStoreKillLosesNoAcknowledgedWrite: `erlmcp up` runs every shard as
@@ -33,15 +31,7 @@ func TestUpStoreKillLosesNoAcknowledgedWrite(t *testing.T) {
 	dataDir := t.TempDir()
 	c := startUp(t, dataDir, pickPorts(t))
 
-	cf, err := localcluster.ReadClusterFile(filepath.Join(dataDir, "cluster.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: cf.EtcdEndpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
+	cli, _ := etcdClient(t, dataDir)
 	prefix := localcluster.Prefix
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -139,18 +129,16 @@ func TestUpStoreKillLosesNoAcknowledgedWrite(t *testing.T) {
 		// means an earlier attempt with an unknown outcome created it.
 		// A first attempt that finds it is a store bug (fresh cluster,
 		// fresh ids).
-		var failed error
+		failedBefore := false
 		waitFor(t, 20*time.Second, "create "+ids[i], func() error {
 			_, err := sc.Create(ctx, ids[i], []byte("1"), 0)
 			if errors.Is(err, client.ErrAlreadyExists) {
-				if failed == nil {
+				if !failedBefore {
 					t.Fatalf("create %s on a fresh cluster: %v", ids[i], err)
 				}
 				return nil
 			}
-			if err != nil {
-				failed = err
-			}
+			failedBefore = failedBefore || err != nil
 			return err
 		})
 		acked[ids[i]] = 1

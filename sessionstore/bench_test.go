@@ -103,7 +103,7 @@ func useStoreGC(b *testing.B) {
 		cfg.GCMinHeapMiB = v
 	}
 	prev := debug.SetGCPercent(cfg.GCPercent)
-	stop, err := gcfloor.Start(cfg.GC())
+	stop, err := gcfloor.StartMiB(cfg.GCPercent, cfg.GCMinHeapMiB)
 	if err != nil {
 		debug.SetGCPercent(prev)
 		b.Fatal(err)

@@ -144,13 +144,6 @@ func DefaultConfig() Config {
 	}
 }
 
-// GC is the process's GC target from GCPercent and GCMinHeapMiB, for
-// gcfloor.Start (the `erlmcp store` command applies it: it is
-// process-wide, so Start does not).
-func (c Config) GC() gcfloor.Config {
-	return gcfloor.Config{Percent: c.GCPercent, MinHeap: uint64(c.GCMinHeapMiB) << 20}
-}
-
 // Validate reports the first setting that cannot work, saying what to change.
 func (c Config) Validate() error {
 	if err := c.Common.Validate(); err != nil {

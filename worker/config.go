@@ -153,12 +153,6 @@ const (
 	DefaultGCMinHeapMiB         = 64
 )
 
-// GC is the process's GC target from GCPercent and GCMinHeapMiB, for
-// gcfloor.Start.
-func (c Config) GC() gcfloor.Config {
-	return gcfloor.Config{Percent: c.GCPercent, MinHeap: uint64(c.GCMinHeapMiB) << 20}
-}
-
 // maxSessionCacheTTL bounds SessionCacheTTL: changes to a session record
 // wait about that long before they are acknowledged.
 const maxSessionCacheTTL = 5 * time.Second

@@ -59,7 +59,7 @@ func cmdFront(ctx context.Context, args []string, _, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "erlmcp front: %v\n", err)
 		return exitUsage
 	}
-	stopGC, err := gcfloor.Start(cfg.GC())
+	stopGC, err := gcfloor.StartMiB(cfg.GCPercent, cfg.GCMinHeapMiB)
 	if err != nil {
 		fmt.Fprintf(stderr, "erlmcp front: %v\n", err)
 		return exitUsage

@@ -80,7 +80,7 @@ func cmdWorker(ctx context.Context, args []string, _, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "erlmcp worker: %v\n", err)
 		return exitUsage
 	}
-	stopGC, err := gcfloor.Start(cfg.GC())
+	stopGC, err := gcfloor.StartMiB(cfg.GCPercent, cfg.GCMinHeapMiB)
 	if err != nil {
 		fmt.Fprintf(stderr, "erlmcp worker: %v\n", err)
 		return exitUsage

@@ -127,13 +127,6 @@ func DefaultConfig() Config {
 // DefaultGCMinHeapMiB is the default Config.GCMinHeapMiB: no floor.
 const DefaultGCMinHeapMiB = 0
 
-// GC is the process's GC target from GCPercent and GCMinHeapMiB, for
-// gcfloor.Start (the `erlmcp front` command applies it: it is
-// process-wide, so Run does not).
-func (c Config) GC() gcfloor.Config {
-	return gcfloor.Config{Percent: c.GCPercent, MinHeap: uint64(c.GCMinHeapMiB) << 20}
-}
-
 // Validate reports the first setting that cannot work.
 func (c Config) Validate() error {
 	if err := c.Common.Validate(); err != nil {

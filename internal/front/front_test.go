@@ -462,8 +462,9 @@ func TestConfigValidate(t *testing.T) {
 	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "--gc-min-heap-mib -1") {
 		t.Fatalf("Validate with GCMinHeapMiB -1 = %v", err)
 	}
-	if c.GCMinHeapMiB = 64; c.GC() != (gcfloor.Config{Percent: 400, MinHeap: 64 << 20}) || c.Validate() != nil {
-		t.Fatalf("GC() of GCPercent 400, GCMinHeapMiB 64 = %+v (%v)", c.GC(), c.Validate())
+	c.GCMinHeapMiB = 64
+	if gc, err := gcfloor.FromMiB(c.GCPercent, c.GCMinHeapMiB); gc != (gcfloor.Config{Percent: 400, MinHeap: 64 << 20}) || err != nil || c.Validate() != nil {
+		t.Fatalf("GC target of GCPercent 400, GCMinHeapMiB 64 = %+v, %v (Validate: %v)", gc, err, c.Validate())
 	}
 }
 

@@ -72,6 +72,16 @@ func FromMiB(percent, minHeapMiB int) (Config, error) {
 	return c, c.Validate()
 }
 
+// StartMiB is Start with the Config of FromMiB: what the erlmcp commands
+// call with their --gc-percent and --gc-min-heap-mib.
+func StartMiB(percent, minHeapMiB int) (stop func(), err error) {
+	cfg, err := FromMiB(percent, minHeapMiB)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	return Start(cfg)
+}
+
 // ErrInvalid is returned by Start for a Config that fails Validate.
 var ErrInvalid = errors.New("gcfloor: invalid config")
 

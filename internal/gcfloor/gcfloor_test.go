@@ -64,6 +64,9 @@ func TestFromMiB(t *testing.T) {
 		if _, err := FromMiB(tc.percent, tc.mib); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("FromMiB(%d, %d) = %v, want an error naming %q", tc.percent, tc.mib, err, tc.want)
 		}
+		if _, err := StartMiB(tc.percent, tc.mib); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("StartMiB(%d, %d) = %v, want ErrInvalid naming %q", tc.percent, tc.mib, err, tc.want)
+		}
 	}
 }
 
